@@ -1,0 +1,29 @@
+# `make demo` and `make test` each work on a fresh machine: they create .venv if missing and install what is needed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is pinned here, not in pyproject.toml: users bring the build that matches their CUDA.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/emoadapt demo
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/extract.py
+
+clean:
+	rm -rf $(VENV) runs stores

@@ -1,0 +1,85 @@
+"""Every error a user can cause, in one small hierarchy.
+
+Each carries the path it is about and a reason the user can act on; the CLI prints ``str(error)`` on one line
+and exits non-zero, so no library traceback reaches the user.
+"""
+from __future__ import annotations
+
+import os
+
+
+class EmoadaptError(Exception):
+    """Base of all user-facing errors: ``path: reason``."""
+
+    def __init__(self, path: str | os.PathLike | None, reason: str):
+        self.path = None if path is None else str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}" if self.path else reason)
+
+
+# --- audio input (audio.py) --------------------------------------------------------------------------------
+class AudioError(EmoadaptError):
+    """The audio file cannot be used."""
+
+
+class MissingAudio(AudioError):
+    """No file at that path."""
+
+
+class NotAFile(AudioError):
+    """The path is a directory or another non-regular file."""
+
+
+class EmptyAudio(AudioError):
+    """The file has zero bytes."""
+
+
+class NotAudio(AudioError):
+    """The bytes are not in any format libsndfile reads."""
+
+
+class CorruptAudio(AudioError):
+    """The format is recognised but the header or data is truncated or damaged."""
+
+
+class NoSamples(AudioError):
+    """A valid header that announces zero samples."""
+
+
+class NonFiniteAudio(AudioError):
+    """NaN or infinite sample values."""
+
+
+class TooShortAudio(AudioError):
+    """Shorter than the encoder's receptive field: it would yield no frame."""
+
+
+class TooLongAudio(AudioError):
+    """Longer than the caller's limit where the caller cannot chunk."""
+
+
+class BadSampleRate(AudioError):
+    """A sample rate outside any plausible range for speech."""
+
+
+# --- encoders ----------------------------------------------------------------------------------------------
+class EncoderError(EmoadaptError):
+    """An encoder cannot be found, loaded or used (missing package, bad folder, unsupported architecture)."""
+
+
+# --- corpora, manifests and folds -------------------------------------------------------------------------
+class CorpusError(EmoadaptError):
+    """A corpus, manifest or fold file is missing, malformed or inconsistent."""
+
+
+# --- feature store ----------------------------------------------------------------------------------------
+class FeatureStoreError(EmoadaptError):
+    """A feature store is unreadable, or a request does not match how it was made."""
+
+
+class StoreMismatch(FeatureStoreError):
+    """Writing with a different encoder, layer set or options than the store was created with."""
+
+
+class MissingFeatures(FeatureStoreError):
+    """An utterance was asked for that the store does not hold (or holds for another audio version)."""
