@@ -1,0 +1,137 @@
+"""Emotion classifiers on cached hidden states: the method's (adapter + SAP) and two peer recipes.
+
+Every model has the same call: ``model(hidden_states (B, L+1, T, D), padding_mask (B, T)) -> logits (B, C)``, and
+:func:`build_model` makes any of them by recipe name, so the trainer and the evaluation never know which one it is.
+
+- ``adapter``: WAP-Transformer adapter -> attentive statistics pooling -> dropout -> linear (METHOD.md, stage 2).
+- ``superb``:  SUPERB's emotion task: learned softmax layer weights -> Linear D->256 -> mean pool -> linear.
+- ``emobox``:  EmoBox's head on one layer (the last by default): Linear D->256 + ReLU per frame -> mean pool -> linear.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import EmoadaptError
+from .adapter import AdapterConfig, WAPTransformer
+from .pooling import AttentiveStatisticsPooling, masked_mean
+
+
+# --- the method ---------------------------------------------------------------------------------------------
+@dataclass
+class ClassifierConfig:
+    num_classes: int = 4
+    attention_dim: int = 128   # SAP's hidden size (W: d -> 128)
+    head_dropout: float = 0.1  # dropout on u before the linear classifier
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+
+
+class EmotionClassifier(nn.Module):
+    """Stage 2: adapter (initialised from the stage-1 teacher) + SAP + dropout + linear."""
+
+    def __init__(self, config: ClassifierConfig):
+        super().__init__()
+        self.config = config
+        self.adapter = WAPTransformer(config.adapter)
+        self.pooling = AttentiveStatisticsPooling(config.adapter.dim, config.attention_dim)
+        self.dropout = nn.Dropout(config.head_dropout)
+        self.head = nn.Linear(self.pooling.output_dim, config.num_classes)
+
+    def forward(self, hidden_states, padding_mask):
+        return self.head(self.dropout(self.embed(hidden_states, padding_mask)))  # (B, C)
+
+    def embed(self, hidden_states, padding_mask):
+        """The utterance vector u = [mu; sigma] (B, 2d) the classifier sees."""
+        z = self.adapter(hidden_states, padding_mask)   # (B, T, d)
+        return self.pooling(z, padding_mask)            # (B, 2d)
+
+
+# --- peer recipes -------------------------------------------------------------------------------------------
+@dataclass
+class SuperbConfig:
+    input_layers: int = 25
+    input_dim: int = 1024
+    num_classes: int = 4
+    projector_dim: int = 256   # s3prl's emotion expert projects to 256 before pooling
+
+
+class SuperbClassifier(nn.Module):
+    """SUPERB ER (s3prl): weighted sum of all hidden states -> Linear -> mean pool -> linear."""
+
+    def __init__(self, config: SuperbConfig):
+        super().__init__()
+        self.config = config
+        self.layer_logits = nn.Parameter(torch.zeros(config.input_layers))
+        self.projector = nn.Linear(config.input_dim, config.projector_dim)
+        self.head = nn.Linear(config.projector_dim, config.num_classes)
+
+    def forward(self, hidden_states, padding_mask):
+        _check_input(hidden_states, self.config.input_layers, self.config.input_dim)
+        w = F.softmax(self.layer_logits, dim=0)
+        x = sum(w[l] * hidden_states[:, l].to(w.dtype) for l in range(self.config.input_layers))  # (B, T, D)
+        return self.head(masked_mean(self.projector(x), padding_mask))
+
+
+@dataclass
+class EmoBoxConfig:
+    input_layers: int = 25
+    input_dim: int = 1024
+    num_classes: int = 4
+    input_layer: int = -1      # EmoBox feeds one layer: the encoder's last hidden state
+    hidden_dim: int = 256
+
+
+class EmoBoxClassifier(nn.Module):
+    """EmoBox's baseline head: per-frame Linear + ReLU, mean over real frames, linear."""
+
+    def __init__(self, config: EmoBoxConfig):
+        super().__init__()
+        if not -config.input_layers <= config.input_layer < config.input_layers:
+            raise ValueError(f"input_layer={config.input_layer} is outside the {config.input_layers} cached hidden states")
+        self.config = config
+        self.pre_net = nn.Linear(config.input_dim, config.hidden_dim)
+        self.post_net = nn.Linear(config.hidden_dim, config.num_classes)
+
+    def forward(self, hidden_states, padding_mask):
+        _check_input(hidden_states, self.config.input_layers, self.config.input_dim)
+        x = hidden_states[:, self.config.input_layer].to(self.pre_net.weight.dtype)  # (B, T, D)
+        return self.post_net(masked_mean(F.relu(self.pre_net(x)), padding_mask))
+
+
+def _check_input(hidden_states, input_layers, input_dim):
+    if hidden_states.dim() != 4 or hidden_states.shape[1] != input_layers or hidden_states.shape[3] != input_dim:
+        raise ValueError(f"expected hidden states [B, {input_layers}, T, {input_dim}] (B, L+1, T, D), "
+                         f"got {list(hidden_states.shape)}")
+
+
+# --- registry -----------------------------------------------------------------------------------------------
+RECIPES = ("adapter", "superb", "emobox")
+
+
+def build_model(recipe: str, input_layers: int, input_dim: int, num_classes: int, **config) -> nn.Module:
+    """A classifier by recipe name; ``config`` overrides that recipe's defaults (for ``adapter``: any field of
+    ClassifierConfig or AdapterConfig, e.g. ``dim=256, head_dropout=0.2, input_layer=19``)."""
+    if recipe == "adapter":
+        adapter_keys = {f.name for f in fields(AdapterConfig)}
+        head_keys = {f.name for f in fields(ClassifierConfig)} - {"adapter", "num_classes"}
+        _reject_unknown(recipe, config, adapter_keys | head_keys)
+        adapter = AdapterConfig(input_layers=input_layers, input_dim=input_dim,
+                                **{k: v for k, v in config.items() if k in adapter_keys})
+        return EmotionClassifier(ClassifierConfig(num_classes=num_classes, adapter=adapter,
+                                                  **{k: v for k, v in config.items() if k in head_keys}))
+    if recipe in ("superb", "emobox"):
+        config_class, model_class = {"superb": (SuperbConfig, SuperbClassifier),
+                                     "emobox": (EmoBoxConfig, EmoBoxClassifier)}[recipe]
+        _reject_unknown(recipe, config, {f.name for f in fields(config_class)} - {"input_layers", "input_dim", "num_classes"})
+        return model_class(config_class(input_layers=input_layers, input_dim=input_dim, num_classes=num_classes, **config))
+    raise EmoadaptError(None, f"unknown model recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+
+
+def _reject_unknown(recipe, config, allowed):
+    unknown = sorted(set(config) - allowed)
+    if unknown:
+        raise EmoadaptError(None, f"recipe {recipe!r} has no option {', '.join(unknown)}; "
+                                  f"its options are {', '.join(sorted(allowed))}")

@@ -1,0 +1,209 @@
+"""The adapter, the pooling and the classifiers on small synthetic cached features (CPU, d = 32)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from emoadapt.errors import EmoadaptError
+from emoadapt.model import (AdapterConfig, AttentiveStatisticsPooling, WAPTransformer, build_model,
+                            lengths_to_padding_mask, masked_mean)
+
+LAYERS, D = 4, 24  # cached hidden states per frame (L+1) and their width
+SMALL = dict(dim=32, num_heads=4, ffn_dim=64, conv_pos_kernel=16, conv_pos_groups=4)
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and never stall when the machine is busy."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+def small_adapter(**overrides) -> WAPTransformer:
+    torch.manual_seed(0)
+    return WAPTransformer(AdapterConfig(input_layers=LAYERS, input_dim=D, **{**SMALL, **overrides})).eval()
+
+
+def padded_batch(lengths, seed=0, pad_value=0.0):
+    """fp16 hidden states [B, L+1, T, D] as the feature store gives them, padding filled with pad_value."""
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    x = (3 * torch.randn(len(lengths), LAYERS, T, D, generator=g) + 1).half()
+    padding_mask = lengths_to_padding_mask(torch.tensor(lengths), T)
+    x = x.masked_fill(padding_mask[:, None, :, None], pad_value)
+    return x, padding_mask
+
+
+LENGTHS = [61, 23, 7, 40]
+
+
+@torch.no_grad()
+def test_adapter_padded_batch_equals_one_utterance_at_a_time():
+    adapter = small_adapter()
+    x, padding_mask = padded_batch(LENGTHS, pad_value=1e4)  # garbage in the padding must not leak
+    z, layers = adapter(x, padding_mask, return_layers=True)
+    assert z.shape == (len(LENGTHS), max(LENGTHS), 32) and z.dtype == torch.float32
+    for i, n in enumerate(LENGTHS):
+        zi, layers_i = adapter(x[i:i + 1, :, :n], torch.zeros(1, n, dtype=torch.bool), return_layers=True)
+        assert (z[i, :n] - zi[0]).abs().max() < 1e-5
+        for h, hi in zip(layers, layers_i):
+            assert (h[i, :n] - hi[0]).abs().max() < 1e-5
+        assert not z[i, n:].any()  # padding rows of Z are zero
+
+
+@torch.no_grad()
+def test_adapter_fixed_layer_uses_only_that_layer():
+    adapter = small_adapter(input_layer=2)
+    assert not hasattr(adapter, "layer_logits")
+    x, padding_mask = padded_batch([30, 12])
+    other = x.clone()
+    other[:, [0, 1, 3]] = torch.randn_like(other[:, [0, 1, 3]].float()).half()
+    assert torch.equal(adapter(x, padding_mask), adapter(other, padding_mask))
+    other[:, 2] += 1
+    assert not torch.allclose(adapter(x, padding_mask), adapter(other, padding_mask))
+    with pytest.raises(ValueError, match="input_layer=7"):
+        small_adapter(input_layer=7)
+
+
+@torch.no_grad()
+def test_layer_mix_is_a_softmax_over_the_cached_states():
+    adapter = small_adapter(input_norm=False, dropout=0.0)
+    x, padding_mask = padded_batch([20])
+    adapter.layer_logits.copy_(torch.tensor([0.0, 5.0, -1.0, 2.0]))
+    w = F.softmax(adapter.layer_logits, 0)
+    x0 = (w[None, :, None, None] * x.float()).sum(1)
+    assert torch.allclose(adapter.project(x), adapter.input_proj(x0), atol=1e-5)
+    adapter.layer_logits.copy_(torch.tensor([0.0, -50.0, -50.0, -50.0]))  # all weight on layer 0
+    assert torch.allclose(adapter.project(x), adapter.input_proj(x[:, 0].float()), atol=1e-4)
+
+
+@torch.no_grad()
+def test_z_is_a_softmax_weighted_sum_of_the_layer_outputs():
+    adapter = small_adapter()
+    x, padding_mask = padded_batch([33, 9])
+    mix, w = adapter.layer_weights()
+    assert w.shape == (3,) and torch.allclose(w.sum(), torch.tensor(1.0)) and torch.allclose(w, torch.full((3,), 1 / 3))
+    assert torch.allclose(mix.sum(), torch.tensor(1.0))
+    z, layers = adapter(x, padding_mask, return_layers=True)
+    assert len(layers) == 3 and torch.allclose(z, sum(layers) / 3, atol=1e-6)
+
+    adapter.output_logits.copy_(torch.tensor([2.0, -1.0, 0.5]))       # changing the logits changes the mix ...
+    z2, layers2 = adapter(x, padding_mask, return_layers=True)
+    w2 = F.softmax(adapter.output_logits, 0)
+    assert torch.allclose(z2, sum(w2[l] * layers2[l] for l in range(3)), atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(layers, layers2))     # ... and nothing else
+    assert not torch.allclose(z, z2, atol=1e-4)
+    adapter.output_logits.copy_(torch.tensor([-30.0, -30.0, 30.0]))   # all weight on the last layer
+    assert torch.allclose(adapter(x, padding_mask), layers[2], atol=1e-5)
+
+
+def test_layer_weights_learn():
+    adapter = small_adapter()
+    adapter.train()
+    x, padding_mask = padded_batch([15, 10])
+    adapter(x, padding_mask).pow(2).sum().backward()
+    assert adapter.layer_logits.grad.abs().sum() > 0 and adapter.output_logits.grad.abs().sum() > 0
+
+
+@torch.no_grad()
+def test_masked_frames_lose_their_content():
+    adapter = small_adapter()
+    x, padding_mask = padded_batch([25, 25])
+    other = x.clone()
+    other[:, :, 5:15] = torch.randn_like(other[:, :, 5:15].float()).half()
+    mask = torch.zeros(2, 25, dtype=torch.bool)
+    mask[:, 5:15] = True
+    emb = torch.randn(32)
+    z = adapter(x, padding_mask, mask_positions=mask, mask_embedding=emb)
+    assert torch.allclose(z, adapter(other, padding_mask, mask_positions=mask, mask_embedding=emb), atol=1e-6)
+    assert not torch.allclose(z, adapter(x, padding_mask), atol=1e-4)
+
+
+def test_adapter_rejects_features_of_another_shape():
+    adapter = small_adapter()
+    x, padding_mask = padded_batch([10])
+    with pytest.raises(ValueError, match=r"expected hidden states \[B, 4, T, 24\].*got \[1, 3, 10, 24\]"):
+        adapter(x[:, :3], padding_mask)
+    with pytest.raises(ValueError, match="padding_mask"):
+        adapter(x, padding_mask[:, :5])
+
+
+@torch.no_grad()
+def test_sap_is_okabe_and_ignores_padding():
+    torch.manual_seed(1)
+    sap = AttentiveStatisticsPooling(8, attention_dim=5)
+    z = torch.randn(3, 12, 8)
+    lengths = [12, 4, 1]
+    padding_mask = lengths_to_padding_mask(torch.tensor(lengths))
+    u = sap(z.masked_fill(padding_mask[..., None], 1e4), padding_mask)
+    assert u.shape == (3, 16)
+    for i, n in enumerate(lengths):
+        zi = z[i, :n]
+        a = F.softmax(sap.score(torch.tanh(sap.attention(zi))).squeeze(-1), 0)[:, None]
+        mu = (a * zi).sum(0)
+        sigma = torch.sqrt((a * zi ** 2).sum(0) - mu ** 2 + sap.eps)
+        assert torch.allclose(u[i], torch.cat([mu, sigma]), atol=1e-5)
+        assert (u[i] - sap(zi[None], torch.zeros(1, n, dtype=torch.bool))[0]).abs().max() < 1e-5
+    assert torch.allclose(u[2, 8:], torch.full((8,), sap.eps ** 0.5))  # one frame: no spread, sigma = sqrt(eps)
+
+
+def test_masked_mean():
+    x = torch.arange(12.0).view(1, 4, 3).repeat(2, 1, 1)
+    padding_mask = lengths_to_padding_mask(torch.tensor([4, 2]))
+    assert torch.allclose(masked_mean(x, padding_mask), torch.tensor([[4.5, 5.5, 6.5], [1.5, 2.5, 3.5]]))
+
+
+@pytest.mark.parametrize("recipe", ["adapter", "superb", "emobox"])
+@torch.no_grad()
+def test_classifiers_padded_batch_equals_one_at_a_time(recipe):
+    torch.manual_seed(0)
+    config = SMALL if recipe == "adapter" else {}
+    model = build_model(recipe, LAYERS, D, num_classes=5, **config).eval()
+    x, padding_mask = padded_batch(LENGTHS, pad_value=-1e4)
+    logits = model(x, padding_mask)
+    assert logits.shape == (len(LENGTHS), 5)
+    for i, n in enumerate(LENGTHS):
+        single = model(x[i:i + 1, :, :n], torch.zeros(1, n, dtype=torch.bool))
+        assert (logits[i] - single[0]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("recipe", ["adapter", "superb", "emobox"])
+def test_classifiers_train(recipe):
+    torch.manual_seed(0)
+    config = SMALL if recipe == "adapter" else {}
+    model = build_model(recipe, LAYERS, D, num_classes=3, **config)
+    x, padding_mask = padded_batch([20, 18, 25, 9, 30, 14], seed=3)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    x = x.float()
+    x[:, :, :, 0] += 3 * labels[:, None, None]  # a learnable cue
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(30):
+        loss = F.cross_entropy(model(x, padding_mask), labels)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
+
+
+def test_build_model_options_and_errors():
+    model = build_model("adapter", 7, 512, 4, dim=64, num_heads=2, ffn_dim=128, head_dropout=0.3, input_layer=-1)
+    assert model.adapter.config.dim == 64 and model.adapter.config.input_dim == 512
+    assert model.config.head_dropout == 0.3 and model.head.out_features == 4
+    assert build_model("emobox", 7, 512, 4, hidden_dim=64).pre_net.out_features == 64
+    assert build_model("superb", 7, 512, 4).layer_logits.shape == (7,)
+    with pytest.raises(EmoadaptError, match="unknown model recipe 'wav2vec'.*adapter, superb, emobox"):
+        build_model("wav2vec", 7, 512, 4)
+    with pytest.raises(EmoadaptError, match="recipe 'superb' has no option dim"):
+        build_model("superb", 7, 512, 4, dim=3)
+
+
+def test_default_sizes():
+    """METHOD.md: about 6 M parameters for d = 384 (under 2% of HuBERT-large's 316 M)."""
+    for layers, dim in [(7, 512), (25, 1024)]:
+        n = sum(p.numel() for p in WAPTransformer(AdapterConfig(input_layers=layers, input_dim=dim)).parameters())
+        assert 5.5e6 < n < 7.5e6 and n < 0.025 * 316e6
