@@ -83,3 +83,8 @@ class StoreMismatch(FeatureStoreError):
 
 class MissingFeatures(FeatureStoreError):
     """An utterance was asked for that the store does not hold (or holds for another audio version)."""
+
+
+# --- training checkpoints and model folders (checkpoints.py) -----------------------------------------------
+class CheckpointError(EmoadaptError):
+    """A model folder or training checkpoint is missing, incomplete, or cannot hold / give back a value."""

@@ -1,0 +1,344 @@
+"""Checkpoints without pickle: loading one never runs code.
+
+Two kinds of file, both safetensors:
+
+- **A model folder** (what ``finetune`` and ``pretrain`` hand over, and what ``evaluate`` reads)::
+
+      model.safetensors   the weights (state_dict)
+      model.json          what to build: kind ("classifier" or "adapter"), recipe and its options, class labels,
+                          the encoder (name, fingerprint, layers) the features came from, the run's full config,
+                          and the sha256 of model.safetensors
+
+  :func:`load_model` rebuilds the network from the JSON with :func:`emoadapt.model.build_model` (or
+  :class:`WAPTransformer` for a stage-1 adapter) and loads the weights: no code from the folder is executed.
+
+- **A Lightning training checkpoint** (``last.ckpt``, ``best.ckpt``: resume after an interruption). Lightning's
+  own format is ``torch.save`` (pickle). :class:`SafetensorsCheckpointIO` writes the same checkpoint dict as one
+  safetensors file instead: every tensor under a flattened key (``state_dict/adapter.input_proj.weight``,
+  ``optimizer_states/0/state/3/exp_avg`` ...), and everything else as JSON in the safetensors header
+  (``__metadata__["emoadapt.checkpoint"]``), with tensors replaced by ``{"__tensor__": key}``.
+
+  JSON cannot say everything Python can, so some leaves are tagged and restored exactly:
+  a dict whose keys are not all strings (optimizer state is keyed by int) -> ``{"__dict__": [[key, value] ...]}``,
+  a tuple -> ``{"__tuple__": [...]}``, a NaN or infinite float -> ``{"__float__": "nan" | "inf" | "-inf"}``,
+  a numpy array -> stored as a tensor and tagged ``{"__ndarray__": key}``. Converted one way (they come back
+  as the plain value): numpy scalars -> Python numbers, ``pathlib.Path`` -> str, set/frozenset -> list,
+  ``torch.dtype`` / ``torch.device`` -> str. Anything else raises :class:`CheckpointError` naming where it is.
+
+Every write goes to a temporary name beside the target, is fsynced, then renamed over it: a reader (or a resumed
+run) never sees half a file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import uuid
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import CheckpointError
+from .model import AdapterConfig, WAPTransformer, build_model
+
+MODEL_FORMAT = "emoadapt-model"
+CHECKPOINT_FORMAT = "emoadapt-lightning-checkpoint"
+VERSION = 1
+WEIGHTS, CONFIG = "model.safetensors", "model.json"
+_HEADER_KEY = "emoadapt.checkpoint"
+_MARKERS = ("__tensor__", "__ndarray__", "__dict__", "__tuple__", "__float__")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Model folders
+# ------------------------------------------------------------------------------------------------------------
+class LoadedModel(NamedTuple):
+    model: nn.Module   # in eval mode
+    info: dict         # the model.json contents
+
+
+def save_model(model: nn.Module, folder: str | os.PathLike, *, kind: str, build: dict, labels=None,
+               encoder: dict | None = None, config: dict | None = None, extra: dict | None = None) -> Path:
+    """Write ``model.safetensors`` then ``model.json`` (the commit) into ``folder``.
+
+    ``build`` is what :func:`load_model` needs to rebuild the network: for kind "classifier"
+    ``{"recipe", "input_layers", "input_dim", "num_classes", "options"}`` (``build_model``'s arguments); for kind
+    "adapter" ``{"adapter_config": {...AdapterConfig fields}}``.
+    """
+    if kind not in ("classifier", "adapter"):
+        raise ValueError(f"kind must be 'classifier' or 'adapter', not {kind!r}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / WEIGHTS
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    _atomic(weights, lambda tmp: save_file(state, str(tmp), metadata={"format": MODEL_FORMAT}))
+    info = {"format": MODEL_FORMAT, "version": VERSION, "kind": kind, "build": build,
+            "labels": list(labels) if labels is not None else None, "encoder": encoder or {},
+            "config": config or {}, "sha256": _sha256(weights), **(extra or {})}
+    text = json.dumps(_plain(info), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    _atomic(folder / CONFIG, lambda tmp: Path(tmp).write_text(text))
+    return folder
+
+
+def save_adapter(adapter: WAPTransformer, folder: str | os.PathLike, *, encoder: dict | None = None,
+                 config: dict | None = None, extra: dict | None = None) -> Path:
+    """A stage-1 adapter (the teacher) as a model folder of kind "adapter"."""
+    return save_model(adapter, folder, kind="adapter", build={"adapter_config": asdict(adapter.config)},
+                      encoder=encoder, config=config, extra=extra)
+
+
+def read_model_info(folder: str | os.PathLike) -> dict:
+    """The model.json of a model folder (checked, weights not read)."""
+    folder = Path(folder)
+    path = folder / CONFIG
+    if not folder.is_dir():
+        raise CheckpointError(folder, "no such model folder")
+    if not path.is_file():
+        raise CheckpointError(folder, f"not a model folder: {CONFIG} is missing (an interrupted run writes it last; "
+                                      f"re-run the training command to finish it)")
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(path, f"unreadable model description ({error})") from None
+    if info.get("format") != MODEL_FORMAT:
+        raise CheckpointError(path, f"not an emoadapt model (format {info.get('format')!r})")
+    if info.get("version", 0) > VERSION:
+        raise CheckpointError(path, f"model format version {info['version']} is newer than this emoadapt reads "
+                                    f"({VERSION}); upgrade emoadapt")
+    return info
+
+
+def load_model(folder: str | os.PathLike) -> LoadedModel:
+    """Rebuild the network a model folder describes and load its weights (eval mode, CPU)."""
+    folder = Path(folder)
+    info = read_model_info(folder)
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(folder, f"{WEIGHTS} is missing")
+    if info.get("sha256") and _sha256(weights) != info["sha256"]:
+        raise CheckpointError(weights, f"the weights do not match {CONFIG} (sha256 differs): the folder was "
+                                       f"partly overwritten; re-run the training command")
+    build = info["build"]
+    try:
+        if info["kind"] == "adapter":
+            known = {f.name for f in fields(AdapterConfig)}
+            config = AdapterConfig(**{k: v for k, v in build["adapter_config"].items() if k in known})
+            model = WAPTransformer(config)
+        else:
+            model = build_model(build["recipe"], build["input_layers"], build["input_dim"], build["num_classes"],
+                                **build.get("options", {}))
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(folder / CONFIG, f"cannot rebuild the model from its description ({error})") from None
+    state = _read_tensors(weights)
+    missing, unexpected = _compare_keys(model.state_dict(), state)
+    if missing or unexpected:
+        raise CheckpointError(weights, f"weights do not fit the described model (missing {missing[:3]}, "
+                                       f"unexpected {unexpected[:3]})")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(weights, f"weights do not fit the described model ({str(error).splitlines()[-1]})") from None
+    return LoadedModel(model.eval(), info)
+
+
+def _compare_keys(expected: dict, got: dict) -> tuple[list[str], list[str]]:
+    return sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(path, f"unreadable safetensors file ({error})") from None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Lightning training checkpoints
+# ------------------------------------------------------------------------------------------------------------
+def save_checkpoint_file(checkpoint: dict, path: str | os.PathLike) -> Path:
+    """Any nested dict of tensors and plain values -> one safetensors file (tensors + JSON header), atomically."""
+    path = Path(path)
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _encode(checkpoint, (), tensors)
+    header = json.dumps(skeleton, allow_nan=False, separators=(",", ":"))
+    metadata = {"format": CHECKPOINT_FORMAT, "version": str(VERSION), _HEADER_KEY: header}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    return path
+
+
+def load_checkpoint_file(path: str | os.PathLike, map_location=None) -> dict:
+    """Inverse of :func:`save_checkpoint_file`. ``map_location`` (a device or str) moves tensors; default CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            if metadata.get("format") != CHECKPOINT_FORMAT or _HEADER_KEY not in metadata:
+                raise CheckpointError(path, "not an emoadapt training checkpoint (a torch.save/pickle .ckpt is never "
+                                            "loaded: it could run code)")
+            if int(metadata.get("version", 0)) > VERSION:
+                raise CheckpointError(path, f"checkpoint version {metadata['version']} is newer than this emoadapt")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(path, f"unreadable checkpoint ({error}); delete it to start over") from None
+    if isinstance(map_location, (str, torch.device)):
+        tensors = {k: v.to(map_location) for k, v in tensors.items()}
+    return _decode(json.loads(metadata[_HEADER_KEY]), tensors)
+
+
+def _make_checkpoint_io_class():
+    from lightning.fabric.plugins import CheckpointIO
+
+    class SafetensorsCheckpointIO(CheckpointIO):
+        """A Lightning ``CheckpointIO`` plugin: training checkpoints as safetensors + JSON header, never pickle.
+
+        ``Trainer(plugins=[SafetensorsCheckpointIO()])``; ``trainer.fit(..., ckpt_path="last")`` resumes from it.
+        """
+
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            if storage_options is not None:
+                raise TypeError("SafetensorsCheckpointIO takes no storage_options")
+            save_checkpoint_file(checkpoint, path)
+
+        def load_checkpoint(self, path, map_location=None, weights_only=None):
+            return load_checkpoint_file(path, map_location)
+
+        def remove_checkpoint(self, path):
+            Path(path).unlink(missing_ok=True)
+
+    SafetensorsCheckpointIO.__module__ = __name__
+    return SafetensorsCheckpointIO
+
+
+def __getattr__(name):
+    # SafetensorsCheckpointIO subclasses Lightning's CheckpointIO; building it on first use keeps
+    # ``load_model`` (inference) free of the Lightning import (~2 s).
+    if name == "SafetensorsCheckpointIO":
+        cls = _make_checkpoint_io_class()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _encode(obj: Any, where: tuple, tensors: dict) -> Any:
+    """Replace tensors by references into ``tensors`` and tag what JSON cannot hold (see module docstring)."""
+    if isinstance(obj, torch.Tensor):
+        return {"__tensor__": _store(obj, where, tensors)}
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": _store(torch.from_numpy(np.ascontiguousarray(obj)), where, tensors)}
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, (int, np.integer)) and not isinstance(obj, np.bool_):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, (float, np.floating)):
+        value = float(obj)
+        return value if math.isfinite(value) else {"__float__": repr(value)}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj) and not any(k in _MARKERS for k in obj):
+            return {k: _encode(v, where + (k,), tensors) for k, v in obj.items()}
+        return {"__dict__": [[_encode(k, where + ("key",), tensors), _encode(v, where + (str(k),), tensors)]
+                             for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, where + (str(i),), tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, where + (str(i),), tensors) for i, v in enumerate(obj)]
+    if isinstance(obj, (set, frozenset)):
+        return [_encode(v, where + (str(i),), tensors) for i, v in enumerate(sorted(obj, key=repr))]
+    if isinstance(obj, (os.PathLike, torch.dtype, torch.device)):
+        return str(obj)
+    raise CheckpointError(None, f"cannot store a {type(obj).__name__} at {'/'.join(where) or '(root)'} in a "
+                                f"checkpoint without pickle; keep checkpoint state to tensors and plain values")
+
+
+def _store(tensor: torch.Tensor, where: tuple, tensors: dict) -> str:
+    key = "/".join(where) or "tensor"
+    if key in tensors:  # e.g. an int key 0 and a str key "0" side by side
+        n = 1
+        while f"{key}#{n}" in tensors:
+            n += 1
+        key = f"{key}#{n}"
+    if tensor.is_sparse or tensor.layout != torch.strided:
+        raise CheckpointError(None, f"cannot store a {tensor.layout} tensor at {key}")
+    tensors[key] = tensor.detach().cpu().contiguous().clone()  # clone: safetensors refuses shared storage
+    return key
+
+
+def _decode(obj: Any, tensors: dict) -> Any:
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if len(obj) == 1:
+        (tag, value), = obj.items()
+        if tag == "__tensor__":
+            return tensors[value]
+        if tag == "__ndarray__":
+            return tensors[value].numpy()
+        if tag == "__float__":
+            return float(value)
+        if tag == "__tuple__":
+            return tuple(_decode(v, tensors) for v in value)
+        if tag == "__dict__":
+            return {_hashable(_decode(k, tensors)): _decode(v, tensors) for k, v in value}
+    return {k: _decode(v, tensors) for k, v in obj.items()}
+
+
+def _hashable(key):
+    return tuple(_hashable(k) for k in key) if isinstance(key, (tuple, list)) else key
+
+
+# ------------------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------------------
+def _atomic(final: Path, write) -> None:
+    """``write(tmp_path)`` to a temp name beside ``final``, fsync it, rename over ``final``, fsync the folder."""
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:
+        fd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _plain(obj):
+    """Config values for model.json: tuples -> lists, Paths -> str (JSON has nothing else)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return repr(obj)
+    return obj
