@@ -1,0 +1,292 @@
+"""The `emoadapt` command. Each verb parses its flags and calls one function of the Python API; user errors
+(`EmoadaptError`) are printed on one line and exit with status 2, never as a traceback."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import CorpusError, EmoadaptError
+from .paths import ENV_VAR, default_data_root
+
+
+def _add_corpus_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("corpus", help="corpus folder, manifest CSV or EmoBox JSONL")
+    parser.add_argument("--kind", help="corpus kind (ravdess, emovo, cremad, emodb, iemocap, emobox, csv, folders, "
+                                       "unlabeled); detected from the layout when omitted")
+    parser.add_argument("--view", help="label view, e.g. 4class for IEMOCAP/RAVDESS; the corpus default when omitted")
+
+
+def _add_encoder_args(parser: argparse.ArgumentParser) -> None:
+    from .encoders import DEFAULT_ENCODER
+    parser.add_argument("--encoder", default=DEFAULT_ENCODER,
+                        help=f"whisper-base (default, embedded), whisper-tiny.en, a CTranslate2 Whisper folder, or "
+                             f"hf:<folder or hub id> for HuBERT/wav2vec2/WavLM/data2vec-audio (default {DEFAULT_ENCODER})")
+    parser.add_argument("--pad-to-30s", action="store_true",
+                        help="Whisper only: pad every clip to 30 s as in Whisper's training (10-15x slower on CPU); "
+                             "use the same setting for training and inference")
+    parser.add_argument("--device", default="cpu", help="torch device for the encoder (cpu, cuda, cuda:1 ...)")
+
+
+def _encoder_options(args) -> dict:
+    return {"pad_to_30s": True} if args.pad_to_30s else {}
+
+
+def _device(args) -> str:
+    """Under torchrun each rank takes its own GPU: plain "cuda" becomes cuda:$LOCAL_RANK."""
+    if args.device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{os.environ['LOCAL_RANK']}"
+    return args.device
+
+
+def cmd_corpus(args) -> int:
+    """Loads leniently so that a broken corpus still gets its summary, with the problems listed; exits 1 if any."""
+    from .corpora import load_corpus, summarize
+    corpus = load_corpus(args.corpus, kind=args.kind, view=args.view, strict=False)
+    print(summarize(corpus))
+    return 1 if corpus.problems else 0
+
+
+def cmd_extract(args) -> int:
+    from .corpora import load_corpus
+    from .encoders import load_encoder
+    from .features import extract
+    corpus = load_corpus(args.corpus, kind=args.kind, view=args.view)
+    rows = corpus.rows[: args.limit] if args.limit else corpus.rows
+    encoder = load_encoder(args.encoder, device=_device(args), **_encoder_options(args))
+    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    report = extract(rows, encoder, args.store, layers=layers, batch_size=args.batch_size,
+                     rank=args.rank, world_size=args.world_size, retry_failed=args.retry_failed,
+                     progress=not args.no_progress)
+    print(report)
+    return 1 if getattr(report, "failures", None) else 0
+
+
+# --- training verbs (pretrain, finetune, evaluate, cv): thin wrappers over emoadapt.training ------------------
+def _add_training_args(parser: argparse.ArgumentParser, *, stage1: bool, stage2: bool) -> None:
+    g = parser.add_argument_group("settings (defaults < --config < these flags < --set)")
+    g.add_argument("--config", help="JSON or YAML file of settings: seed, val_fraction, adapter, head, pretrain, "
+                                    "stage2, trainer (a run folder's config.json works too)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="one setting, e.g. stage2.lr=3e-4, pretrain.mask_weight=0, adapter.dim=256 (repeatable)")
+    g.add_argument("--seed", type=int, help="random seed (default 0)")
+    g.add_argument("--batch-size", type=int, help="batch size of both stages (default 32)")
+    if stage1:
+        g.add_argument("--pretrain-epochs", type=int, help="stage-1 epochs (pretrain.epochs, default 100)")
+        g.add_argument("--no-mask-loss", action="store_true", help="ablation: switch off L_mask (pretrain.mask_weight=0)")
+        g.add_argument("--no-sd-loss", action="store_true", help="ablation: switch off L_sd (pretrain.sd_weight=0)")
+        g.add_argument("--no-la-loss", action="store_true", help="ablation: switch off L_la (pretrain.la_weight=0)")
+    if stage2:
+        g.add_argument("--epochs", type=int, help="stage-2 epochs (stage2.epochs, default 40)")
+        g.add_argument("--lr", type=float, help="stage-2 adapter learning rate (stage2.lr, default 1e-4)")
+    g.add_argument("--accelerator", help="cpu, gpu or auto (trainer.accelerator)")
+    g.add_argument("--devices", help="devices per node, e.g. 2 with --strategy ddp (trainer.devices)")
+    g.add_argument("--strategy", help="Lightning strategy: auto, ddp, ... (trainer.strategy)")
+    g.add_argument("--num-workers", type=int, help="DataLoader workers (trainer.num_workers, default 0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _run_config(args):
+    from .training import load_config
+    flags = {"seed": args.seed, "stage2.batch_size": args.batch_size, "pretrain.batch_size": args.batch_size,
+             "pretrain.epochs": getattr(args, "pretrain_epochs", None), "stage2.epochs": getattr(args, "epochs", None),
+             "stage2.lr": getattr(args, "lr", None), "trainer.accelerator": args.accelerator,
+             "trainer.devices": args.devices, "trainer.strategy": args.strategy,
+             "trainer.num_workers": args.num_workers}
+    for loss in ("mask", "sd", "la"):
+        if getattr(args, f"no_{loss}_loss", False):
+            flags[f"pretrain.{loss}_weight"] = 0
+    sets = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    return load_config(args.config, [*sets, *args.overrides])
+
+
+def _folds(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise EmoadaptError(None, f"--folds {text!r}: expected fold numbers separated by commas, e.g. 1,2") from None
+
+
+def cmd_pretrain(args) -> int:
+    from .corpora import load_corpus
+    from .training import open_store, pretrain, split_fold, usable_ids
+    config = _run_config(args)
+    ids = None
+    if args.fold is not None and not args.corpus:
+        raise EmoadaptError(None, "--fold needs --corpus (the fold's training speakers are taken from it)")
+    if args.corpus:
+        corpus = load_corpus(args.corpus, kind=args.kind, view=args.view)
+        first = open_store(args.store[0])
+        chosen = (split_fold(corpus, first, args.fold, config)["train"] if args.fold is not None
+                  else usable_ids(corpus, first, [u.id for u in corpus.rows])[0])
+        ids = [chosen, *[None] * (len(args.store) - 1)]
+    adapter = pretrain(args.store, args.out, ids=ids, config=config, progress=not args.no_progress)
+    print(f"stage-1 teacher adapter: {adapter}")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from .corpora import load_corpus
+    from .evaluation import Scores
+    from .training import finetune
+    corpus = load_corpus(args.corpus, kind=args.kind, view=args.view)
+    results = finetune(corpus, args.store, args.fold, args.out, recipe=args.recipe, config=_run_config(args),
+                       init=args.init, progress=not args.no_progress)
+    print(f"fold {args.fold} test: {Scores(**results['scores']).line()}  (best val UA {results['best_val_ua']}, "
+          f"epoch {results['best_epoch']})")
+    print(f"model: {Path(args.out) / 'model'}  results: {Path(args.out) / 'results.json'}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .corpora import load_corpus
+    from .evaluation import Scores
+    from .training import evaluate
+    corpus = load_corpus(args.corpus, kind=args.kind, view=args.view)
+    results = evaluate(args.model, corpus, args.store, args.fold, batch_size=args.batch_size, out=args.out)
+    print(f"{corpus.name}" + (f" fold {args.fold}" if args.fold is not None else "") +
+          f": {Scores(**results['scores']).line()}")
+    print(f"results: {results['path']}")
+    return 0
+
+
+def cmd_cv(args) -> int:
+    from .corpora import load_corpus
+    from .training import run_cv
+    corpus = load_corpus(args.corpus, kind=args.kind, view=args.view)
+    run_cv(corpus, args.store, args.recipe, args.out, folds=_folds(args.folds), config=_run_config(args),
+           extra_unlabeled_stores=args.unlabeled_store, progress=not args.no_progress)
+    print(f"results: {Path(args.out) / 'results.json'}  confusion: {Path(args.out) / 'confusion.png'}")
+    return 0
+
+
+def _add_training_parsers(sub) -> None:
+    def corpus_flags(p, required=True):
+        p.add_argument("--corpus", required=required, help="corpus folder, manifest CSV or EmoBox JSONL")
+        p.add_argument("--kind", help="corpus kind; detected from the layout when omitted")
+        p.add_argument("--view", help="label view, e.g. 4class; the corpus default when omitted")
+
+    p = sub.add_parser("pretrain", help="stage 1: train the adapter on unlabeled cached features (resumable)")
+    p.add_argument("--store", action="append", required=True, help="feature store (repeat to mix several)")
+    corpus_flags(p, required=False)
+    p.add_argument("--fold", type=int, help="with --corpus: use only this fold's training speakers of the first store")
+    p.add_argument("--out", required=True, help="run folder (resumed if it exists)")
+    _add_training_args(p, stage1=True, stage2=False)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("finetune", help="stage 2: train a classifier on one fold, pick the best-validation epoch, "
+                                        "test (resumable)")
+    corpus_flags(p)
+    p.add_argument("--store", required=True, help="feature store of the corpus")
+    p.add_argument("--fold", type=int, required=True, help="test fold")
+    p.add_argument("--recipe", default="adapter", help="adapter (default), superb or emobox")
+    p.add_argument("--init", help="a stage-1 run folder: initialise the adapter from its teacher")
+    p.add_argument("--out", required=True, help="run folder (resumed if it exists)")
+    _add_training_args(p, stage1=False, stage2=True)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="score a fine-tuned model on a corpus (or one fold's test speakers)")
+    p.add_argument("--model", required=True, help="model folder (or the finetune run folder holding model/)")
+    corpus_flags(p)
+    p.add_argument("--store", required=True, help="feature store of the corpus (same encoder as the model's)")
+    p.add_argument("--fold", type=int, help="only this fold's test utterances (default: all)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", help="results JSON (default: <model>/evaluate-<corpus>[-fold<k>].json)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("cv", help="cross-validation: per fold [stage 1 ->] stage 2 -> test; mean ± std "
+                                  "(resumable: finished folds are skipped)")
+    corpus_flags(p)
+    p.add_argument("--store", required=True, help="feature store of the corpus")
+    p.add_argument("--recipe", required=True, help="full (stage 1 -> adapter), adapter, superb or emobox")
+    p.add_argument("--out", required=True, help="run folder (resumed if it exists)")
+    p.add_argument("--folds", help="comma-separated folds to run (default: all)")
+    p.add_argument("--unlabeled-store", action="append", default=[],
+                   help="extra unlabeled feature store for stage 1 (repeatable)")
+    _add_training_args(p, stage1=True, stage2=True)
+    p.set_defaults(func=cmd_cv)
+
+
+def _resolve_data_root(flag: str | None) -> Path:
+    if flag:
+        return Path(flag).expanduser()
+    root = default_data_root()
+    if root is None:
+        raise CorpusError(None, f"no data found: pass --data PATH (a folder holding ravdess/) or set {ENV_VAR}; "
+                                f"developers and CI find it at ../shared/data beside the checkout")
+    return root
+
+
+def cmd_demo(args) -> int:
+    """The main job on the embedded default encoder (Whisper-base) over the RAVDESS copy."""
+    from .corpora import load_corpus, summarize
+    from .encoders import load_encoder
+    from .features import extract
+    root = _resolve_data_root(args.data)
+    corpus_dir = root / "ravdess" if (root / "ravdess").is_dir() else root
+    corpus = load_corpus(corpus_dir)
+    print(summarize(corpus))
+    rows = corpus.rows[: args.limit] if args.limit else corpus.rows
+    encoder = load_encoder(args.encoder, **_encoder_options(args))
+    # one store per corpus x encoder setting: a store refuses to mix encoders, so the folder name says which
+    store = Path(args.workdir) / "features" / f"{corpus.name}-{encoder.name}{'-pad30' if args.pad_to_30s else ''}"
+    print(f"\nextracting {len(rows)} clips with {encoder.fingerprint} into {store}")
+    report = extract(rows, encoder, store, batch_size=args.batch_size, progress=not args.no_progress)
+    print(report)
+    return 1 if getattr(report, "failures", None) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emoadapt", description="Speech emotion recognition with a frozen encoder "
+                                     "and a WAP-Transformer adapter with local attributes (arXiv 2509.23795).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("corpus", help="check a corpus and print counts per label, speaker and fold")
+    _add_corpus_args(p)
+    p.set_defaults(func=cmd_corpus)
+
+    p = sub.add_parser("extract", help="cache a frozen encoder's hidden states for a corpus (resumable)")
+    _add_corpus_args(p)
+    _add_encoder_args(p)
+    p.add_argument("--store", required=True, help="feature store folder (created, or resumed if it exists)")
+    p.add_argument("--layers", help="comma-separated hidden-state indices to keep (default: all)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=int, help="only the first N utterances (quick checks)")
+    p.add_argument("--rank", type=int, help="this process's share when extraction is split over processes, nodes "
+                                            "or GPUs (default: torchrun's RANK, else 0)")
+    p.add_argument("--world-size", type=int, help="number of processes sharing the work (default: torchrun's "
+                                                  "WORLD_SIZE, else 1)")
+    p.add_argument("--retry-failed", action="store_true", help="retry files that failed before on unchanged audio")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_extract)
+
+    _add_training_parsers(sub)
+
+    p = sub.add_parser("demo", help="the main job on the embedded Whisper-base encoder over RAVDESS")
+    p.add_argument("--data", help=f"data root holding ravdess/ (default: ${ENV_VAR}, else ../shared/data)")
+    p.add_argument("--workdir", default="runs/demo", help="where the demo writes (default runs/demo)")
+    _add_encoder_args(p)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=int, help="only the first N clips")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EmoadaptError as error:
+        print(f"emoadapt {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"emoadapt {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
