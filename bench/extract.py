@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from emoadapt.corpora.manifest import Utterance
 from emoadapt.encoders import DEFAULT_ENCODER, SAMPLE_RATE, load_encoder
 from emoadapt.features import extract, plan_batches
 from emoadapt.paths import shared_corpus
+from emoadapt.provenance import git_commit  # re-exported for the other benchmarks
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL = 0.9
@@ -54,18 +54,6 @@ def machine_info() -> dict:
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     return {"nproc": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(), "cpu": cpu}
-
-
-def git_commit() -> str | None:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        # "-dirty": the measured code (src/, bench/) differs from that commit, new files included
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "bench"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def main(argv=None) -> int:

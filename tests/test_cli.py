@@ -4,7 +4,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 
 from emoadapt import cli, paths
 from emoadapt.features import FeatureStore
@@ -77,11 +76,26 @@ def test_demo_without_data_explains_what_to_pass(monkeypatch, capsys):
     assert "--data" in err and paths.ENV_VAR in err
 
 
-def test_demo_runs_on_shared_ravdess(shared_data, tmp_path, capsys):
+def test_demo_runs_end_to_end_on_shared_ravdess(shared_data, tmp_path, capsys):
+    """The whole demo path (corpus check, extraction, stage 1, stage 2, test on one fold) at toy sizes."""
     data_root = shared_data("ravdess").parent
+    tiny = ["adapter.dim=32", "adapter.num_heads=2", "adapter.ffn_dim=64", "adapter.conv_pos_kernel=8",
+            "pretrain.epochs=1", "pretrain.batch_size=16", "pretrain.num_codes=8", "pretrain.sd_hidden_dim=32",
+            "pretrain.sd_out_dim=32", "pretrain.sd_bottleneck_dim=16", "stage2.epochs=1", "stage2.batch_size=16"]
     code = cli.main(["demo", "--data", str(data_root), "--workdir", str(tmp_path), "--encoder", "whisper-tiny.en",
-                     "--limit", "16", "--no-progress"])
+                     "--limit", "96", "--no-progress", *[x for item in tiny for x in ("--set", item)]])
     assert code == 0
     out = capsys.readouterr().out
-    assert "1440 utterances" in out and "extracted 16" in out
-    assert len(FeatureStore(tmp_path / "features" / "ravdess-whisper-tiny.en")) == 16
+    assert "1440 utterances" in out and "extracted 96" in out
+    assert len(FeatureStore(tmp_path / "features" / "ravdess-whisper-tiny.en")) == 96
+    run = tmp_path / "cv-ravdess-whisper-tiny.en-fold1"
+    assert (run / "results.json").is_file() and (run / "confusion.png").is_file()
+    assert "UA " in out and str(run / "confusion.png") in out
+
+
+def test_demo_extract_only_stops_after_features(shared_data, tmp_path, capsys):
+    code = cli.main(["demo", "--data", str(shared_data("ravdess").parent), "--workdir", str(tmp_path),
+                     "--encoder", "whisper-tiny.en", "--limit", "8", "--extract-only", "--no-progress"])
+    assert code == 0
+    assert "extracted 8" in capsys.readouterr().out
+    assert not list(tmp_path.glob("cv-*"))

@@ -251,7 +251,7 @@ def test_same_seed_same_numbers(data, finetuned, tmp_path):
     corpus, store = data
     results, out = finetuned
     again = finetune(corpus, store, 1, tmp_path / "again", config=tiny_config(), progress=False)
-    other = finetune(corpus, store, 1, tmp_path / "other", config=tiny_config("seed=1"), progress=False)
+    finetune(corpus, store, 1, tmp_path / "other", config=tiny_config("seed=1"), progress=False)
     sha = lambda folder: json.loads((folder / "model" / "model.json").read_text())["sha256"]  # noqa: E731
     assert sha(tmp_path / "again") == sha(out) and again["scores"] == results["scores"]
     assert (tmp_path / "again" / "logs" / "metrics.csv").read_text() == (out / "logs" / "metrics.csv").read_text()

@@ -34,7 +34,6 @@ import hashlib
 import json
 import math
 import os
-import uuid
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -45,6 +44,7 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .atomic import atomic_write
 from .errors import CheckpointError
 from .model import AdapterConfig, WAPTransformer, build_model
 
@@ -78,12 +78,12 @@ def save_model(model: nn.Module, folder: str | os.PathLike, *, kind: str, build:
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / WEIGHTS
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    _atomic(weights, lambda tmp: save_file(state, str(tmp), metadata={"format": MODEL_FORMAT}))
+    atomic_write(weights, lambda tmp: save_file(state, str(tmp), metadata={"format": MODEL_FORMAT}))
     info = {"format": MODEL_FORMAT, "version": VERSION, "kind": kind, "build": build,
             "labels": list(labels) if labels is not None else None, "encoder": encoder or {},
             "config": config or {}, "sha256": _sha256(weights), **(extra or {})}
     text = json.dumps(_plain(info), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    _atomic(folder / CONFIG, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(folder / CONFIG, lambda tmp: Path(tmp).write_text(text))
     return folder
 
 
@@ -171,7 +171,7 @@ def save_checkpoint_file(checkpoint: dict, path: str | os.PathLike) -> Path:
     header = json.dumps(skeleton, allow_nan=False, separators=(",", ":"))
     metadata = {"format": CHECKPOINT_FORMAT, "version": str(VERSION), _HEADER_KEY: header}
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     return path
 
 
@@ -302,25 +302,6 @@ def _hashable(key):
 # ------------------------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------------------------
-def _atomic(final: Path, write) -> None:
-    """``write(tmp_path)`` to a temp name beside ``final``, fsync it, rename over ``final``, fsync the folder."""
-    final = Path(final)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    try:
-        fd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 def _sha256(path: Path) -> str:

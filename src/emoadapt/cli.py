@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -221,7 +222,11 @@ def _resolve_data_root(flag: str | None) -> Path:
 
 
 def cmd_demo(args) -> int:
-    """The main job on the embedded default encoder (Whisper-base) over the RAVDESS copy."""
+    """The main job on the embedded default encoder (Whisper-base) over RAVDESS: check the corpus, extract
+    features once, then stage 1 -> stage 2 -> test on one fold with a CPU-sized configuration
+    (``configs/demo-cpu.json``: a narrower adapter and few epochs, so it is not a result of the method)."""
+    import importlib.resources
+
     from .corpora import load_corpus, summarize
     from .encoders import load_encoder
     from .features import extract
@@ -229,14 +234,38 @@ def cmd_demo(args) -> int:
     corpus_dir = root / "ravdess" if (root / "ravdess").is_dir() else root
     corpus = load_corpus(corpus_dir)
     print(summarize(corpus))
-    rows = corpus.rows[: args.limit] if args.limit else corpus.rows
+    if args.limit:  # a quick check: clips spread evenly over the corpus, so every fold keeps its speakers
+        step = max(1, len(corpus.rows) // args.limit)
+        rows = corpus.rows[::step][: args.limit]
+        corpus = dataclasses.replace(corpus, rows=rows, folds=corpus.folds.restrict(r.id for r in rows))
+    rows = corpus.rows
     encoder = load_encoder(args.encoder, **_encoder_options(args))
     # one store per corpus x encoder setting: a store refuses to mix encoders, so the folder name says which
     store = Path(args.workdir) / "features" / f"{corpus.name}-{encoder.name}{'-pad30' if args.pad_to_30s else ''}"
-    print(f"\nextracting {len(rows)} clips with {encoder.fingerprint} into {store}")
+    print(f"\n[1/2] extracting {len(rows)} clips with {encoder.fingerprint} into {store}")
     report = extract(rows, encoder, store, batch_size=args.batch_size, progress=not args.no_progress)
     print(report)
-    return 1 if getattr(report, "failures", None) else 0
+    if report.failures:
+        return 1
+    if args.extract_only:
+        return 0
+
+    from .training import load_config, run_cv
+    config_file = args.config or importlib.resources.files("emoadapt").joinpath("configs/demo-cpu.json")
+    config = load_config(config_file, args.set or ())
+    run_dir = Path(args.workdir) / f"cv-{corpus.name}-{encoder.name}-fold{args.fold}"
+    print(f"\n[2/2] fold {args.fold}: stage 1 (teacher-student on the training split) -> stage 2 -> test; "
+          f"config {config_file}; run folder {run_dir}")
+    results = run_cv(corpus, store, "full", run_dir, folds=[args.fold], config=config,
+                     progress=not args.no_progress)
+    scores = results["folds"][str(args.fold)] if "folds" in results else None
+    print(f"\nRAVDESS fold {args.fold} test ({corpus.view}, demo configuration, Whisper-base; not comparable with "
+          f"the paper's HuBERT-large IEMOCAP numbers):")
+    if scores:
+        print(f"  UA {scores['ua']:.2f}  WA {scores['wa']:.2f}  macro-F1 {scores['macro_f1']:.2f}")
+    print(f"  results:          {run_dir / 'results.json'}")
+    print(f"  confusion matrix: {run_dir / 'confusion.png'}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,7 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="runs/demo", help="where the demo writes (default runs/demo)")
     _add_encoder_args(p)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--limit", type=int, help="only the first N clips")
+    p.add_argument("--limit", type=int, help="a quick check on N clips spread evenly over the corpus")
+    p.add_argument("--fold", type=int, default=1, help="the fold trained and tested (default 1)")
+    p.add_argument("--config", help="settings file (default: the packaged configs/demo-cpu.json)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="one setting, e.g. stage2.epochs=2")
+    p.add_argument("--extract-only", action="store_true", help="stop after the corpus check and feature extraction")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
     return parser

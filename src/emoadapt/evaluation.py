@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from .atomic import atomic_write, atomic_write_text
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
 METRICS = ("ua", "wa", "macro_f1", "weighted_f1")
@@ -100,20 +101,11 @@ def plot_confusion(confusion, labels: Sequence[str], path: str | Path, *, title:
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return Path(path)
 
 
 def write_json(data: dict, path: str | Path) -> Path:
-    """Atomic JSON write (temp file + rename): a reader never sees half a results file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-    return path
+    """Atomic JSON write: a reader never sees half a results file."""
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

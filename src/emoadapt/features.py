@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .encoders.base import SAMPLE_RATE
+from .atomic import atomic_write, atomic_write_text, fsync_file
 from .errors import AudioError, EncoderError, FeatureStoreError, MissingFeatures, StoreMismatch, TooShortAudio
 
 FORMAT = "emoadapt-feature-store"
@@ -411,8 +412,8 @@ class _ShardWriter:
             if m and int(m.group(1)) == self.rank:
                 seqs.append(int(m.group(2)))
                 committed.add(path.stem)
-        for path in list(self.dir.glob(f".r{self.rank}-*.tmp")) + list(self.dir.glob(f"r{self.rank}-*.npy")):
-            if path.suffix == ".tmp" or path.stem not in committed:
+        for path in list(self.dir.glob(f".r{self.rank}-*.tmp*")) + list(self.dir.glob(f"r{self.rank}-*.npy")):
+            if path.name.startswith(".") or path.stem not in committed:  # hidden = an atomic_write temp file
                 path.unlink(missing_ok=True)
         self.seq = max(seqs) + 1
         return self
@@ -438,13 +439,12 @@ class _ShardWriter:
                 entries += [{"id": row.id, "path": str(row.path), "offset": offset, "frames": int(h.shape[1]),
                              "size": size, "mtime_ns": mtime_ns} for row in group]
                 offset += n
-            _atomic_write(self.dir / f"{name}.npy", lambda f: np.save(f, data))
+            atomic_write(self.dir / f"{name}.npy", lambda tmp: np.save(tmp, data))
         part = {"version": VERSION, "rank": self.rank, "seq": self.seq, "committed_ns": time.time_ns(),
                 "shard": f"{name}.npy" if entries else None, "entries": entries,
                 "failures": [{"id": f.id, "path": f.path, "error": f.error, "size": f.size, "mtime_ns": f.mtime_ns}
                              for f in failures]}
-        _atomic_write(self.dir / f"{name}.json", lambda f: f.write(json.dumps(part).encode()))  # the commit
-        _fsync_dir(self.dir)
+        atomic_write(self.dir / f"{name}.json", lambda tmp: tmp.write_text(json.dumps(part)))  # the commit
         self.seq += 1
         return part
 
@@ -477,7 +477,8 @@ def _bind_meta(root: Path, encoder, layers: Sequence[int] | None) -> dict:
     if not final.exists():
         tmp = root / f".meta.{os.getpid()}.{uuid.uuid4().hex}.tmp"
         try:
-            _atomic_write(tmp, lambda f: f.write(json.dumps(meta, indent=1).encode()), rename=False)
+            tmp.write_text(json.dumps(meta, indent=1))
+            fsync_file(tmp)
             os.link(tmp, final)  # atomic create-if-absent: exactly one concurrent creator wins
         except FileExistsError:
             pass
@@ -518,33 +519,9 @@ def _read_part(path: Path) -> dict:
                                       f"extract to redo that batch") from None
 
 
-def _atomic_write(final: Path, write, *, rename: bool = True) -> None:
-    """Write to a temp name beside ``final``, fsync, then rename over it: readers never see a partial file."""
-    tmp = final if not rename else final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    if rename:
-        os.replace(tmp, final)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_failures(root: Path, failures: list[Failure]) -> None:
     lines = "".join(json.dumps({"id": f.id, "path": f.path, "error": f.error}) + "\n" for f in failures)
-    _atomic_write(root / "failures.jsonl", lambda f: f.write(lines.encode()))
+    atomic_write_text(root / "failures.jsonl", lines)
 
 
 def _stat(path) -> tuple[int, int] | None:

@@ -25,7 +25,6 @@ import math
 import os
 import random
 import signal
-import subprocess
 import time
 import types
 import typing
@@ -39,12 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .atomic import atomic_write
 from .checkpoints import (CONFIG, CheckpointError, load_checkpoint_file, load_model, read_model_info, save_adapter,
                           save_model)
 from .corpora import Corpus, load_corpus
 from .errors import CorpusError, EmoadaptError, FeatureStoreError, MissingFeatures, StoreMismatch
 from .evaluation import CrossValidationReport, Scores, plot_confusion, score, write_json
 from .features import FeatureStore
+from .provenance import git_commit, versions
 from .model import RECIPES, AdapterConfig, PretrainConfig, PretrainObjective, build_model, cosine_schedule
 
 try:
@@ -906,13 +907,13 @@ def predict(model: torch.nn.Module, dataset: FeatureDataset, batch_size: int = 3
 
 
 def _write_predictions(path: Path, dataset: FeatureDataset, probs: np.ndarray, labels: Sequence[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "label", "predicted", *[f"p_{name}" for name in labels]])
-        for (_, utt_id, y), p in zip(dataset.items, probs):
-            w.writerow([utt_id, labels[y], labels[int(p.argmax())], *[f"{v:.5f}" for v in p]])
-    tmp.replace(path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "label", "predicted", *[f"p_{name}" for name in labels]])
+            for (_, utt_id, y), p in zip(dataset.items, probs):
+                w.writerow([utt_id, labels[y], labels[int(p.argmax())], *[f"{v:.5f}" for v in p]])
+    atomic_write(path, write)
 
 
 def evaluate(model_dir: str | os.PathLike, corpus: Corpus | str | os.PathLike,
@@ -1019,7 +1020,7 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
     summary = report.to_json()
     results = {
         "protocol": protocol, "recipe": recipe, "classes": corpus.labels, "config": config.to_dict(),
-        "seed": config.seed, "encoder": encoder, "git": git_commit(), "versions": _versions(),
+        "seed": config.seed, "encoder": encoder, "git": git_commit(), "versions": versions(),
         "unlabeled_stores": [{"root": str(s.root), "utterances": len(s)} for s in extras],
         "folds": {str(k): {**summary["folds"][str(k)], "best_val_ua": per_fold[k].get("best_val_ua"),
                            "best_epoch": per_fold[k].get("best_epoch"), "split": per_fold[k].get("split"),
@@ -1033,31 +1034,3 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
         write_json(results, out_dir / "results.json")
     log(report.table())
     return results
-
-
-# ------------------------------------------------------------------------------------------------------------
-# provenance
-# ------------------------------------------------------------------------------------------------------------
-def git_commit() -> dict | None:
-    """The commit of the emoadapt checkout that ran (None outside a git checkout), and whether it had edits."""
-    where = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
-        if commit.returncode != 0:
-            return None
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                                capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
-
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-    out = {}
-    for name in ("emoadapt", "torch", "lightning", "numpy"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
