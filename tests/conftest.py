@@ -3,6 +3,7 @@ reason, only where it is absent."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from emoadapt.paths import ENV_VAR, shared_corpus
 
@@ -18,3 +19,13 @@ def shared_data():
         return folder
 
     return find
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and never stall when the machine is busy. Opt in per module with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -14,13 +14,7 @@ SMALL = dict(dim=32, num_heads=4, ffn_dim=64, conv_pos_kernel=16, conv_pos_group
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and never stall when the machine is busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest (conftest)
 
 def small_adapter(**overrides) -> WAPTransformer:
     torch.manual_seed(0)

@@ -18,13 +18,7 @@ SMALL = AdapterConfig(input_layers=LAYERS, input_dim=D, dim=32, num_heads=4, ffn
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and never stall when the machine is busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest (conftest)
 
 # --- schedules ----------------------------------------------------------------------------------------------
 def test_cosine_schedule_endpoints_and_shape():
