@@ -12,8 +12,12 @@ from .errors import CorpusError, EmoadaptError
 from .paths import ENV_VAR, default_data_root
 
 
-def _add_corpus_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("corpus", help="corpus folder, manifest CSV or EmoBox JSONL")
+def _add_corpus_args(parser: argparse.ArgumentParser, *, positional: bool = True, required: bool = True) -> None:
+    what = "corpus folder, manifest CSV or EmoBox JSONL"
+    if positional:
+        parser.add_argument("corpus", help=what)
+    else:
+        parser.add_argument("--corpus", required=required, help=what)
     parser.add_argument("--kind", help="corpus kind (ravdess, emovo, cremad, emodb, iemocap, emobox, csv, folders, "
                                        "unlabeled); detected from the layout when omitted")
     parser.add_argument("--view", help="label view, e.g. 4class for IEMOCAP/RAVDESS; the corpus default when omitted")
@@ -166,9 +170,7 @@ def cmd_cv(args) -> int:
 
 def _add_training_parsers(sub) -> None:
     def corpus_flags(p, required=True):
-        p.add_argument("--corpus", required=required, help="corpus folder, manifest CSV or EmoBox JSONL")
-        p.add_argument("--kind", help="corpus kind; detected from the layout when omitted")
-        p.add_argument("--view", help="label view, e.g. 4class; the corpus default when omitted")
+        _add_corpus_args(p, positional=False, required=required)
 
     p = sub.add_parser("pretrain", help="stage 1: train the adapter on unlabeled cached features (resumable)")
     p.add_argument("--store", action="append", required=True, help="feature store (repeat to mix several)")
@@ -252,7 +254,7 @@ def cmd_demo(args) -> int:
 
     from .training import load_config, run_cv
     config_file = args.config or importlib.resources.files("emoadapt").joinpath("configs/demo-cpu.json")
-    config = load_config(config_file, args.set or ())
+    config = load_config(config_file, args.overrides)
     run_dir = Path(args.workdir) / f"cv-{corpus.name}-{encoder.name}-fold{args.fold}"
     print(f"\n[2/2] fold {args.fold}: stage 1 (teacher-student on the training split) -> stage 2 -> test; "
           f"config {config_file}; run folder {run_dir}")
@@ -302,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="a quick check on N clips spread evenly over the corpus")
     p.add_argument("--fold", type=int, default=1, help="the fold trained and tested (default 1)")
     p.add_argument("--config", help="settings file (default: the packaged configs/demo-cpu.json)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="one setting, e.g. stage2.epochs=2")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="one setting, e.g. stage2.epochs=2 (repeatable)")
     p.add_argument("--extract-only", action="store_true", help="stop after the corpus check and feature extraction")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
