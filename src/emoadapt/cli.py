@@ -227,8 +227,6 @@ def cmd_demo(args) -> int:
     """The main job on the embedded default encoder (Whisper-base) over RAVDESS: check the corpus, extract
     features once, then stage 1 -> stage 2 -> test on one fold with a CPU-sized configuration
     (``configs/demo-cpu.json``: a narrower adapter and few epochs, so it is not a result of the method)."""
-    import importlib.resources
-
     from .corpora import load_corpus, summarize
     from .encoders import load_encoder
     from .features import extract
@@ -253,7 +251,7 @@ def cmd_demo(args) -> int:
         return 0
 
     from .training import load_config, run_cv
-    config_file = args.config or importlib.resources.files("emoadapt").joinpath("configs/demo-cpu.json")
+    config_file = args.config or "demo-cpu"
     config = load_config(config_file, args.overrides)
     run_dir = Path(args.workdir) / f"cv-{corpus.name}-{encoder.name}-fold{args.fold}"
     print(f"\n[2/2] fold {args.fold}: stage 1 (teacher-student on the training split) -> stage 2 -> test; "
@@ -303,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--limit", type=int, help="a quick check on N clips spread evenly over the corpus")
     p.add_argument("--fold", type=int, default=1, help="the fold trained and tested (default 1)")
-    p.add_argument("--config", help="settings file (default: the packaged configs/demo-cpu.json)")
+    p.add_argument("--config", help="settings file or packaged config name (default: demo-cpu)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="one setting, e.g. stage2.epochs=2 (repeatable)")
     p.add_argument("--extract-only", action="store_true", help="stop after the corpus check and feature extraction")

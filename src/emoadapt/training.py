@@ -224,9 +224,21 @@ def _nest(dotted: str, value) -> dict:
     return out
 
 
+def packaged_config(name: str) -> Path | None:
+    """A config shipped with emoadapt (``src/emoadapt/configs/<name>.json``), e.g. ``demo-cpu`` or
+    ``iemocap-hubert-large``, so ``--config NAME`` works from any folder."""
+    import importlib.resources
+    candidate = importlib.resources.files("emoadapt").joinpath(f"configs/{name}.json")
+    return Path(str(candidate)) if candidate.is_file() else None
+
+
 def _read_config_file(path: Path) -> dict:
     if not path.is_file():
-        raise EmoadaptError(path, "no such config file")
+        packaged = packaged_config(str(path)) if path.suffix == "" and len(path.parts) == 1 else None
+        if packaged is None:
+            raise EmoadaptError(path, "no such config file (nor a packaged config of that name: see "
+                                      "src/emoadapt/configs/)")
+        path = packaged
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
