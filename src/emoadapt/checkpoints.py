@@ -82,7 +82,7 @@ def save_model(model: nn.Module, folder: str | os.PathLike, *, kind: str, build:
     info = {"format": MODEL_FORMAT, "version": VERSION, "kind": kind, "build": build,
             "labels": list(labels) if labels is not None else None, "encoder": encoder or {},
             "config": config or {}, "sha256": _sha256(weights), **(extra or {})}
-    text = json.dumps(_plain(info), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    text = json.dumps(plain_json(info), indent=2, sort_keys=True, allow_nan=False) + "\n"
     atomic_write(folder / CONFIG, lambda tmp: Path(tmp).write_text(text))
     return folder
 
@@ -312,12 +312,12 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _plain(obj):
+def plain_json(obj):
     """Config values for model.json: tuples -> lists, Paths -> str (JSON has nothing else)."""
     if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): plain_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [plain_json(v) for v in obj]
     if isinstance(obj, os.PathLike):
         return str(obj)
     if isinstance(obj, float) and not math.isfinite(obj):

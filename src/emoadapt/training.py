@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .atomic import atomic_write
-from .checkpoints import (CONFIG, CheckpointError, load_checkpoint_file, load_model, read_model_info, save_adapter,
-                          save_model)
+from .checkpoints import (CONFIG, CheckpointError, load_checkpoint_file, load_model, plain_json, read_model_info,
+                          save_adapter, save_model)
 from .corpora import Corpus, load_corpus
 from .errors import CorpusError, EmoadaptError, FeatureStoreError, MissingFeatures, StoreMismatch
 from .evaluation import CrossValidationReport, Scores, plot_confusion, score, write_json
@@ -111,7 +111,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def to_dict(self) -> dict:
-        return _jsonable(asdict(self))
+        return plain_json(asdict(self))
 
 
 # run-record keys that may change between an interrupted run and its resumption without changing any number
@@ -261,16 +261,6 @@ def _read_config_file(path: Path) -> dict:
     if isinstance(data.get("config"), dict) and "seed" not in data:
         data = data["config"]  # a run folder's config.json: reuse its settings
     return data
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, os.PathLike):
-        return str(obj)
-    return obj
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -787,7 +777,7 @@ def build_classifier(recipe: str, config: RunConfig, encoder: dict, num_classes:
     except (ValueError, AssertionError, TypeError) as error:
         raise EmoadaptError(None, f"invalid {recipe} model settings: {error}") from None
     return model, {"recipe": recipe, "input_layers": layers, "input_dim": dim, "num_classes": num_classes,
-                   "options": _jsonable(options)}
+                   "options": plain_json(options)}
 
 
 def init_from_stage1(model, init: str | os.PathLike, encoder: dict) -> dict:
