@@ -23,7 +23,7 @@ from emoadapt import features
 from emoadapt.audio import load_audio
 from emoadapt.corpora.manifest import Utterance
 from emoadapt.errors import FeatureStoreError, MissingFeatures, StoreMismatch
-from emoadapt.features import FeatureStore, extract, plan_batches
+from emoadapt.features import FeatureStore, extract, frame_statistics, plan_batches
 
 HOP = 320  # samples per frame: 50 Hz at 16 kHz
 TESTS = Path(__file__).resolve().parent
@@ -117,6 +117,19 @@ def test_round_trip_is_the_encoder_output_cast_to_fp16(tmp_path):
     with pytest.raises(MissingFeatures, match="nope"):
         store.get("nope")
     assert (tmp_path / "store" / "failures.jsonl").read_text() == ""
+
+
+def test_frame_statistics_are_those_of_all_frames_together(tmp_path):
+    rows = make_rows(tmp_path / "audio", n=6)
+    extract(rows, FakeEncoder(), tmp_path / "store", progress=False)
+    store = FeatureStore(tmp_path / "store")
+    chosen = [r.id for r in rows[:4]]
+    mean, std = frame_statistics((store, i) for i in chosen)
+    frames = np.concatenate([store.get(i).astype(np.float64) for i in chosen], axis=1)  # (L+1, all frames, D)
+    np.testing.assert_allclose(mean, frames.mean(1), rtol=1e-10)
+    np.testing.assert_allclose(std, frames.std(1), rtol=1e-6, atol=1e-9)
+    with pytest.raises(FeatureStoreError, match="no frames"):
+        frame_statistics([])
 
 
 def test_layer_subset(tmp_path):

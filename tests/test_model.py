@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from emoadapt.errors import EmoadaptError
-from emoadapt.model import (AdapterConfig, AttentiveStatisticsPooling, WAPTransformer, build_model,
-                            lengths_to_padding_mask, masked_mean)
+from emoadapt.model import (AdapterConfig, AttentiveStatisticsPooling, FeatureStandardizer, WAPTransformer,
+                            build_model, lengths_to_padding_mask, masked_mean)
 
 LAYERS, D = 4, 24  # cached hidden states per frame (L+1) and their width
 SMALL = dict(dim=32, num_heads=4, ffn_dim=64, conv_pos_kernel=16, conv_pos_groups=4)
@@ -184,6 +184,40 @@ def test_classifiers_train(recipe):
     assert loss.item() < 0.5 * first
 
 
+@pytest.mark.parametrize("recipe", ["adapter", "superb", "emobox"])
+@torch.no_grad()
+def test_standardisation_makes_models_blind_to_per_dimension_scale(recipe):
+    """A dimension 50x larger than the rest (Whisper-base's outliers) and a shifted layer: once each model's
+    standardiser is fitted on the data, scaling / shifting a cached dimension changes nothing."""
+    x, padding_mask = padded_batch(LENGTHS, seed=5)
+    x = x.float()
+    distorted = x.clone()
+    distorted[:, :, :, 3] = distorted[:, :, :, 3] * 50 + 7
+    distorted[:, 1] = distorted[:, 1] * 0.1 - 2
+    distorted = distorted.masked_fill(padding_mask[:, None, :, None], 0.0)
+    outputs = []
+    for data in (x, distorted):
+        torch.manual_seed(0)
+        model = build_model(recipe, LAYERS, D, num_classes=3, **(SMALL if recipe == "adapter" else {})).eval()
+        (standardizer,) = [m for m in model.modules() if isinstance(m, FeatureStandardizer)]
+        real = data.transpose(1, 2)[~padding_mask]                       # (frames, L+1, D)
+        standardizer.fit(real.mean(0), real.std(0, unbiased=False))
+        outputs.append(model(data, padding_mask))
+    assert (outputs[0] - outputs[1]).abs().max() < 1e-4
+    assert not torch.allclose(outputs[0], model(x, padding_mask), atol=1e-3)  # the statistics matter
+
+
+def test_standardizer_is_identity_until_fitted_and_checks_shapes():
+    s = FeatureStandardizer(LAYERS, D)
+    x, _ = padded_batch([5])
+    assert torch.equal(s.layer(x, 2), x[:, 2].float())
+    s.fit(torch.full((LAYERS, D), 2.0), torch.full((LAYERS, D), 4.0))
+    assert torch.allclose(s.layer(x, 2), (x[:, 2].float() - 2) / 4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"do not fit hidden states \[4, 24\]"):
+        s.fit(torch.zeros(3, D), torch.ones(3, D))
+    assert set(dict(s.named_buffers())) == {"mean", "inv_std"}  # saved with the model's state dict
+
+
 def test_build_model_options_and_errors():
     model = build_model("adapter", 7, 512, 4, dim=64, num_heads=2, ffn_dim=128, head_dropout=0.3, input_layer=-1)
     assert model.adapter.config.dim == 64 and model.adapter.config.input_dim == 512
@@ -197,7 +231,11 @@ def test_build_model_options_and_errors():
 
 
 def test_default_sizes():
-    """METHOD.md: about 6 M parameters for d = 384 (under 2% of HuBERT-large's 316 M)."""
+    """METHOD.md: about 6 M parameters for d = 384; the whole trainable stage-2 model (adapter + SAP + classifier)
+    under 2% of HuBERT-large's 316 M."""
     for layers, dim in [(7, 512), (25, 1024)]:
         n = sum(p.numel() for p in WAPTransformer(AdapterConfig(input_layers=layers, input_dim=dim)).parameters())
-        assert 5.5e6 < n < 7.5e6 and n < 0.025 * 316e6
+        assert 5.5e6 < n < 7.5e6
+    model = build_model("adapter", 25, 1024, num_classes=4)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable < 0.02 * 316e6, trainable

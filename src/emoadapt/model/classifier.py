@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import EmoadaptError
-from .adapter import AdapterConfig, WAPTransformer
+from .adapter import AdapterConfig, FeatureStandardizer, WAPTransformer
 from .pooling import AttentiveStatisticsPooling, masked_mean
 
 
@@ -64,6 +64,7 @@ class SuperbClassifier(nn.Module):
     def __init__(self, config: SuperbConfig):
         super().__init__()
         self.config = config
+        self.standardize = FeatureStandardizer(config.input_layers, config.input_dim)
         self.layer_logits = nn.Parameter(torch.zeros(config.input_layers))
         self.projector = nn.Linear(config.input_dim, config.projector_dim)
         self.head = nn.Linear(config.projector_dim, config.num_classes)
@@ -71,7 +72,7 @@ class SuperbClassifier(nn.Module):
     def forward(self, hidden_states, padding_mask):
         _check_input(hidden_states, self.config.input_layers, self.config.input_dim)
         w = F.softmax(self.layer_logits, dim=0)
-        x = sum(w[l] * hidden_states[:, l].to(w.dtype) for l in range(self.config.input_layers))  # (B, T, D)
+        x = sum(w[l] * self.standardize.layer(hidden_states, l, w.dtype) for l in range(self.config.input_layers))
         return self.head(masked_mean(self.projector(x), padding_mask))
 
 
@@ -92,12 +93,13 @@ class EmoBoxClassifier(nn.Module):
         if not -config.input_layers <= config.input_layer < config.input_layers:
             raise ValueError(f"input_layer={config.input_layer} is outside the {config.input_layers} cached hidden states")
         self.config = config
+        self.standardize = FeatureStandardizer(config.input_layers, config.input_dim)
         self.pre_net = nn.Linear(config.input_dim, config.hidden_dim)
         self.post_net = nn.Linear(config.hidden_dim, config.num_classes)
 
     def forward(self, hidden_states, padding_mask):
         _check_input(hidden_states, self.config.input_layers, self.config.input_dim)
-        x = hidden_states[:, self.config.input_layer].to(self.pre_net.weight.dtype)  # (B, T, D)
+        x = self.standardize.layer(hidden_states, self.config.input_layer, self.pre_net.weight.dtype)  # (B, T, D)
         return self.post_net(masked_mean(F.relu(self.pre_net(x)), padding_mask))
 
 
