@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from emoadapt.evaluation import CrossValidationReport, plot_confusion, score, write_json
+from pathlib import Path
+
+from emoadapt.evaluation import CrossValidationReport, compare_runs, compare_table, plot_confusion, score, write_json
 
 LABELS = ["neutral", "happy", "angry"]
 
@@ -49,3 +51,38 @@ def test_cross_validation_summary_and_outputs(tmp_path):
     out = write_json(report.to_json(), tmp_path / "results.json")
     assert json.loads(out.read_text())["mean_std"]["wa"]["mean"] == pytest.approx(mean["wa"][0])
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def _cv_results(folder: Path, recipe: str, seed: int, uas: list[float], lr: float = 1e-4) -> Path:
+    folder.mkdir(parents=True)
+    folds = {str(k + 1): {"ua": ua, "wa": ua + 1, "macro_f1": ua - 1, "weighted_f1": ua, "best_val_ua": ua + 5}
+             for k, ua in enumerate(uas)}
+    (folder / "results.json").write_text(json.dumps({
+        "protocol": {"corpus": "ravdess", "view": "8class"}, "recipe": recipe, "seed": seed,
+        "config": {"seed": seed, "stage2": {"lr": lr}}, "folds": folds, "unlabeled_stores": []}))
+    return folder
+
+
+def test_compare_pools_seeds_of_the_same_settings_only(tmp_path):
+    a0 = _cv_results(tmp_path / "adapter-s0", "adapter", 0, [60, 70, 80])
+    a1 = _cv_results(tmp_path / "adapter-s1", "adapter", 1, [62, 72, 82])
+    other_lr = _cv_results(tmp_path / "adapter-lr", "adapter", 0, [50, 50, 50], lr=1e-3)
+    superb = _cv_results(tmp_path / "superb-s0", "superb", 0, [55, 65, 75])
+    rows = compare_runs([a0, a1, other_lr, superb])
+    assert len(rows) == 3
+    pooled = rows[0]
+    assert pooled["seeds"] == [0, 1] and pooled["folds"] == [1, 2, 3] and pooled["ua"]["n"] == 6
+    every = [60, 70, 80, 62, 72, 82]
+    assert pooled["ua"]["mean"] == pytest.approx(np.mean(every)) and pooled["ua"]["std"] == pytest.approx(np.std(every))
+    assert pooled["ua"]["std_of_seed_means"] == pytest.approx(1.0)  # seed means 70 and 72
+    assert pooled["wa"]["mean"] == pytest.approx(np.mean(every) + 1)
+    assert pooled["val_ua"] == pytest.approx(np.mean(every) + 5)
+    assert rows[1]["ua"]["mean"] == 50 and rows[2]["recipe"] == "superb"
+    table = compare_table(rows)
+    assert "| adapter-s0 … | ravdess | adapter | 2 × 3 | 71.00 ± 8.23 |" in table
+    with pytest.raises(ValueError, match="same settings and seed 0"):
+        compare_runs([a0, a0])
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "results.json").write_text("{}")
+    with pytest.raises(ValueError, match="junk.*not a cross-validation results file"):
+        compare_runs([tmp_path / "junk"])

@@ -168,6 +168,19 @@ def cmd_cv(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .evaluation import compare_runs, compare_table, write_json
+    try:
+        rows = compare_runs(args.runs)
+    except ValueError as error:
+        raise EmoadaptError(None, str(error)) from None
+    print(compare_table(rows))
+    if args.json:
+        write_json({"rows": rows}, args.json)
+        print(f"written: {args.json}")
+    return 0
+
+
 def _add_training_parsers(sub) -> None:
     def corpus_flags(p, required=True):
         _add_corpus_args(p, positional=False, required=required)
@@ -213,6 +226,12 @@ def _add_training_parsers(sub) -> None:
                                     "unlabeled pool) used for every fold instead of pre-training per fold")
     _add_training_args(p, stage1=True, stage2=True)
     p.set_defaults(func=cmd_cv)
+
+    p = sub.add_parser("compare", help="table of cross-validation runs: mean ± std over folds (and seeds: runs "
+                                       "that differ only in the seed are pooled)")
+    p.add_argument("runs", nargs="+", help="cv run folders (or their results.json)")
+    p.add_argument("--json", help="also write the rows as JSON here")
+    p.set_defaults(func=cmd_compare)
 
 
 def _resolve_data_root(flag: str | None) -> Path:

@@ -78,6 +78,57 @@ class CrossValidationReport:
                 "mean_std": {m: {"mean": v[0], "std": v[1]} for m, v in self.summary().items()}}
 
 
+def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
+    """Cross-validation runs (folders with ``results.json``) grouped by everything but the seed — corpus, view,
+    recipe, config, shared stage-1 adapter — one row per group: mean ± std over every (fold, seed) score, the std
+    of the per-seed means, and the mean validation UA (the number settings are chosen on; never the test)."""
+    groups: dict[str, dict] = {}
+    for run in run_dirs:
+        path = Path(run) / "results.json" if Path(run).is_dir() else Path(run)
+        try:
+            r = json.loads(path.read_text())
+            protocol, config = r["protocol"], dict(r["config"])
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(f"{path}: not a cross-validation results file ({error})") from None
+        seed = config.pop("seed", r.get("seed"))
+        stage1 = (r.get("shared_stage1") or {}).get("path")
+        key = json.dumps([protocol["corpus"], protocol.get("view"), r["recipe"], config, stage1,
+                          r.get("unlabeled_stores")], sort_keys=True)
+        g = groups.setdefault(key, {"runs": [], "corpus": protocol["corpus"], "view": protocol.get("view"),
+                                    "recipe": r["recipe"], "shared_stage1": stage1, "scores": {}, "val_ua": []})
+        if seed in g["scores"]:
+            raise ValueError(f"{path}: two runs with the same settings and seed {seed}")
+        g["runs"].append(str(path.parent))
+        g["scores"][seed] = r["folds"]  # fold -> its scores (ua, wa, ...) and best_val_ua
+        g["val_ua"] += [v.get("best_val_ua") for v in r["folds"].values() if v.get("best_val_ua") is not None]
+    rows = []
+    for g in groups.values():
+        row = {k: g[k] for k in ("runs", "corpus", "view", "recipe", "shared_stage1")}
+        row["seeds"] = sorted(g["scores"])
+        row["folds"] = sorted({int(k) for folds in g["scores"].values() for k in folds})
+        for m in METRICS:
+            every = [folds[k][m] for folds in g["scores"].values() for k in folds]
+            per_seed = [float(np.mean([f[m] for f in folds.values()])) for folds in g["scores"].values()]
+            row[m] = {"mean": float(np.mean(every)), "std": float(np.std(every)), "n": len(every),
+                      "std_of_seed_means": float(np.std(per_seed))}
+        row["val_ua"] = float(np.mean(g["val_ua"])) if g["val_ua"] else None
+        rows.append(row)
+    return rows
+
+
+def compare_table(rows: list[dict]) -> str:
+    """Markdown table of :func:`compare_runs` rows."""
+    out = ["| run | corpus | recipe | seeds × folds | UA | WA | macro-F1 | weighted-F1 | val UA |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        name = Path(r["runs"][0]).name if len(r["runs"]) == 1 else Path(r["runs"][0]).name + " …"
+        cells = [f"{r[m]['mean']:.2f} ± {r[m]['std']:.2f}" for m in METRICS]
+        val = f"{r['val_ua']:.2f}" if r["val_ua"] is not None else "–"
+        out.append(f"| {name} | {r['corpus']} | {r['recipe']} | {len(r['seeds'])} × {len(r['folds'])} | "
+                   + " | ".join(cells) + f" | {val} |")
+    return "\n".join(out)
+
+
 def plot_confusion(confusion, labels: Sequence[str], path: str | Path, *, title: str = "") -> Path:
     """Row-normalised confusion matrix (recall per true class) with counts, as a PNG."""
     import matplotlib
