@@ -11,6 +11,11 @@ tested once. Nothing is trained by gradient descent through frames and no test s
 
 It answers one question: how much of what the trained recipes reach is already in utterance-level statistics of
 the frozen features. Prints per-fold and mean ± std UA / WA / macro-F1, writes JSON with the protocol and commit.
+
+``--adapter RUN`` probes a stage-1 adapter instead: the statistics are those of its frames Z (whole utterances,
+eval mode) rather than of the cached hidden states; ``--random-adapter`` probes an untrained adapter of the same
+shape with the same input standardisation (a control: what stage 1 added over random weights). Only valid for a
+stage-1 adapter that never saw the corpus's test speakers (e.g. one trained on the unlabeled pool).
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -31,13 +37,32 @@ from emoadapt.provenance import git_commit, versions
 C_GRID = (0.01, 0.1, 1.0)
 
 
-def pooled_statistics(store: FeatureStore, ids) -> np.ndarray:
-    """[N, (L+1) * 2D]: per utterance, mean and std over time of every stored hidden state."""
+def pooled_statistics(store: FeatureStore, ids, adapter=None) -> np.ndarray:
+    """[N, (L+1) * 2D]: per utterance, mean and std over time of every stored hidden state; with ``adapter``
+    [N, 2d]: mean and std over time of the adapter's Z."""
     out = []
     for i in ids:
         x = store.get(i).astype(np.float32)                 # (L+1, T, D)
+        if adapter is not None:
+            with torch.inference_mode():
+                z = adapter(torch.from_numpy(x)[None], torch.zeros(1, x.shape[1], dtype=torch.bool))[0]
+            x = z.numpy()[None]                              # (1, T, d)
         out.append(np.concatenate([x.mean(1), x.std(1)], axis=-1).ravel())
     return np.stack(out)
+
+
+def load_adapter(run: str, random: bool):
+    """The teacher adapter of a stage-1 run (or, with ``random``, a fresh one of its shape and standardisation)."""
+    from emoadapt.checkpoints import load_model
+    from emoadapt.model import WAPTransformer
+    folder = Path(run) / "adapter" if (Path(run) / "adapter").is_dir() else Path(run)
+    trained = load_model(folder).model.eval()
+    if not random:
+        return trained
+    torch.manual_seed(0)
+    fresh = WAPTransformer(trained.config).eval()
+    fresh.standardize.load_state_dict(trained.standardize.state_dict())
+    return fresh
 
 
 def fit(x, y, c):
@@ -52,6 +77,8 @@ def main(argv=None) -> int:
     parser.add_argument("--store", required=True)
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation-speaker draw (as emoadapt cv)")
     parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--adapter", help="probe this stage-1 adapter's frames Z instead of the cached features")
+    parser.add_argument("--random-adapter", action="store_true", help="with --adapter: an untrained one of its shape")
     parser.add_argument("--out", help="results JSON")
     args = parser.parse_args(argv)
 
@@ -61,7 +88,9 @@ def main(argv=None) -> int:
     rows = [r for r in corpus.rows if r.id in store]
     ids = [r.id for r in rows]
     position = {i: n for n, i in enumerate(ids)}
-    features = pooled_statistics(store, ids)
+    torch.set_grad_enabled(False)
+    adapter = load_adapter(args.adapter, args.random_adapter) if args.adapter else None
+    features = pooled_statistics(store, ids, adapter)
     labels = np.array([index[r.label] for r in rows])
     report, chosen = CrossValidationReport(), {}
     for k in corpus.folds.fold_ids():
@@ -76,7 +105,10 @@ def main(argv=None) -> int:
         print(f"fold {k}: C={best} (val UA {val_ua[best]:.2f})  {report.folds[k].line()}", flush=True)
     print(report.table())
     if args.out:
-        write_json({"what": "logistic regression on per-utterance mean+std of every cached hidden state",
+        what = ("logistic regression on per-utterance mean+std of every cached hidden state" if adapter is None else
+                f"logistic regression on per-utterance mean+std of the frames Z of "
+                f"{'an untrained adapter shaped like ' if args.random_adapter else 'the stage-1 adapter '}{args.adapter}")
+        write_json({"what": what,
                     "corpus": corpus.name, "view": corpus.view, "store": str(store.root),
                     "encoder": store.meta.get("fingerprint"), "seed": args.seed, "c_grid": list(C_GRID),
                     "chosen_on_validation": {str(k): v for k, v in chosen.items()}, **report.to_json(),

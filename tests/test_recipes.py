@@ -53,3 +53,29 @@ def test_iemocap_recipe_runs_all_five_sessions_with_a_tiny_random_hubert(tmp_pat
     assert (work / "cv-full" / "confusion.png").is_file()
     for k in range(1, 6):  # stage 1 ran on each fold before stage 2
         assert (work / "cv-full" / f"fold_{k}" / "stage1").is_dir()
+
+
+def test_results_recipe_gives_one_command_per_row(tmp_path):
+    """recipes/results-cpu.sh with `echo` in place of emoadapt: which commands each row of docs/RESULTS.md runs."""
+    script = RECIPE.parent / "results-cpu.sh"
+    env = {**os.environ, "EMOADAPT": "echo emoadapt", "PYTHON": "echo python", "WORK": str(tmp_path), "SEEDS": "0 2"}
+
+    def commands(*rows):
+        done = subprocess.run(["bash", str(script), *rows], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()[:-1]  # the last line is the closing `emoadapt compare`
+
+    out = tmp_path / "results"
+    full = commands("ravdess-full")
+    assert full[0].startswith("emoadapt pretrain --store " + str(tmp_path / "features" / "unlabeled-whisper-base"))
+    assert [c.split("--seed ")[1] for c in full[1:]] == [f"0 --out {out}/ravdess-full-s0", f"2 --out {out}/ravdess-full-s2"]
+    assert all("--recipe full --stage1 " + str(out / "stage1-pool") in c and "--config cpu" in c for c in full[1:])
+    ablation = commands("ravdess-no-la")
+    assert "--no-la-loss" in ablation[0] and ablation[0].endswith(str(out / "stage1-pool-no-la"))
+    assert "--stage1 " + str(out / "stage1-pool-no-la") in ablation[1] and "--recipe full" in ablation[1]
+    (emovo,) = commands("emovo-emobox")
+    assert "--corpus ../shared/data/emovo" in emovo and "--recipe emobox --seed 0" in emovo
+    listed = subprocess.run(["bash", str(script), "--list"], capture_output=True, text=True).stdout.split()
+    assert len(listed) == 16 and all(len(commands(r)) >= 1 for r in listed)
+    bad = subprocess.run(["bash", str(script), "nope"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown row nope" in bad.stderr

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Every row of docs/RESULTS.md, one command each, on the corpora in ../shared/data with the embedded Whisper-base
+# encoder and the packaged CPU-sized config `cpu` (adapter d = 128; stage 1: 8 epochs; stage 2: 10 epochs).
+#
+#   recipes/results-cpu.sh [ROW ...]      # no ROW: all of them, in this order; `recipes/results-cpu.sh --list`
+#
+# ROW is features, stage1-pool, ravdess-superb, ravdess-emobox, ravdess-adapter, ravdess-full, ravdess-no-mask,
+# ravdess-no-sd, ravdess-no-la, ravdess-lr1e-4, ravdess-superb-no-standardize, emovo-superb, emovo-emobox, emovo-adapter,
+# emovo-full, probes; SEEDS="0 1 2" (default "0") repeats the adapter and full rows over seeds.
+# Environment: DATA (default ../shared/data), WORK (default runs), EMOADAPT (the command, default `emoadapt`),
+# PYTHON (for bench/linear_probe.py, default python).
+# Every command resumes after an interruption and skips what is finished: re-run the same line.
+set -euo pipefail
+data=${DATA:-../shared/data}
+work=${WORK:-runs}
+read -r -a emoadapt <<< "${EMOADAPT:-emoadapt}"
+read -r -a python <<< "${PYTHON:-python}"
+seeds=${SEEDS:-0}
+ravdess_store=$work/demo/features/ravdess-whisper-base   # the store `make demo` writes
+emovo_store=$work/features/emovo-whisper-base
+pool_store=$work/features/unlabeled-whisper-base
+out=$work/results
+ravdess=(--corpus "$data/ravdess" --store "$ravdess_store" --config cpu --no-progress)
+emovo=(--corpus "$data/emovo" --store "$emovo_store" --config cpu --no-progress)
+
+# the shared stage 1: the unlabeled pool only (no speaker of any RAVDESS / EMOVO fold), one run for every fold
+stage1() {  # stage1 NAME [ablation flag]
+    "${emoadapt[@]}" pretrain --store "$pool_store" --config cpu --no-progress "${@:2}" --out "$out/$1"
+}
+
+row() {
+    case "$1" in
+        features)
+            "${emoadapt[@]}" extract "$data/ravdess" --store "$ravdess_store" --no-progress
+            "${emoadapt[@]}" extract "$data/emovo" --store "$emovo_store" --no-progress
+            "${emoadapt[@]}" extract "$data/unlabeled" --store "$pool_store" --no-progress ;;
+        stage1-pool) stage1 stage1-pool ;;
+        ravdess-superb|ravdess-emobox|emovo-superb|emovo-emobox)
+            local corpus=${1%%-*} recipe=${1#*-} args
+            [[ $corpus == ravdess ]] && args=("${ravdess[@]}") || args=("${emovo[@]}")
+            "${emoadapt[@]}" cv "${args[@]}" --recipe "$recipe" --seed 0 --out "$out/$1-s0" ;;
+        ravdess-adapter|emovo-adapter)
+            local args
+            [[ $1 == ravdess-* ]] && args=("${ravdess[@]}") || args=("${emovo[@]}")
+            for seed in $seeds; do
+                "${emoadapt[@]}" cv "${args[@]}" --recipe adapter --seed "$seed" --out "$out/$1-s$seed"
+            done ;;
+        ravdess-full|emovo-full)
+            local args
+            [[ $1 == ravdess-* ]] && args=("${ravdess[@]}") || args=("${emovo[@]}")
+            stage1 stage1-pool
+            for seed in $seeds; do
+                "${emoadapt[@]}" cv "${args[@]}" --recipe full --stage1 "$out/stage1-pool" --seed "$seed" \
+                    --out "$out/$1-s$seed"
+            done ;;
+        ravdess-no-mask|ravdess-no-sd|ravdess-no-la)
+            local term=${1#ravdess-no-}
+            stage1 "stage1-pool-no-$term" "--no-$term-loss"
+            "${emoadapt[@]}" cv "${ravdess[@]}" --recipe full --stage1 "$out/stage1-pool-no-$term" --seed 0 \
+                --out "$out/ravdess-full-no-$term-s0" ;;
+        ravdess-lr1e-4)  # the other stage-2 learning rate of the sweep (validation UA decides), both rows
+            stage1 stage1-pool
+            "${emoadapt[@]}" cv "${ravdess[@]}" --recipe adapter --seed 0 --set stage2.lr=1e-4 \
+                --out "$out/ravdess-adapter-lr1e-4-s0"
+            "${emoadapt[@]}" cv "${ravdess[@]}" --recipe full --stage1 "$out/stage1-pool" --seed 0 --set stage2.lr=1e-4 \
+                --out "$out/ravdess-full-lr1e-4-s0" ;;
+        ravdess-superb-no-standardize)
+            "${emoadapt[@]}" cv "${ravdess[@]}" --recipe superb --seed 0 --set standardize=false --out "$out/$1-s0" ;;
+        probes)  # logistic regression on pooled statistics: of the cached features, of the frozen stage-1
+                 # adapter's Z, of an untrained adapter's Z (the control)
+            stage1 stage1-pool
+            for corpus in ravdess emovo; do
+                local store=$ravdess_store
+                [[ $corpus == emovo ]] && store=$emovo_store
+                local probe=("${python[@]}" bench/linear_probe.py --corpus "$data/$corpus" --store "$store")
+                "${probe[@]}" --out "$out/$corpus-linear-probe.json"
+                "${probe[@]}" --adapter "$out/stage1-pool" --out "$out/$corpus-probe-stage1-pool.json"
+                "${probe[@]}" --adapter "$out/stage1-pool" --random-adapter --out "$out/$corpus-probe-random-adapter.json"
+            done ;;
+        *) echo "unknown row $1 (see recipes/results-cpu.sh --list)" >&2; return 2 ;;
+    esac
+}
+
+all=(features stage1-pool ravdess-superb ravdess-emobox ravdess-adapter ravdess-full ravdess-no-mask ravdess-no-sd
+     ravdess-no-la ravdess-lr1e-4 ravdess-superb-no-standardize emovo-superb emovo-emobox emovo-adapter emovo-full probes)
+if [[ ${1:-} == --list ]]; then printf '%s\n' "${all[@]}"; exit 0; fi
+if (( $# )); then rows=("$@"); else rows=("${all[@]}"); fi
+for r in "${rows[@]}"; do row "$r"; done
+"${emoadapt[@]}" compare "$out"/*-s[0-9]
