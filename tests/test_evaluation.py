@@ -6,7 +6,8 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from pathlib import Path
 
-from emoadapt.evaluation import CrossValidationReport, compare_runs, compare_table, plot_confusion, score, write_json
+from emoadapt.evaluation import (CrossValidationReport, compare_runs, compare_table, paired_difference, paired_table,
+                                 plot_confusion, score, write_json)
 
 LABELS = ["neutral", "happy", "angry"]
 
@@ -80,8 +81,16 @@ def test_compare_pools_seeds_of_the_same_settings_only(tmp_path):
     assert rows[1]["ua"]["mean"] == 50 and rows[2]["recipe"] == "superb"
     table = compare_table(rows)
     assert "| adapter-s0 … | ravdess | adapter | 2 × 3 | 71.00 ± 8.23 |" in table
+    assert len(compare_runs([a0, a0 / "results.json", a1])[0]["runs"]) == 2  # the same run named twice counts once
+    dup = tmp_path / "copy-of-a0"
+    dup.mkdir()
+    (dup / "results.json").write_text((a0 / "results.json").read_text())
     with pytest.raises(ValueError, match="same settings and seed 0"):
-        compare_runs([a0, a0])
+        compare_runs([a0, dup])
+    # paired by (seed, fold): superb has seed 0 only, so 3 pairs against the pooled adapter row
+    d = paired_difference(rows[2], rows[0])
+    assert d == {"mean": pytest.approx(-5.0), "std": pytest.approx(0.0), "pairs": 3, "better": 0, "worse": 3}
+    assert "adapter-lr: -20.00 ± 8.16 over 3 pairs (better in 0, worse in 3)" in paired_table(rows, 0)
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "results.json").write_text("{}")
     with pytest.raises(ValueError, match="junk.*not a cross-validation results file"):

@@ -169,12 +169,16 @@ def cmd_cv(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .evaluation import compare_runs, compare_table, write_json
+    from .evaluation import compare_runs, compare_table, paired_table, write_json
     try:
         rows = compare_runs(args.runs)
     except ValueError as error:
         raise EmoadaptError(None, str(error)) from None
     print(compare_table(rows))
+    if args.baseline is not None:
+        if not 1 <= args.baseline <= len(rows):
+            raise EmoadaptError(None, f"--baseline {args.baseline}: the table has rows 1 to {len(rows)}")
+        print(paired_table(rows, args.baseline - 1))
     if args.json:
         write_json({"rows": rows}, args.json)
         print(f"written: {args.json}")
@@ -230,6 +234,8 @@ def _add_training_parsers(sub) -> None:
     p = sub.add_parser("compare", help="table of cross-validation runs: mean ± std over folds (and seeds: runs "
                                        "that differ only in the seed are pooled)")
     p.add_argument("runs", nargs="+", help="cv run folders (or their results.json)")
+    p.add_argument("--baseline", type=int, help="also print every row's UA minus that of table row N (1 = first), "
+                                                "paired by seed and fold")
     p.add_argument("--json", help="also write the rows as JSON here")
     p.set_defaults(func=cmd_compare)
 

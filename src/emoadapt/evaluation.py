@@ -83,8 +83,8 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
     recipe, config, shared stage-1 adapter — one row per group: mean ± std over every (fold, seed) score, the std
     of the per-seed means, and the mean validation UA (the number settings are chosen on; never the test)."""
     groups: dict[str, dict] = {}
-    for run in run_dirs:
-        path = Path(run) / "results.json" if Path(run).is_dir() else Path(run)
+    paths = [Path(run) / "results.json" if Path(run).is_dir() else Path(run) for run in run_dirs]
+    for path in dict.fromkeys(p.resolve() for p in paths):  # a run named twice (overlapping globs) counts once
         try:
             r = json.loads(path.read_text())
             protocol, config = r["protocol"], dict(r["config"])
@@ -112,8 +112,20 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
             row[m] = {"mean": float(np.mean(every)), "std": float(np.std(every)), "n": len(every),
                       "std_of_seed_means": float(np.std(per_seed))}
         row["val_ua"] = float(np.mean(g["val_ua"])) if g["val_ua"] else None
+        row["ua_by_seed_and_fold"] = {str(seed): {k: v["ua"] for k, v in folds.items()}
+                                      for seed, folds in g["scores"].items()}
         rows.append(row)
     return rows
+
+
+def paired_difference(row: dict, baseline: dict) -> dict | None:
+    """UA of ``row`` minus UA of ``baseline`` on every (seed, fold) both have: mean ± std, count, wins."""
+    a, b = row["ua_by_seed_and_fold"], baseline["ua_by_seed_and_fold"]
+    diffs = [a[s][k] - b[s][k] for s in a if s in b for k in a[s] if k in b[s]]
+    if not diffs:
+        return None
+    return {"mean": float(np.mean(diffs)), "std": float(np.std(diffs)), "pairs": len(diffs),
+            "better": int(sum(d > 0 for d in diffs)), "worse": int(sum(d < 0 for d in diffs))}
 
 
 def compare_table(rows: list[dict]) -> str:
@@ -126,6 +138,19 @@ def compare_table(rows: list[dict]) -> str:
         val = f"{r['val_ua']:.2f}" if r["val_ua"] is not None else "–"
         out.append(f"| {name} | {r['corpus']} | {r['recipe']} | {len(r['seeds'])} × {len(r['folds'])} | "
                    + " | ".join(cells) + f" | {val} |")
+    return "\n".join(out)
+
+
+def paired_table(rows: list[dict], baseline: int) -> str:
+    """Each row against row ``baseline`` (0-based) on the (seed, fold) pairs both have: UA difference."""
+    base = rows[baseline]
+    name = lambda r: Path(r["runs"][0]).name + (" …" if len(r["runs"]) > 1 else "")  # noqa: E731
+    out = [f"UA minus that of {name(base)}, paired by seed and fold:"]
+    for i, r in enumerate(rows):
+        d = None if i == baseline or r["corpus"] != base["corpus"] else paired_difference(r, base)
+        if d:
+            out.append(f"  {name(r)}: {d['mean']:+.2f} ± {d['std']:.2f} over {d['pairs']} pairs "
+                       f"(better in {d['better']}, worse in {d['worse']})")
     return "\n".join(out)
 
 
