@@ -133,7 +133,7 @@ def compare_table(rows: list[dict]) -> str:
     out = ["| run | corpus | recipe | seeds × folds | UA | WA | macro-F1 | weighted-F1 | val UA |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        name = Path(r["runs"][0]).name if len(r["runs"]) == 1 else Path(r["runs"][0]).name + " …"
+        name = _run_name(r)
         cells = [f"{r[m]['mean']:.2f} ± {r[m]['std']:.2f}" for m in METRICS]
         val = f"{r['val_ua']:.2f}" if r["val_ua"] is not None else "–"
         out.append(f"| {name} | {r['corpus']} | {r['recipe']} | {len(r['seeds'])} × {len(r['folds'])} | "
@@ -141,15 +141,19 @@ def compare_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _run_name(row: dict) -> str:
+    """A row's label: its first run folder's name, "…" when seeds of other runs are pooled into it."""
+    return Path(row["runs"][0]).name + (" …" if len(row["runs"]) > 1 else "")
+
+
 def paired_table(rows: list[dict], baseline: int) -> str:
     """Each row against row ``baseline`` (0-based) on the (seed, fold) pairs both have: UA difference."""
     base = rows[baseline]
-    name = lambda r: Path(r["runs"][0]).name + (" …" if len(r["runs"]) > 1 else "")  # noqa: E731
-    out = [f"UA minus that of {name(base)}, paired by seed and fold:"]
+    out = [f"UA minus that of {_run_name(base)}, paired by seed and fold:"]
     for i, r in enumerate(rows):
         d = None if i == baseline or r["corpus"] != base["corpus"] else paired_difference(r, base)
         if d:
-            out.append(f"  {name(r)}: {d['mean']:+.2f} ± {d['std']:.2f} over {d['pairs']} pairs "
+            out.append(f"  {_run_name(r)}: {d['mean']:+.2f} ± {d['std']:.2f} over {d['pairs']} pairs "
                        f"(better in {d['better']}, worse in {d['worse']})")
     return "\n".join(out)
 
