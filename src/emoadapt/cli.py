@@ -178,6 +178,7 @@ def cmd_compare(args) -> int:
     if args.baseline is not None:
         if not 1 <= args.baseline <= len(rows):
             raise EmoadaptError(None, f"--baseline {args.baseline}: the table has rows 1 to {len(rows)}")
+        print()
         print(paired_table(rows, args.baseline - 1))
     if args.json:
         write_json({"rows": rows}, args.json)
