@@ -55,7 +55,8 @@ def load_adapter(run: str, random: bool):
     """The teacher adapter of a stage-1 run (or, with ``random``, a fresh one of its shape and standardisation)."""
     from emoadapt.checkpoints import load_model
     from emoadapt.model import WAPTransformer
-    folder = Path(run) / "adapter" if (Path(run) / "adapter").is_dir() else Path(run)
+    from emoadapt.training import read_stage1_adapter
+    folder, _ = read_stage1_adapter(run)
     trained = load_model(folder).model.eval()
     if not random:
         return trained

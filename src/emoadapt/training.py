@@ -785,14 +785,23 @@ def build_classifier(recipe: str, config: RunConfig, encoder: dict, num_classes:
                    "options": plain_json(options)}
 
 
+def read_stage1_adapter(run: str | os.PathLike) -> tuple[Path, dict]:
+    """(model folder, its model.json) of a stage-1 adapter; ``run``: a pretrain run folder or its adapter/."""
+    folder = Path(run)
+    if (folder / "adapter" / CONFIG).is_file():
+        folder = folder / "adapter"
+    info = read_model_info(folder)  # a clear error when it is not a model folder
+    if info["kind"] != "adapter":
+        raise CheckpointError(folder, "this model folder is not a stage-1 adapter (kind "
+                                      f"{info['kind']!r}); pass the folder that emoadapt pretrain wrote")
+    return folder, info
+
+
 def check_shared_stage1(stage1: str | os.PathLike, store: FeatureStore) -> dict:
     """A finished stage-1 run usable for every fold of the corpus in ``store``: it must not have been trained on
     that store (whose frames include every fold's test speakers). Returns its description for the results."""
     run = Path(stage1)
-    folder = run / "adapter" if (run / "adapter" / CONFIG).is_file() else run
-    info = read_model_info(folder)  # a clear error when it is not a model folder
-    if info["kind"] != "adapter":
-        raise CheckpointError(folder, f"not a stage-1 adapter (kind {info['kind']!r})")
+    folder, info = read_stage1_adapter(run)
     record = run / "config.json"
     stores = json.loads(record.read_text()).get("data", {}).get("stores", []) if record.is_file() else None
     if stores is None:
@@ -817,13 +826,7 @@ def fit_standardizers(model: torch.nn.Module, utterances: Sequence[tuple[Feature
 
 def init_from_stage1(model, init: str | os.PathLike, encoder: dict) -> dict:
     """Copy a stage-1 teacher adapter into ``model.adapter``. ``init``: a pretrain run folder or its adapter/."""
-    folder = Path(init)
-    if (folder / "adapter" / CONFIG).is_file():
-        folder = folder / "adapter"
-    info = read_model_info(folder)
-    if info["kind"] != "adapter":
-        raise CheckpointError(folder, "this model folder is not a stage-1 adapter (kind "
-                                      f"{info['kind']!r}); pass the folder that emoadapt pretrain wrote")
+    folder, info = read_stage1_adapter(init)
     theirs = info.get("encoder", {})
     diffs = [k for k in ("fingerprint", "layers") if theirs.get(k) != encoder.get(k)]
     if diffs:
