@@ -357,6 +357,27 @@ def test_cv_writes_fold_and_mean_results_and_skips_finished_folds(data, tmp_path
         run_cv(corpus, store, "superb", tmp_path, folds=[1, 2], config=tiny_config("seed=4"), progress=False)
 
 
+def test_frozen_adapter_epochs_train_only_the_head_then_everything(data, tmp_path):
+    corpus, store = data
+    seen = []
+
+    class Snapshot(__import__("lightning").pytorch.Callback):
+        def on_train_start(self, trainer, module):
+            seen.append((state_of(module.model.adapter), state_of(module.model.pooling)))
+
+        def on_train_epoch_end(self, trainer, module):
+            seen.append((state_of(module.model.adapter), state_of(module.model.pooling)))
+
+    config = tiny_config("stage2.epochs=3", "stage2.freeze_adapter_epochs=2", "stage2.warmup_fraction=0.2")
+    finetune(corpus, store, 1, tmp_path, config=config, progress=False, callbacks=[Snapshot()])
+    start, *epochs = seen
+    assert len(epochs) == 3
+    for adapter, pooling in epochs[:2]:  # a linear probe on the adapter's features: only the head moves
+        assert_same_state(adapter, start[0])
+        assert any(not torch.equal(pooling[k], v) for k, v in start[1].items())
+    assert any(not torch.equal(epochs[2][0][k], v) for k, v in start[0].items())  # then the adapter trains too
+
+
 def test_full_recipe_runs_stage1_then_stage2_from_the_teacher(data, tmp_path, monkeypatch):
     corpus, store = data
     starts = []

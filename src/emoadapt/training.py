@@ -84,6 +84,9 @@ class FinetuneConfig:
     max_crop_seconds: float = 8.0    # random crops of at most 8 s in training; whole utterances in evaluation
     grad_clip: float = 1.0           # gradient-norm clipping; 0 switches it off
     patience: int | None = None      # stop after this many epochs without a better validation UA (None: never)
+    freeze_adapter_epochs: int = 0   # the adapter's lr is 0 for these first epochs, then warms up and decays over the
+    #                                  rest: a linear probe on the stage-1 features first, then fine-tuning (LP-FT,
+    #                                  Kumar et al. 2022), so random heads do not wreck the pretrained adapter
 
 
 @dataclass
@@ -490,10 +493,18 @@ def param_groups(named_parameters, weight_decay: float, lr_of=lambda name: None)
 
 def warmup_cosine(optimizer, total_steps: int, warmup_fraction: float, final_fraction: float):
     """Per-update schedule (Lightning steps it after every optimiser step): each group's lr x (linear warm-up
-    from 0, then cosine to ``final_fraction``)."""
+    from 0, then cosine to ``final_fraction``). A group with ``hold_steps`` > 0 stays at lr 0 for those first
+    updates and runs its warm-up and cosine over the remaining ones."""
     total_steps = max(int(total_steps), 1)
-    factor = cosine_schedule(1.0, final_fraction, total_steps, warmup_steps=round(warmup_fraction * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: float(factor[min(step, total_steps - 1)]))
+
+    def factor_of(group):
+        hold = min(int(group.get("hold_steps", 0)), total_steps - 1)
+        span = total_steps - hold
+        factor = np.concatenate([np.zeros(hold), cosine_schedule(1.0, final_fraction, span,
+                                                                 warmup_steps=round(warmup_fraction * span))])
+        return lambda step: float(factor[min(step, total_steps - 1)])
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [factor_of(g) for g in optimizer.param_groups])
     return {"scheduler": scheduler, "interval": "step", "frequency": 1}
 
 
@@ -763,8 +774,14 @@ class FinetuneModule(_SavesRandomState, pl.LightningModule):
     def configure_optimizers(self):
         c = self.config
         adapter_lr = lambda name: c.lr if name.startswith("adapter.") else None  # noqa: E731
-        optimizer = torch.optim.AdamW(param_groups(self.model.named_parameters(), c.weight_decay, adapter_lr),
-                                      lr=c.head_lr)
+        groups = param_groups(self.model.named_parameters(), c.weight_decay, adapter_lr)
+        if c.freeze_adapter_epochs:
+            # lr 0 rather than requires_grad=False: the same parameters take part in every step, which DDP needs
+            hold = round(self.total_steps * min(c.freeze_adapter_epochs / max(c.epochs, 1), 1.0))
+            for group in groups:
+                if "lr" in group:  # only the adapter's groups carry their own lr (adapter_lr)
+                    group["hold_steps"] = hold
+        optimizer = torch.optim.AdamW(groups, lr=c.head_lr)
         return {"optimizer": optimizer,
                 "lr_scheduler": warmup_cosine(optimizer, self.total_steps, c.warmup_fraction, c.final_lr_fraction)}
 
