@@ -5,8 +5,8 @@
 #   recipes/results-cpu.sh [ROW ...]      # no ROW: all of them, in this order; `recipes/results-cpu.sh --list`
 #
 # ROW is features, stage1-pool, ravdess-superb, ravdess-emobox, ravdess-adapter, ravdess-full, ravdess-no-mask,
-# ravdess-no-sd, ravdess-no-la, ravdess-lr1e-4, ravdess-superb-no-standardize, emovo-superb, emovo-emobox, emovo-adapter,
-# emovo-full, probes; SEEDS="0 1 2" (default "0") repeats the adapter and full rows over seeds.
+# ravdess-no-sd, ravdess-no-la, ravdess-full-freeze3, ravdess-full-pool-emovo, ravdess-lr1e-4,
+# ravdess-superb-no-standardize, emovo-superb, emovo-emobox, emovo-adapter, emovo-full, probes; SEEDS="0 1 2" (default "0") repeats the adapter and full rows over seeds.
 # Environment: DATA (default ../shared/data), WORK (default runs), EMOADAPT (the command, default `emoadapt`),
 # PYTHON (for bench/linear_probe.py, default python).
 # Every command resumes after an interruption and skips what is finished: re-run the same line.
@@ -58,6 +58,16 @@ row() {
             stage1 "stage1-pool-no-$term" "--no-$term-loss"
             "${emoadapt[@]}" cv "${ravdess[@]}" --recipe full --stage1 "$out/stage1-pool-no-$term" --seed 0 \
                 --out "$out/ravdess-full-no-$term-s0" ;;
+        ravdess-full-freeze3)  # stage 2 with the stage-1 adapter frozen for its first 3 of 10 epochs (LP-FT)
+            stage1 stage1-pool
+            for seed in $seeds; do
+                "${emoadapt[@]}" cv "${ravdess[@]}" --recipe full --stage1 "$out/stage1-pool" --seed "$seed" \
+                    --set stage2.freeze_adapter_epochs=3 --out "$out/$1-s$seed"
+            done ;;
+        ravdess-full-pool-emovo)  # more unlabeled audio, and emotional: stage 1 on the pool + EMOVO (no RAVDESS)
+            "${emoadapt[@]}" pretrain --store "$pool_store" --store "$emovo_store" --config cpu --no-progress \
+                --out "$out/stage1-pool-emovo"
+            "${emoadapt[@]}" cv "${ravdess[@]}" --recipe full --stage1 "$out/stage1-pool-emovo" --seed 0 --out "$out/$1-s0" ;;
         ravdess-lr1e-4)  # the other stage-2 learning rate of the sweep (validation UA decides), both rows
             stage1 stage1-pool
             "${emoadapt[@]}" cv "${ravdess[@]}" --recipe adapter --seed 0 --set stage2.lr=1e-4 \
@@ -82,7 +92,7 @@ row() {
 }
 
 all=(features stage1-pool ravdess-superb ravdess-emobox ravdess-adapter ravdess-full ravdess-no-mask ravdess-no-sd
-     ravdess-no-la ravdess-lr1e-4 ravdess-superb-no-standardize emovo-superb emovo-emobox emovo-adapter emovo-full probes)
+     ravdess-no-la ravdess-full-freeze3 ravdess-full-pool-emovo ravdess-lr1e-4 ravdess-superb-no-standardize emovo-superb emovo-emobox emovo-adapter emovo-full probes)
 if [[ ${1:-} == --list ]]; then printf '%s\n' "${all[@]}"; exit 0; fi
 if (( $# )); then rows=("$@"); else rows=("${all[@]}"); fi
 for r in "${rows[@]}"; do row "$r"; done

@@ -73,9 +73,14 @@ def test_results_recipe_gives_one_command_per_row(tmp_path):
     ablation = commands("ravdess-no-la")
     assert "--no-la-loss" in ablation[0] and ablation[0].endswith(str(out / "stage1-pool-no-la"))
     assert "--stage1 " + str(out / "stage1-pool-no-la") in ablation[1] and "--recipe full" in ablation[1]
+    frozen = commands("ravdess-full-freeze3")
+    assert all("stage2.freeze_adapter_epochs=3" in c and "--stage1 " + str(out / "stage1-pool") in c for c in frozen[1:])
+    more_audio = commands("ravdess-full-pool-emovo")
+    assert "--store " + str(tmp_path / "features" / "emovo-whisper-base") in more_audio[0]
+    assert "--stage1 " + str(out / "stage1-pool-emovo") in more_audio[1]
     (emovo,) = commands("emovo-emobox")
     assert "--corpus ../shared/data/emovo" in emovo and "--recipe emobox --seed 0" in emovo
     listed = subprocess.run(["bash", str(script), "--list"], capture_output=True, text=True).stdout.split()
-    assert len(listed) == 16 and all(len(commands(r)) >= 1 for r in listed)
+    assert len(listed) == 18 and all(len(commands(r)) >= 1 for r in listed)
     bad = subprocess.run(["bash", str(script), "nope"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown row nope" in bad.stderr
