@@ -5,9 +5,9 @@
 #   recipes/results-cpu.sh [ROW ...]      # no ROW: all of them, in this order; `recipes/results-cpu.sh --list`
 #
 # ROW is features, stage1-pool, ravdess-superb, ravdess-emobox, ravdess-adapter, ravdess-full, ravdess-no-mask,
-# ravdess-no-sd, ravdess-no-la, ravdess-full-freeze3, ravdess-full-pool-emovo, ravdess-full-stage1-20ep,
-# ravdess-lr1e-4, ravdess-superb-no-standardize, emovo-superb, emovo-emobox, emovo-adapter, emovo-full,
-# emovo-full-pool-ravdess, probes; SEEDS="0 1 2" (default "0") repeats the adapter and full rows over seeds.
+# ravdess-no-sd, ravdess-no-la, ravdess-full-freeze3, ravdess-full-pool-emovo, ravdess-full-stage1-16ep,
+# ravdess-lr1e-4, ravdess-superb-no-standardize, emovo-superb, emovo-emobox, emovo-adapter, emovo-full, probes;
+# SEEDS="0 1 2" (default "0") repeats the adapter, full, full-freeze3 and full-pool-emovo rows over seeds.
 # Environment: DATA (default ../shared/data), WORK (default runs), EMOADAPT (the command, default `emoadapt`),
 # PYTHON (for bench/linear_probe.py, default python).
 # Every command resumes after an interruption and skips what is finished: re-run the same line.
@@ -68,15 +68,14 @@ row() {
         ravdess-full-pool-emovo)  # more unlabeled audio, and emotional: stage 1 on the pool + EMOVO (no RAVDESS)
             "${emoadapt[@]}" pretrain --store "$pool_store" --store "$emovo_store" --config cpu --no-progress \
                 --out "$out/stage1-pool-emovo"
-            "${emoadapt[@]}" cv "${ravdess[@]}" --recipe full --stage1 "$out/stage1-pool-emovo" --seed 0 --out "$out/$1-s0" ;;
-        ravdess-full-stage1-20ep)  # more updates: the shared stage 1 for 20 epochs (1280 updates) instead of 8
-            "${emoadapt[@]}" pretrain --store "$pool_store" --config cpu --no-progress --set pretrain.epochs=20 \
-                --out "$out/stage1-pool-20ep"
-            "${emoadapt[@]}" cv "${ravdess[@]}" --recipe full --stage1 "$out/stage1-pool-20ep" --seed 0 --out "$out/$1-s0" ;;
-        emovo-full-pool-ravdess)  # the mirror of ravdess-full-pool-emovo: stage 1 on the pool + RAVDESS (no EMOVO)
-            "${emoadapt[@]}" pretrain --store "$pool_store" --store "$ravdess_store" --config cpu --no-progress \
-                --out "$out/stage1-pool-ravdess"
-            "${emoadapt[@]}" cv "${emovo[@]}" --recipe full --stage1 "$out/stage1-pool-ravdess" --seed 0 --out "$out/$1-s0" ;;
+            for seed in $seeds; do
+                "${emoadapt[@]}" cv "${ravdess[@]}" --recipe full --stage1 "$out/stage1-pool-emovo" --seed "$seed" \
+                    --out "$out/$1-s$seed"
+            done ;;
+        ravdess-full-stage1-16ep)  # more updates: the shared stage 1 for 16 epochs (1024 updates) instead of 8
+            "${emoadapt[@]}" pretrain --store "$pool_store" --config cpu --no-progress --set pretrain.epochs=16 \
+                --out "$out/stage1-pool-16ep"
+            "${emoadapt[@]}" cv "${ravdess[@]}" --recipe full --stage1 "$out/stage1-pool-16ep" --seed 0 --out "$out/$1-s0" ;;
         ravdess-lr1e-4)  # the other stage-2 learning rate of the sweep (validation UA decides), both rows
             stage1 stage1-pool
             "${emoadapt[@]}" cv "${ravdess[@]}" --recipe adapter --seed 0 --set stage2.lr=1e-4 \
@@ -101,8 +100,8 @@ row() {
 }
 
 all=(features stage1-pool ravdess-superb ravdess-emobox ravdess-adapter ravdess-full ravdess-no-mask ravdess-no-sd
-     ravdess-no-la ravdess-full-freeze3 ravdess-full-pool-emovo ravdess-full-stage1-20ep ravdess-lr1e-4
-     ravdess-superb-no-standardize emovo-superb emovo-emobox emovo-adapter emovo-full emovo-full-pool-ravdess probes)
+     ravdess-no-la ravdess-full-freeze3 ravdess-full-pool-emovo ravdess-full-stage1-16ep ravdess-lr1e-4
+     ravdess-superb-no-standardize emovo-superb emovo-emobox emovo-adapter emovo-full probes)
 if [[ ${1:-} == --list ]]; then printf '%s\n' "${all[@]}"; exit 0; fi
 if (( $# )); then rows=("$@"); else rows=("${all[@]}"); fi
 for r in "${rows[@]}"; do row "$r"; done

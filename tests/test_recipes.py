@@ -77,15 +77,12 @@ def test_results_recipe_gives_one_command_per_row(tmp_path):
     assert all("stage2.freeze_adapter_epochs=3" in c and "--stage1 " + str(out / "stage1-pool") in c for c in frozen[1:])
     more_audio = commands("ravdess-full-pool-emovo")
     assert "--store " + str(tmp_path / "features" / "emovo-whisper-base") in more_audio[0]
-    assert "--stage1 " + str(out / "stage1-pool-emovo") in more_audio[1]
-    longer = commands("ravdess-full-stage1-20ep")
-    assert "pretrain.epochs=20" in longer[0] and "--stage1 " + str(out / "stage1-pool-20ep") in longer[1]
-    mirror = commands("emovo-full-pool-ravdess")
-    assert "--store " + str(tmp_path / "demo" / "features" / "ravdess-whisper-base") in mirror[0]
-    assert "--corpus ../shared/data/emovo" in mirror[1] and "--stage1 " + str(out / "stage1-pool-ravdess") in mirror[1]
+    assert all("--stage1 " + str(out / "stage1-pool-emovo") in c for c in more_audio[1:]) and len(more_audio) == 3
+    longer = commands("ravdess-full-stage1-16ep")
+    assert "pretrain.epochs=16" in longer[0] and "--stage1 " + str(out / "stage1-pool-16ep") in longer[1]
     (emovo,) = commands("emovo-emobox")
     assert "--corpus ../shared/data/emovo" in emovo and "--recipe emobox --seed 0" in emovo
     listed = subprocess.run(["bash", str(script), "--list"], capture_output=True, text=True).stdout.split()
-    assert len(listed) == 20 and all(len(commands(r)) >= 1 for r in listed)
+    assert len(listed) == 19 and all(len(commands(r)) >= 1 for r in listed)
     bad = subprocess.run(["bash", str(script), "nope"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown row nope" in bad.stderr

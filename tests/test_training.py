@@ -376,6 +376,8 @@ def test_frozen_adapter_epochs_train_only_the_head_then_everything(data, tmp_pat
         assert_same_state(adapter, start[0])
         assert any(not torch.equal(pooling[k], v) for k, v in start[1].items())
     assert any(not torch.equal(epochs[2][0][k], v) for k, v in start[0].items())  # then the adapter trains too
+    with pytest.raises(EmoadaptError, match="no adapter"):
+        finetune(corpus, store, 1, tmp_path / "superb", recipe="superb", config=config, progress=False)
 
 
 def test_full_recipe_runs_stage1_then_stage2_from_the_teacher(data, tmp_path, monkeypatch):

@@ -86,7 +86,8 @@ class FinetuneConfig:
     patience: int | None = None      # stop after this many epochs without a better validation UA (None: never)
     freeze_adapter_epochs: int = 0   # the adapter's lr is 0 for these first epochs, then warms up and decays over the
     #                                  rest: a linear probe on the stage-1 features first, then fine-tuning (LP-FT,
-    #                                  Kumar et al. 2022), so random heads do not wreck the pretrained adapter
+    #                                  Kumar et al. 2022), so random heads do not wreck the pretrained adapter;
+    #                                  >= epochs: the adapter never moves (a probe of the stage-1 features)
 
 
 @dataclass
@@ -877,6 +878,9 @@ def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.
     if init is not None and recipe != "adapter":
         raise EmoadaptError(None, f"--init (a stage-1 adapter) only applies to the adapter recipe, not {recipe!r}")
     config = config or RunConfig()
+    if config.stage2.freeze_adapter_epochs and recipe != "adapter":
+        raise EmoadaptError(None, f"stage2.freeze_adapter_epochs applies to the adapter recipes; {recipe!r} has no "
+                                  "adapter")
     corpus, store = open_corpus(corpus), open_store(store)
     if not corpus.labels:
         raise CorpusError(corpus.root, "stage 2 needs labelled utterances; this corpus has no labels")
