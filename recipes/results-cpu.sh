@@ -6,7 +6,8 @@
 #
 # ROW is features, stage1-pool, ravdess-superb, ravdess-emobox, ravdess-adapter, ravdess-full, ravdess-no-mask,
 # ravdess-no-sd, ravdess-no-la, ravdess-full-freeze3, ravdess-full-pool-emovo, ravdess-full-stage1-16ep,
-# ravdess-lr1e-4, ravdess-superb-no-standardize, emovo-superb, emovo-emobox, emovo-adapter, emovo-full, probes;
+# ravdess-lr1e-4, ravdess-superb-no-standardize, emovo-superb, emovo-emobox, emovo-adapter, emovo-full, probes,
+# ravdess-stage1-probes;
 # SEEDS="0 1 2" (default "0") repeats the adapter, full, full-freeze3 and full-pool-emovo rows over seeds.
 # Environment: DATA (default ../shared/data), WORK (default runs), EMOADAPT (the command, default `emoadapt`),
 # PYTHON (for bench/linear_probe.py, default python).
@@ -95,13 +96,22 @@ row() {
                 "${probe[@]}" --adapter "$out/stage1-pool" --out "$out/$corpus-probe-stage1-pool.json"
                 "${probe[@]}" --adapter "$out/stage1-pool" --random-adapter --out "$out/$corpus-probe-random-adapter.json"
             done ;;
+        ravdess-stage1-probes)  # the RAVDESS linear probe on the Z of every other stage 1 above that was run
+            for run in stage1-pool-no-mask stage1-pool-no-sd stage1-pool-no-la stage1-pool-emovo stage1-pool-16ep; do
+                if [[ -d $out/$run ]]; then
+                    "${python[@]}" bench/linear_probe.py --corpus "$data/ravdess" --store "$ravdess_store" \
+                        --adapter "$out/$run" --out "$out/ravdess-probe-$run.json"
+                else
+                    echo "skipped $run: run its row first" >&2
+                fi
+            done ;;
         *) echo "unknown row $1 (see recipes/results-cpu.sh --list)" >&2; return 2 ;;
     esac
 }
 
 all=(features stage1-pool ravdess-superb ravdess-emobox ravdess-adapter ravdess-full ravdess-no-mask ravdess-no-sd
      ravdess-no-la ravdess-full-freeze3 ravdess-full-pool-emovo ravdess-full-stage1-16ep ravdess-lr1e-4
-     ravdess-superb-no-standardize emovo-superb emovo-emobox emovo-adapter emovo-full probes)
+     ravdess-superb-no-standardize emovo-superb emovo-emobox emovo-adapter emovo-full probes ravdess-stage1-probes)
 if [[ ${1:-} == --list ]]; then printf '%s\n' "${all[@]}"; exit 0; fi
 if (( $# )); then rows=("$@"); else rows=("${all[@]}"); fi
 for r in "${rows[@]}"; do row "$r"; done

@@ -80,9 +80,12 @@ def test_results_recipe_gives_one_command_per_row(tmp_path):
     assert all("--stage1 " + str(out / "stage1-pool-emovo") in c for c in more_audio[1:]) and len(more_audio) == 3
     longer = commands("ravdess-full-stage1-16ep")
     assert "pretrain.epochs=16" in longer[0] and "--stage1 " + str(out / "stage1-pool-16ep") in longer[1]
+    (out / "stage1-pool-no-sd").mkdir(parents=True)
+    (probe,) = commands("ravdess-stage1-probes")  # only the stage-1 runs that exist
+    assert "--adapter " + str(out / "stage1-pool-no-sd") in probe and probe.startswith("python bench/linear_probe.py")
     (emovo,) = commands("emovo-emobox")
     assert "--corpus ../shared/data/emovo" in emovo and "--recipe emobox --seed 0" in emovo
     listed = subprocess.run(["bash", str(script), "--list"], capture_output=True, text=True).stdout.split()
-    assert len(listed) == 19 and all(len(commands(r)) >= 1 for r in listed)
+    assert len(listed) == 20 and all(len(commands(r)) >= 1 for r in listed)
     bad = subprocess.run(["bash", str(script), "nope"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown row nope" in bad.stderr
