@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch import Callback
 
 from corpus_fixtures import make_iemocap
 from emoadapt import cli, training
@@ -361,7 +362,7 @@ def test_frozen_adapter_epochs_train_only_the_head_then_everything(data, tmp_pat
     corpus, store = data
     seen = []
 
-    class Snapshot(__import__("lightning").pytorch.Callback):
+    class Snapshot(Callback):
         def on_train_start(self, trainer, module):
             seen.append((state_of(module.model.adapter), state_of(module.model.pooling)))
 
