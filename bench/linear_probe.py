@@ -89,7 +89,6 @@ def main(argv=None) -> int:
     rows = [r for r in corpus.rows if r.id in store]
     ids = [r.id for r in rows]
     position = {i: n for n, i in enumerate(ids)}
-    torch.set_grad_enabled(False)
     adapter = load_adapter(args.adapter, args.random_adapter) if args.adapter else None
     features = pooled_statistics(store, ids, adapter)
     labels = np.array([index[r.label] for r in rows])

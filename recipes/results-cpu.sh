@@ -26,8 +26,18 @@ ravdess=(--corpus "$data/ravdess" --store "$ravdess_store" --config cpu --no-pro
 emovo=(--corpus "$data/emovo" --store "$emovo_store" --config cpu --no-progress)
 
 # the shared stage 1: the unlabeled pool only (no speaker of any RAVDESS / EMOVO fold), one run for every fold
-stage1() {  # stage1 NAME [ablation flag]
+stage1() {  # stage1 NAME [more pretrain flags: an ablation, another --store, --set ...]
     "${emoadapt[@]}" pretrain --store "$pool_store" --config cpu --no-progress "${@:2}" --out "$out/$1"
+}
+
+# the full method from a shared stage 1, once per seed in $seeds (seeds=0 full_cv ... for the seed-0-only rows);
+# the corpus is the one the run name starts with
+full_cv() {  # full_cv RUN STAGE1 [more cv flags]
+    local args
+    [[ $1 == ravdess-* ]] && args=("${ravdess[@]}") || args=("${emovo[@]}")
+    for seed in $seeds; do
+        "${emoadapt[@]}" cv "${args[@]}" --recipe full --stage1 "$out/$2" --seed "$seed" "${@:3}" --out "$out/$1-s$seed"
+    done
 }
 
 row() {
@@ -48,41 +58,26 @@ row() {
                 "${emoadapt[@]}" cv "${args[@]}" --recipe adapter --seed "$seed" --out "$out/$1-s$seed"
             done ;;
         ravdess-full|emovo-full)
-            local args
-            [[ $1 == ravdess-* ]] && args=("${ravdess[@]}") || args=("${emovo[@]}")
             stage1 stage1-pool
-            for seed in $seeds; do
-                "${emoadapt[@]}" cv "${args[@]}" --recipe full --stage1 "$out/stage1-pool" --seed "$seed" \
-                    --out "$out/$1-s$seed"
-            done ;;
+            full_cv "$1" stage1-pool ;;
         ravdess-no-mask|ravdess-no-sd|ravdess-no-la)
             local term=${1#ravdess-no-}
             stage1 "stage1-pool-no-$term" "--no-$term-loss"
-            "${emoadapt[@]}" cv "${ravdess[@]}" --recipe full --stage1 "$out/stage1-pool-no-$term" --seed 0 \
-                --out "$out/ravdess-full-no-$term-s0" ;;
+            seeds=0 full_cv "ravdess-full-no-$term" "stage1-pool-no-$term" ;;
         ravdess-full-freeze3)  # stage 2 with the stage-1 adapter frozen for its first 3 of 10 epochs (LP-FT)
             stage1 stage1-pool
-            for seed in $seeds; do
-                "${emoadapt[@]}" cv "${ravdess[@]}" --recipe full --stage1 "$out/stage1-pool" --seed "$seed" \
-                    --set stage2.freeze_adapter_epochs=3 --out "$out/$1-s$seed"
-            done ;;
+            full_cv "$1" stage1-pool --set stage2.freeze_adapter_epochs=3 ;;
         ravdess-full-pool-emovo)  # more unlabeled audio, and emotional: stage 1 on the pool + EMOVO (no RAVDESS)
-            "${emoadapt[@]}" pretrain --store "$pool_store" --store "$emovo_store" --config cpu --no-progress \
-                --out "$out/stage1-pool-emovo"
-            for seed in $seeds; do
-                "${emoadapt[@]}" cv "${ravdess[@]}" --recipe full --stage1 "$out/stage1-pool-emovo" --seed "$seed" \
-                    --out "$out/$1-s$seed"
-            done ;;
+            stage1 stage1-pool-emovo --store "$emovo_store"
+            full_cv "$1" stage1-pool-emovo ;;
         ravdess-full-stage1-16ep)  # more updates: the shared stage 1 for 16 epochs (1024 updates) instead of 8
-            "${emoadapt[@]}" pretrain --store "$pool_store" --config cpu --no-progress --set pretrain.epochs=16 \
-                --out "$out/stage1-pool-16ep"
-            "${emoadapt[@]}" cv "${ravdess[@]}" --recipe full --stage1 "$out/stage1-pool-16ep" --seed 0 --out "$out/$1-s0" ;;
+            stage1 stage1-pool-16ep --set pretrain.epochs=16
+            seeds=0 full_cv "$1" stage1-pool-16ep ;;
         ravdess-lr1e-4)  # the other stage-2 learning rate of the sweep (validation UA decides), both rows
             stage1 stage1-pool
             "${emoadapt[@]}" cv "${ravdess[@]}" --recipe adapter --seed 0 --set stage2.lr=1e-4 \
                 --out "$out/ravdess-adapter-lr1e-4-s0"
-            "${emoadapt[@]}" cv "${ravdess[@]}" --recipe full --stage1 "$out/stage1-pool" --seed 0 --set stage2.lr=1e-4 \
-                --out "$out/ravdess-full-lr1e-4-s0" ;;
+            seeds=0 full_cv ravdess-full-lr1e-4 stage1-pool --set stage2.lr=1e-4 ;;
         ravdess-superb-no-standardize)
             "${emoadapt[@]}" cv "${ravdess[@]}" --recipe superb --seed 0 --set standardize=false --out "$out/$1-s0" ;;
         probes)  # logistic regression on pooled statistics: of the cached features, of the frozen stage-1

@@ -778,7 +778,7 @@ class FinetuneModule(_SavesRandomState, pl.LightningModule):
         groups = param_groups(self.model.named_parameters(), c.weight_decay, adapter_lr)
         if c.freeze_adapter_epochs:
             # lr 0 rather than requires_grad=False: the same parameters take part in every step, which DDP needs
-            hold = round(self.total_steps * min(c.freeze_adapter_epochs / max(c.epochs, 1), 1.0))
+            hold = round(self.total_steps * c.freeze_adapter_epochs / max(c.epochs, 1))  # warmup_cosine caps it
             for group in groups:
                 if "lr" in group:  # only the adapter's groups carry their own lr (adapter_lr)
                     group["hold_steps"] = hold
