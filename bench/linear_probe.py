@@ -30,6 +30,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from emoadapt.corpora import load_corpus
+from emoadapt.errors import EmoadaptError
 from emoadapt.evaluation import CrossValidationReport, score, write_json
 from emoadapt.features import FeatureStore
 from emoadapt.provenance import git_commit, versions
@@ -51,12 +52,15 @@ def pooled_statistics(store: FeatureStore, ids, adapter=None) -> np.ndarray:
     return np.stack(out)
 
 
-def load_adapter(run: str, random: bool):
-    """The teacher adapter of a stage-1 run (or, with ``random``, a fresh one of its shape and standardisation)."""
-    from emoadapt.checkpoints import load_model
+def load_adapter(run: str, random: bool, corpus):
+    """The teacher adapter of a stage-1 run (or, with ``random``, a fresh one of its shape and standardisation);
+    refused when it saw any of the corpus's test utterances or speakers (it is probed on every fold)."""
+    from emoadapt.checkpoints import load_model, read_stage1_adapter
+    from emoadapt.leakage import read_seen, refuse_on_folds
     from emoadapt.model import WAPTransformer
-    from emoadapt.training import read_stage1_adapter
-    folder, _ = read_stage1_adapter(run)
+    folder, info = read_stage1_adapter(run)
+    refuse_on_folds(read_seen(folder, info), corpus, corpus.folds.fold_ids(), model=str(folder),
+                    advice=" (probe a stage 1 trained on other audio, e.g. the unlabeled pool)")
     trained = load_model(folder).model.eval()
     if not random:
         return trained
@@ -89,7 +93,7 @@ def main(argv=None) -> int:
     rows = [r for r in corpus.rows if r.id in store]
     ids = [r.id for r in rows]
     position = {i: n for n, i in enumerate(ids)}
-    adapter = load_adapter(args.adapter, args.random_adapter) if args.adapter else None
+    adapter = load_adapter(args.adapter, args.random_adapter, corpus) if args.adapter else None
     features = pooled_statistics(store, ids, adapter)
     labels = np.array([index[r.label] for r in rows])
     report, chosen = CrossValidationReport(), {}
@@ -118,5 +122,14 @@ def main(argv=None) -> int:
     return 0
 
 
+def run(argv=None) -> int:
+    """main() with emoadapt's errors as one line and exit code 2, as the `emoadapt` command gives them."""
+    try:
+        return main(argv)
+    except EmoadaptError as error:
+        print(f"linear_probe: error: {error}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

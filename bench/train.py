@@ -52,7 +52,7 @@ from emoadapt.paths import shared_corpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_WHISPER, GOAL_HUBERT, GOAL_RAM, GOAL_PARAMS = 0.5, 0.05, 1.10, 0.02
-HUBERT_LARGE_PARAMETERS = 316e6  # the encoder the paper adapts (METHOD.md)
+HUBERT_LARGE_PARAMETERS = 316e6  # the encoder the paper adapts (docs/METHOD.md)
 # facebook/hubert-large-ll60k's architecture (its config.json); the weights here are random
 HUBERT_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
                     feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)
@@ -80,8 +80,10 @@ def finetune_epochs(store: FeatureStore, items, labels, config, epochs: int, wor
     ``items``: (store index 0, utterance id, label index). ``on_ready()`` is called just before fit."""
     import lightning.pytorch as pl
 
-    from emoadapt.training import (FeatureDataset, FinetuneModule, _quiet_lightning, _with_store_dims,
-                                   build_classifier, encoder_info, make_trainer, steps_per_epoch, train_loader)
+    from emoadapt.config import with_store_dims
+    from emoadapt.data import FeatureDataset, encoder_info, train_loader
+    from emoadapt.stage2 import FinetuneModule, build_classifier
+    from emoadapt.trainer import make_trainer, quiet_lightning, steps_per_epoch
 
     class EpochTimer(pl.Callback):
         def __init__(self):
@@ -95,11 +97,11 @@ def finetune_epochs(store: FeatureStore, items, labels, config, epochs: int, wor
 
     t_setup = time.perf_counter()
     encoder = encoder_info(store)
-    config = _with_store_dims(config, encoder)
+    config = with_store_dims(config, encoder)
     c = config.stage2
     dataset = FeatureDataset([store], items, max_frames=round(c.max_crop_seconds * float(encoder["frame_rate"])))
     timer = EpochTimer()
-    with _quiet_lightning(progress=False), warnings.catch_warnings():
+    with quiet_lightning(progress=False), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*validation_step.*no `val_dataloader`.*")  # no validation here
         pl.seed_everything(config.seed, workers=True, verbose=False)
         trainer = make_trainer(work_dir, config.trainer, max_epochs=epochs, grad_clip=c.grad_clip, callbacks=[timer],
@@ -184,10 +186,11 @@ class MemorySampler(threading.Thread):
 
 def ram_worker(spec_path: Path) -> int:
     """Child process: one fine-tuning epoch on the store and items in ``spec_path``; prints one JSON line."""
-    import emoadapt.training as training  # noqa: F401 - imported before the baseline: Lightning is start-up
+    import emoadapt.stage2  # noqa: F401 - imported before the baseline: Lightning is start-up
+    from emoadapt.config import load_config
 
     spec = json.loads(spec_path.read_text())
-    config = training.load_config(None, spec["overrides"])
+    config = load_config(None, spec["overrides"])
     store = FeatureStore(spec["store"])
     items = [(0, i, y) for i, y in spec["items"]]
     sampler = MemorySampler()
@@ -256,7 +259,7 @@ def trainable_parameters(config) -> dict:
     25 x 1024 hidden states, with the benchmark's adapter settings."""
     from dataclasses import replace
 
-    from emoadapt.training import build_classifier
+    from emoadapt.stage2 import build_classifier
     config = replace(config, adapter=replace(config.adapter, input_layers=25, input_dim=1024))
     model, _ = build_classifier("adapter", config, {"layers": list(range(25)), "dim": 1024}, 4)
     count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
@@ -294,7 +297,8 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()
 
     t0 = time.perf_counter()
-    from emoadapt.training import load_config  # imports Lightning: one-time start-up, reported on its own
+    import emoadapt.stage2  # noqa: F401 - imports Lightning: one-time start-up, reported on its own
+    from emoadapt.config import load_config
     import_seconds = time.perf_counter() - t0
     config = load_config(None, args.overrides)
 

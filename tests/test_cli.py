@@ -8,6 +8,7 @@ import sys
 from emoadapt import cli, paths
 from emoadapt.features import FeatureStore
 
+from conftest import TINY
 from corpus_fixtures import make_ravdess
 
 
@@ -79,9 +80,7 @@ def test_demo_without_data_explains_what_to_pass(monkeypatch, capsys):
 def test_demo_runs_end_to_end_on_shared_ravdess(shared_data, tmp_path, capsys):
     """The whole demo path (corpus check, extraction, stage 1, stage 2, test on one fold) at toy sizes."""
     data_root = shared_data("ravdess").parent
-    tiny = ["adapter.dim=32", "adapter.num_heads=2", "adapter.ffn_dim=64", "adapter.conv_pos_kernel=8",
-            "pretrain.epochs=1", "pretrain.batch_size=16", "pretrain.num_codes=8", "pretrain.sd_hidden_dim=32",
-            "pretrain.sd_out_dim=32", "pretrain.sd_bottleneck_dim=16", "stage2.epochs=1", "stage2.batch_size=16"]
+    tiny = [*TINY, "pretrain.epochs=1", "pretrain.batch_size=16", "stage2.epochs=1", "stage2.batch_size=16"]
     code = cli.main(["demo", "--data", str(data_root), "--workdir", str(tmp_path), "--encoder", "whisper-tiny.en",
                      "--limit", "96", "--no-progress", *[x for item in tiny for x in ("--set", item)]])
     assert code == 0

@@ -46,7 +46,10 @@ def test_cross_validation_summary_and_outputs(tmp_path):
     mean = report.summary()
     assert mean["ua"] == pytest.approx(((100 + 100 / 3) / 2, (100 - 100 / 3) / 2))
     assert report.pooled_confusion().sum() == 6
-    assert "mean" in report.table()
+    lines = report.table().splitlines()
+    assert lines[1].split() == ["1", "100.00", "100.00", "100.00", "100.00", "3"]
+    assert lines[2].split()[:3] == ["2", f"{100 / 3:.2f}", f"{100 / 3:.2f}"]
+    assert lines[3].split()[:2] == ["mean", f"{mean['ua'][0]:.2f}±{mean['ua'][1]:.2f}"]
     png = plot_confusion(report.pooled_confusion(), LABELS, tmp_path / "cm.png", title="test")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = write_json(report.to_json(), tmp_path / "results.json")
@@ -95,3 +98,19 @@ def test_compare_pools_seeds_of_the_same_settings_only(tmp_path):
     (tmp_path / "junk" / "results.json").write_text("{}")
     with pytest.raises(ValueError, match="junk.*not a cross-validation results file"):
         compare_runs([tmp_path / "junk"])
+
+
+def test_compare_command_prints_the_paired_differences_against_a_baseline(tmp_path, capsys):
+    from emoadapt import cli
+    a0 = _cv_results(tmp_path / "adapter-s0", "adapter", 0, [60, 70, 80])
+    a1 = _cv_results(tmp_path / "adapter-s1", "adapter", 1, [62, 72, 82])
+    superb = _cv_results(tmp_path / "superb-s0", "superb", 0, [55, 66, 74])
+    assert cli.main(["compare", str(a0), str(a1), str(superb), "--baseline", "1", "--json",
+                     str(tmp_path / "rows.json")]) == 0
+    out = capsys.readouterr().out
+    # superb minus the pooled adapter row, paired on seed 0's folds: -5, -4, -6
+    assert "superb-s0: -5.00 ± 0.82 over 3 pairs (better in 0, worse in 3)" in out
+    assert "UA minus that of adapter-s0" in out and "adapter-s0 …:" not in out.split("paired by")[1]
+    assert len(json.loads((tmp_path / "rows.json").read_text())["rows"]) == 2
+    assert cli.main(["compare", str(a0), str(superb), "--baseline", "3"]) == 2
+    assert "the table has rows 1 to 2" in capsys.readouterr().err

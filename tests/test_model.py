@@ -231,7 +231,7 @@ def test_build_model_options_and_errors():
 
 
 def test_default_sizes():
-    """METHOD.md: about 6 M parameters for d = 384; the whole trainable stage-2 model (adapter + SAP + classifier)
+    """docs/METHOD.md: about 6 M parameters for d = 384; the whole trainable stage-2 model (adapter + SAP + classifier)
     under 2% of HuBERT-large's 316 M."""
     for layers, dim in [(7, 512), (25, 1024)]:
         n = sum(p.numel() for p in WAPTransformer(AdapterConfig(input_layers=layers, input_dim=dim)).parameters())

@@ -286,4 +286,20 @@ def test_stage_two_starts_from_the_teacher():
     objective = PretrainObjective(SMALL, PretrainConfig(total_steps=10))
     classifier = build_model("adapter", LAYERS, D, 4, **{k: getattr(SMALL, k) for k in
                                                          ("dim", "num_heads", "ffn_dim", "conv_pos_kernel", "conv_pos_groups")})
-    classifier.adapter.load_state_dict(objective.teacher.state_dict())  # same keys and shapes
+    for _ in range(3):  # the student learns and the teacher follows it, so the two differ
+        batch = {"hidden_states": torch.randn(4, LAYERS, 60, D), "lengths": torch.tensor([60, 50, 40, 30])}
+        objective(batch)["loss"].backward()
+        with torch.no_grad():
+            for p in objective.student.parameters():
+                if p.grad is not None:
+                    p -= 1e-2 * p.grad
+                    p.grad = None
+        objective.after_optimizer_step(int(objective.step))
+    teacher, student = objective.teacher.state_dict(), objective.student.state_dict()
+    assert any(not torch.equal(teacher[k], student[k]) for k in teacher)
+    classifier.adapter.load_state_dict(teacher)  # same keys and shapes: nothing missing, nothing left over
+    assert all(torch.equal(classifier.adapter.state_dict()[k], v) for k, v in teacher.items())
+    x, mask = torch.randn(2, LAYERS, 30, D), torch.zeros(2, 30, dtype=torch.bool)
+    classifier.eval(), objective.teacher.eval()
+    with torch.no_grad():  # the classifier's adapter computes the teacher's Z
+        assert torch.allclose(classifier.adapter(x, mask), objective.teacher(x, mask))

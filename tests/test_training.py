@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,23 +17,21 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-from corpus_fixtures import make_iemocap
-from emoadapt import cli, training
+from corpus_fixtures import make_iemocap, make_ravdess
+from emoadapt import cli, crossval, data as data_module, inference, stage2, trainer
 from emoadapt.checkpoints import (CheckpointError, SafetensorsCheckpointIO, load_checkpoint_file, load_model,
                                   save_checkpoint_file)
 from emoadapt.corpora import load_corpus
-from emoadapt.errors import EmoadaptError, StoreMismatch
+from emoadapt.errors import EmoadaptError, LeakageError, StoreMismatch
 from emoadapt.features import FeatureStore, extract, frame_statistics
 from emoadapt.model import build_model
-from emoadapt.training import (FeatureDataset, RunConfig, ShuffleSampler, collate, finetune, load_config, pretrain,
-                               run_cv)
+from emoadapt.config import RunConfig, load_config
+from emoadapt.crossval import run_cv
+from emoadapt.data import FeatureDataset, ShuffleSampler, collate
+from emoadapt.stage1 import pretrain
+from emoadapt.stage2 import finetune
 
-TINY = ["adapter.dim=32", "adapter.num_heads=4", "adapter.ffn_dim=64", "adapter.num_layers=2",
-        "adapter.conv_pos_kernel=16", "adapter.conv_pos_groups=4",
-        "pretrain.epochs=2", "pretrain.batch_size=8", "pretrain.num_codes=16", "pretrain.sd_hidden_dim=64",
-        "pretrain.sd_bottleneck_dim=32", "pretrain.sd_out_dim=64", "pretrain.short_crop_frames=10,20",
-        "stage2.epochs=6", "stage2.batch_size=8", "stage2.lr=1e-3",
-        "trainer.accelerator=cpu", "val_fraction=0.2"]
+from conftest import TINY
 
 
 def tiny_config(*more: str) -> RunConfig:
@@ -90,24 +89,72 @@ def test_config_file_then_flags_then_set(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("seed: 3\nstage2:\n  lr: 2.0e-4\n  epochs: 7\npretrain:\n  mask_weight: 0.5\n"
                     "head:\n  attention_dim: 64\n")
-    config = load_config(path, ["stage2.lr=3e-4", "pretrain.short_crop_frames=20,40", "stage2.patience=5",
+    config = load_config(path, ["stage2.lr=3e-4", "pretrain.short_crop_frames=[20,40]", "stage2.patience=5",
                                 "trainer.devices=2", "adapter.input_layer=null"])
     assert config.seed == 3 and config.stage2.epochs == 7
     assert config.stage2.lr == pytest.approx(3e-4) and isinstance(config.stage2.lr, float)  # "3e-4" is YAML text
     assert config.pretrain.mask_weight == 0.5 and config.pretrain.short_crop_frames == (20, 40)
     assert config.stage2.patience == 5 and config.trainer.devices == 2 and config.adapter.input_layer is None
     assert config.head == {"attention_dim": 64}
-    assert RunConfig().stage2.lr == 1e-4 and RunConfig().stage2.epochs == 40  # METHOD.md defaults untouched
+    assert RunConfig().stage2.lr == 1e-4 and RunConfig().stage2.epochs == 40  # docs/METHOD.md defaults untouched
     # a run folder's config.json is itself a valid --config
     (tmp_path / "config.json").write_text(json.dumps({"stage": "cv", "config": config.to_dict()}))
     assert load_config(tmp_path / "config.json") == config
 
-    with pytest.raises(EmoadaptError, match="unknown setting 'lrr'"):
+    with pytest.raises(EmoadaptError, match="unknown setting 'stage2.lrr'; known settings there: batch_size"):
         load_config(None, ["stage2.lrr=1"])
-    with pytest.raises(EmoadaptError, match="stage2: epochs"):
+    with pytest.raises(EmoadaptError, match="stage2.epochs: Value 'many'.*Integer"):
         load_config(None, ["stage2.epochs=many"])
     with pytest.raises(EmoadaptError, match="section.key=value"):
         load_config(None, ["stage2.epochs"])
+    with pytest.raises(EmoadaptError, match=r"short_crop_frames.*\[20,40\]"):
+        load_config(None, ["pretrain.short_crop_frames=[1,2,3]"])
+
+
+def test_config_files_inherit(tmp_path):
+    cpu, demo = load_config("cpu"), load_config("demo-cpu")
+    packaged = Path(__import__("emoadapt").__file__).parent / "configs"
+    assert json.loads((packaged / "demo-cpu.json").read_text())["extends"] == "cpu"
+    assert demo.adapter == cpu.adapter and demo.stage2.lr == cpu.stage2.lr == 3e-4  # inherited from cpu
+    assert (demo.pretrain.epochs, demo.stage2.epochs) == (3, 8) and (cpu.pretrain.epochs, cpu.stage2.epochs) == (8, 10)
+    assert cpu.seed == RunConfig().seed and cpu.stage2.head_lr == RunConfig().stage2.head_lr  # cpu extends the defaults
+    (tmp_path / "mine.yaml").write_text("extends: demo-cpu\nstage2:\n  epochs: 2\n")
+    (tmp_path / "child.json").write_text(json.dumps({"extends": "mine.yaml", "seed": 5}))  # relative to the file
+    child = load_config(tmp_path / "child.json", ["stage2.lr=1e-3"])
+    assert (child.seed, child.stage2.epochs, child.pretrain.epochs, child.stage2.lr) == (5, 2, 3, 1e-3)
+    (tmp_path / "a.json").write_text(json.dumps({"extends": "b.json"}))
+    (tmp_path / "b.json").write_text(json.dumps({"extends": "a.json"}))
+    with pytest.raises(EmoadaptError, match="in a loop"):
+        load_config(tmp_path / "a.json")
+    (tmp_path / "bad.json").write_text(json.dumps({"stage2": {"epochs": "many"}}))
+    with pytest.raises(EmoadaptError, match=r"bad.json: stage2.epochs"):
+        load_config(tmp_path / "bad.json")
+
+
+def test_head_settings_are_typed_by_the_recipe():
+    from emoadapt.config import recipe_options, validate
+    config = load_config(None, ["head.projector_dim=64"])
+    validate(config, "superb")
+    assert recipe_options(config, "superb") == {"projector_dim": 64}
+    with pytest.raises(EmoadaptError, match="recipe 'adapter' has no option projector_dim; its options are "
+                                            "attention_dim, head_dropout"):
+        validate(config, "adapter")
+    with pytest.raises(EmoadaptError, match="head.projector_dim"):
+        validate(load_config(None, ["head.projector_dim=wide"]), "superb")
+    with pytest.raises(EmoadaptError, match="invalid model settings"):
+        validate(load_config(None, ["adapter.dim=30", "adapter.num_heads=4"]), "adapter")
+    assert "dim" in recipe_options(load_config(None), "adapter")  # the adapter's settings travel with its recipe
+
+
+@pytest.mark.parametrize("bad, message", [("trainer.precision=bogus", "trainer.precision='bogus'"),
+                                          ("stage2.batch_size=0", "stage2.batch_size=0 is out of range"),
+                                          ("head.attention_dim=big", "head.attention_dim"),
+                                          ("trainer.accelerator=gpu", "refused")])
+def test_bad_settings_are_refused_before_the_run_folder_is_written(data, tmp_path, bad, message):
+    corpus, store = data
+    with pytest.raises(EmoadaptError, match=message):
+        finetune(corpus, store, 1, tmp_path / "run", config=tiny_config(bad), progress=False)
+    assert not (tmp_path / "run").exists()  # so the corrected command starts cleanly
 
 
 # --- data ---------------------------------------------------------------------------------------------------------
@@ -146,7 +193,7 @@ def test_shuffle_sampler_fixed_by_seed_and_epoch_and_sharded(monkeypatch):
     assert list(sampler) != first
     shards = []
     for rank in range(3):  # under DDP every rank takes its share of the same order, padded to equal length
-        monkeypatch.setattr(training, "_rank_and_world", lambda rank=rank: (rank, 3))
+        monkeypatch.setattr(data_module, "_rank_and_world", lambda rank=rank: (rank, 3))
         shards.append(list(ShuffleSampler(10, seed=1)))
     assert [len(s) for s in shards] == [4, 4, 4] and {i for s in shards for i, _ in s} == set(range(10))
 
@@ -203,12 +250,37 @@ def finetuned(data, tmp_path_factory):
 def test_finetune_learns_the_tones(finetuned):
     results, out = finetuned
     assert results["scores"]["ua"] > 70, results["scores"]  # chance is 25
-    assert results["best_val_ua"] is not None and 0 <= results["best_epoch"] < 6
+    val_ua = validation_curve(out)
+    assert len(val_ua) == 6 == results["epochs_run"]
+    # the chosen checkpoint is the epoch with the best validation UA in the logs (the first of equals)
+    assert results["best_epoch"] == int(np.argmax(val_ua)) and results["best_val_ua"] == pytest.approx(max(val_ua))
     assert results["split"]["test"] == 20 and results["split"]["val"] > 0
     speakers = results["speakers"]
     assert not set(speakers["val"]) & set(speakers["train"]) and all(s.startswith("Ses01") for s in speakers["test"])
     assert {"model", "checkpoints", "logs", "predictions.csv", "results.json", "config.json"} <= \
         {p.name for p in out.iterdir()}
+
+
+def validation_curve(run: Path) -> list[float]:
+    """Validation UA per epoch, from the run's Lightning CSV log."""
+    import csv
+    with open(run / "logs" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val_ua")]
+    assert [int(r["epoch"]) for r in rows] == list(range(len(rows)))
+    return [float(r["val_ua"]) for r in rows]
+
+
+def test_early_stopping_stops_after_patience_epochs_without_a_better_validation_ua(data, tmp_path):
+    corpus, store = data
+    # a learning rate too small to change any prediction: validation UA stays flat, so patience 2 ends the run at
+    # epoch 2 (epochs 1 and 2 are no better than epoch 0), and the checkpoint is epoch 0's
+    config = tiny_config("stage2.patience=2", "stage2.lr=1e-9", "stage2.head_lr=1e-9", "stage2.epochs=6")
+    results = finetune(corpus, store, 1, tmp_path, config=config, progress=False)
+    val_ua = validation_curve(tmp_path)
+    assert len(set(val_ua)) == 1 and len(val_ua) == 3 and results["best_epoch"] == 0
+    free = finetune(corpus, store, 1, tmp_path / "no-patience", config=tiny_config("stage2.lr=1e-9",
+                    "stage2.head_lr=1e-9", "stage2.epochs=4"), progress=False)
+    assert len(validation_curve(tmp_path / "no-patience")) == 4 and free["best_epoch"] == 0
 
 
 def test_model_folder_round_trip_gives_identical_predictions(data, finetuned):
@@ -224,20 +296,20 @@ def test_model_folder_round_trip_gives_identical_predictions(data, finetuned):
     fresh = build_model(b["recipe"], b["input_layers"], b["input_dim"], b["num_classes"], **b["options"]).eval()
     fresh.load_state_dict({k[len("model."):]: v for k, v in best["state_dict"].items()})
     store = FeatureStore(store_path)
-    dataset = training.labelled_dataset(corpus, store, store.ids()[:16], corpus.labels)
+    dataset = data_module.labelled_dataset(corpus, store, store.ids()[:16], corpus.labels)
     batch = collate([dataset[i] for i in range(16)])
     with torch.no_grad():
         assert torch.equal(loaded.model(batch["hidden_states"], batch["padding_mask"]),
                            fresh(batch["hidden_states"], batch["padding_mask"]))
     # the input standardisation was fitted on the fold's training frames and travels with the model
-    train_ids = training.split_fold(corpus, store, 1, tiny_config())["train"]
+    train_ids = data_module.split_fold(corpus, store, 1, tiny_config())["train"]
     assert len(train_ids) == results["split"]["train"]
     mean, std = frame_statistics((store, i) for i in train_ids)
     assert torch.allclose(loaded.model.adapter.standardize.mean, torch.as_tensor(mean, dtype=torch.float32))
     assert torch.allclose(loaded.model.adapter.standardize.inv_std,
                           torch.as_tensor(1 / np.sqrt(std ** 2 + 1e-5), dtype=torch.float32))
     # evaluate() on the same fold reproduces the test scores finetune wrote
-    again = training.evaluate(out, corpus, store, 1)
+    again = inference.evaluate(out, corpus, store, 1)
     assert again["scores"] == results["scores"] and Path(again["path"]).is_file()
 
     tampered = out / "tampered"
@@ -347,8 +419,8 @@ def test_cv_writes_fold_and_mean_results_and_skips_finished_folds(data, tmp_path
     assert results["mean_std"] == saved["mean_std"]
 
     calls = []
-    real = training.finetune
-    monkeypatch.setattr(training, "finetune", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    real = crossval.finetune
+    monkeypatch.setattr(crossval, "finetune", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
     (tmp_path / "fold_2" / "results.json").unlink()
     again = run_cv(corpus, store, "superb", tmp_path, folds=[1, 2], config=tiny_config(), progress=False,
                    log=lambda *_: None)
@@ -381,10 +453,23 @@ def test_frozen_adapter_epochs_train_only_the_head_then_everything(data, tmp_pat
         finetune(corpus, store, 1, tmp_path / "superb", recipe="superb", config=config, progress=False)
 
 
+def test_a_group_held_for_every_update_never_moves():
+    from emoadapt.trainer import warmup_cosine
+    held, free = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.AdamW([{"params": [held], "hold_steps": 10}, {"params": [free]}], lr=1.0)
+    scheduler = warmup_cosine(optimizer, 10, 0.1, 0.0)["scheduler"]
+    lrs = []
+    for _ in range(10):
+        lrs.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    assert all(h == 0.0 for h, _ in lrs) and max(f for _, f in lrs) == pytest.approx(1.0)
+
+
 def test_full_recipe_runs_stage1_then_stage2_from_the_teacher(data, tmp_path, monkeypatch):
     corpus, store = data
     starts = []
-    monkeypatch.setattr(training.FinetuneModule, "on_train_start",
+    monkeypatch.setattr(stage2.FinetuneModule, "on_train_start",
                         lambda self: starts.append(state_of(self.model.adapter)), raising=False)
     run_cv(corpus, store, "full", tmp_path, folds=[3], config=tiny_config(), progress=False, log=lambda *_: None)
     fold = tmp_path / "fold_3"
@@ -406,7 +491,7 @@ def test_shared_stage1_from_other_audio_serves_every_fold(data, tmp_path, monkey
             layers=FeatureStore(store).layers, progress=False)
     stage1 = pretrain([other], tmp_path / "stage1", config=tiny_config())
     starts = []
-    monkeypatch.setattr(training.FinetuneModule, "on_train_start",
+    monkeypatch.setattr(stage2.FinetuneModule, "on_train_start",
                         lambda self: starts.append(state_of(self.model.adapter)), raising=False)
     results = run_cv(corpus, store, "full", tmp_path / "cv", folds=[2, 3], config=tiny_config(),
                      stage1=tmp_path / "stage1", progress=False, log=lambda *_: None)
@@ -416,13 +501,54 @@ def test_shared_stage1_from_other_audio_serves_every_fold(data, tmp_path, monkey
     assert results["shared_stage1"]["path"] == str(stage1) and results["shared_stage1"]["stores"] == [str(other)]
     assert sorted(results["folds"]) == ["2", "3"]
 
-    on_corpus = pretrain([store], tmp_path / "stage1-on-corpus", config=tiny_config("pretrain.epochs=1"))
-    with pytest.raises(EmoadaptError, match="holds every fold's test speakers"):
+    # the same corpus extracted into another folder: caught by what the adapter saw, not by the store's path
+    copy = tmp_path / "same-corpus-other-folder"
+    shutil.copytree(store, copy)
+    on_corpus = pretrain([copy], tmp_path / "stage1-on-corpus", config=tiny_config("pretrain.epochs=1"))
+    with pytest.raises(LeakageError, match="trained on 20 of its test utterances .* of fold 2 of iemocap"):
         run_cv(corpus, store, "full", tmp_path / "cv2", folds=[2], config=tiny_config(),
                stage1=on_corpus.parent, progress=False)
+    assert not (tmp_path / "cv2").exists()
     with pytest.raises(EmoadaptError, match="only applies to recipe 'full'"):
         run_cv(corpus, store, "adapter", tmp_path / "cv3", folds=[2], config=tiny_config(),
                stage1=tmp_path / "stage1", progress=False)
+
+
+def test_cv_with_an_unlabeled_store_pretrains_on_the_training_split_plus_that_audio(data, tmp_path):
+    corpus, store = data
+    pool = tmp_path / "pool"  # unlabeled audio of session 1 only: no speaker of fold 3
+    pool_rows = [r for r in corpus.rows if r.speaker.startswith("Ses01")]
+    extract(pool_rows, _encoder_of(store), pool, layers=FeatureStore(store).layers, progress=False)
+    results = run_cv(corpus, store, "full", tmp_path / "cv", folds=[3], config=tiny_config("pretrain.epochs=1"),
+                     extra_unlabeled_stores=[pool], progress=False, log=lambda *_: None)
+    fold = json.loads((tmp_path / "cv" / "fold_3" / "results.json").read_text())
+    adapter = json.loads((tmp_path / "cv" / "fold_3" / "stage1" / "adapter" / "model.json").read_text())
+    assert adapter["utterances"] == fold["split"]["train"] + len(pool_rows)
+    assert results["unlabeled_stores"] == [{"root": str(pool), "utterances": len(pool_rows)}]
+    stage1_config = json.loads((tmp_path / "cv" / "fold_3" / "stage1" / "config.json").read_text())
+    assert stage1_config["data"]["stores"] == [str(store), str(pool)]
+    seen = json.loads((tmp_path / "cv" / "fold_3" / "stage1" / "adapter" / "seen.json").read_text())
+    assert not any(s.startswith("iemocap:Ses03") for s in seen["speakers"])
+
+
+def test_linear_probe_bench_and_its_leakage_guard(data, tmp_path, capsys):
+    import importlib.util
+    corpus, store = data
+    spec = importlib.util.spec_from_file_location("linear_probe", Path(__file__).parents[1] / "bench" / "linear_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    assert probe.run(["--corpus", str(corpus.root), "--store", str(store), "--out", str(tmp_path / "probe.json")]) == 0
+    report = json.loads((tmp_path / "probe.json").read_text())
+    assert sorted(report["folds"]) == ["1", "2", "3", "4", "5"] and report["mean_std"]["ua"]["mean"] > 50
+    assert all(v["C"] in probe.C_GRID for v in report["chosen_on_validation"].values())
+    # a stage 1 trained on the corpus itself (another store folder) has seen every fold's test speakers
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    pretrain([copy], tmp_path / "s1", config=tiny_config("pretrain.epochs=1"), progress=False)
+    capsys.readouterr()
+    assert probe.run(["--corpus", str(corpus.root), "--store", str(store), "--adapter", str(tmp_path / "s1")]) == 2
+    err = capsys.readouterr().err
+    assert "test utterances" in err and "fold 1 of iemocap" in err and len(err.strip().splitlines()) == 1
 
 
 def _encoder_of(store):
@@ -464,7 +590,54 @@ def test_cli_verbs_and_one_line_errors(data, finetuned, tmp_path, capsys):
     assert code == 2 and "unknown recipe 'nope'" in err and len(err.strip().splitlines()) == 1
     code = cli.main(["cv", "--corpus", str(corpus.root), "--store", str(store), "--recipe", "adapter",
                      "--out", str(tmp_path / "cv"), "--set", "stage2.lr=fast"])
-    assert code == 2 and "stage2: lr" in capsys.readouterr().err
+    assert code == 2 and "stage2.lr: Value 'fast'" in capsys.readouterr().err
+
+
+def test_a_model_that_saw_a_test_speaker_is_refused(data, finetuned, tmp_path, capsys):
+    """The README's old manual workflow (stage 1 on the corpus's own store, then finetune --init) is refused, and
+    so is evaluating a model on speakers it was trained on; a model is scored on a corpus it never saw."""
+    corpus, store = data
+    results, out = finetuned
+    sets = [a for s in TINY if "epochs" not in s for a in ("--set", s)]
+    copy = tmp_path / "store-copy"  # the same corpus in another store folder
+    shutil.copytree(store, copy)
+    assert cli.main(["pretrain", "--store", str(copy), "--out", str(tmp_path / "s1-all"), "--pretrain-epochs", "1",
+                     "--no-progress", *sets]) == 0
+    seen = json.loads((tmp_path / "s1-all" / "adapter" / "seen.json").read_text())
+    assert len(seen["ids"]) == len(corpus.rows) and seen["speakers"] == []  # a store alone: ids, no speakers
+    capsys.readouterr()
+    code = cli.main(["finetune", "--corpus", str(corpus.root), "--store", str(store), "--fold", "1", "--init",
+                     str(tmp_path / "s1-all"), "--out", str(tmp_path / "ft"), "--epochs", "1", "--no-progress", *sets])
+    err = capsys.readouterr().err
+    assert code == 2 and "trained on 20 of its test utterances" in err and "fold 1 of iemocap" in err
+    assert not (tmp_path / "ft").exists()
+
+    # the safe workflow: stage 1 on fold 1's training speakers only (with --corpus, speakers are recorded too)
+    assert cli.main(["pretrain", "--store", str(copy), "--corpus", str(corpus.root), "--fold", "1", "--out",
+                     str(tmp_path / "s1-fold1"), "--pretrain-epochs", "1", "--no-progress", *sets]) == 0
+    speakers = json.loads((tmp_path / "s1-fold1" / "adapter" / "seen.json").read_text())["speakers"]
+    assert speakers and not any(s.startswith("iemocap:Ses01") for s in speakers)
+    code = cli.main(["finetune", "--corpus", str(corpus.root), "--store", str(store), "--fold", "2", "--init",
+                     str(tmp_path / "s1-fold1"), "--out", str(tmp_path / "ft2"), "--epochs", "1", "--no-progress",
+                     *sets])  # fold 1's stage 1 saw fold 2's speakers
+    assert code == 2 and "iemocap:Ses02" in capsys.readouterr().err
+
+    model_seen = json.loads((out / "model" / "seen.json").read_text())
+    assert model_seen["ids_sha256"] == json.loads((out / "model" / "model.json").read_text())["seen"]["ids_sha256"]
+    assert len(model_seen["ids"]) == results["split"]["train"] + results["split"]["val"]
+    for fold in (["--fold", "2"], []):  # trained on session 2's speakers; without a fold: every utterance
+        code = cli.main(["evaluate", "--model", str(out), "--corpus", str(corpus.root), "--store", str(store), *fold])
+        err = capsys.readouterr().err
+        assert code == 2 and "of its test speakers (iemocap:Ses02F" in err and len(err.strip().splitlines()) == 1
+
+    # evaluate without a fold on a corpus the model never saw: every utterance is scored
+    other = make_ravdess(tmp_path / "ravdess", actors=4, emotions=(1, 3, 4, 5), seconds=0.6)
+    other_store = tmp_path / "ravdess-store"
+    extract(load_corpus(other, view="4class").rows, _encoder_of(store), other_store,
+            layers=FeatureStore(store).layers, progress=False)
+    report = inference.evaluate(out, load_corpus(other, view="4class"), other_store)
+    assert report["fold"] is None and sum(map(sum, report["scores"]["confusion"])) == 16
+    assert report["scores"]["ua"] > 25  # the same emotion-dependent tones: better than chance across corpora
 
 
 def test_mixing_stores_of_different_encoders_is_refused(data, tmp_path):
@@ -484,7 +657,8 @@ def test_ddp_two_cpu_processes(data, tmp_path):
     script.write_text(textwrap.dedent(f"""
         import json, os, torch
         torch.set_num_threads(1)
-        from emoadapt.training import finetune, load_config
+        from emoadapt.config import load_config
+        from emoadapt.stage2 import finetune
         config = load_config(None, {TINY!r} + ["trainer.strategy=ddp", "trainer.devices=2", "stage2.epochs=2"])
         results = finetune({str(corpus.root)!r}, {str(store)!r}, 1, {str(tmp_path / 'out')!r}, config=config,
                            progress=False)
@@ -500,4 +674,4 @@ def test_ddp_two_cpu_processes(data, tmp_path):
     # each rank took half of the training batches: 2 epochs x ceil(ceil(n / 2) / 8) updates
     n_train = json.loads((tmp_path / "out" / "results.json").read_text())["split"]["train"]
     last = load_checkpoint_file(tmp_path / "out" / "checkpoints" / "last.ckpt")
-    assert last["global_step"] == 2 * training.steps_per_epoch(n_train, 8, 2)
+    assert last["global_step"] == 2 * trainer.steps_per_epoch(n_train, 8, 2)

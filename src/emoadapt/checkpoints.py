@@ -46,6 +46,7 @@ from safetensors.torch import save_file
 
 from .atomic import atomic_write
 from .errors import CheckpointError
+from .leakage import Seen, write_seen
 from .model import AdapterConfig, WAPTransformer, build_model
 
 MODEL_FORMAT = "emoadapt-model"
@@ -65,8 +66,10 @@ class LoadedModel(NamedTuple):
 
 
 def save_model(model: nn.Module, folder: str | os.PathLike, *, kind: str, build: dict, labels=None,
-               encoder: dict | None = None, config: dict | None = None, extra: dict | None = None) -> Path:
-    """Write ``model.safetensors`` then ``model.json`` (the commit) into ``folder``.
+               encoder: dict | None = None, config: dict | None = None, seen: Seen | None = None,
+               extra: dict | None = None) -> Path:
+    """Write ``model.safetensors``, ``seen.json`` (what it was trained on: :mod:`emoadapt.leakage`) and then
+    ``model.json`` (the commit) into ``folder``.
 
     ``build`` is what :func:`load_model` needs to rebuild the network: for kind "classifier"
     ``{"recipe", "input_layers", "input_dim", "num_classes", "options"}`` (``build_model``'s arguments); for kind
@@ -79,6 +82,8 @@ def save_model(model: nn.Module, folder: str | os.PathLike, *, kind: str, build:
     weights = folder / WEIGHTS
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     atomic_write(weights, lambda tmp: save_file(state, str(tmp), metadata={"format": MODEL_FORMAT}))
+    if seen is not None:
+        extra = {**(extra or {}), "seen": write_seen(folder, seen)}
     info = {"format": MODEL_FORMAT, "version": VERSION, "kind": kind, "build": build,
             "labels": list(labels) if labels is not None else None, "encoder": encoder or {},
             "config": config or {}, "sha256": _sha256(weights), **(extra or {})}
@@ -88,10 +93,33 @@ def save_model(model: nn.Module, folder: str | os.PathLike, *, kind: str, build:
 
 
 def save_adapter(adapter: WAPTransformer, folder: str | os.PathLike, *, encoder: dict | None = None,
-                 config: dict | None = None, extra: dict | None = None) -> Path:
+                 config: dict | None = None, seen: Seen | None = None, extra: dict | None = None) -> Path:
     """A stage-1 adapter (the teacher) as a model folder of kind "adapter"."""
     return save_model(adapter, folder, kind="adapter", build={"adapter_config": asdict(adapter.config)},
-                      encoder=encoder, config=config, extra=extra)
+                      encoder=encoder, config=config, seen=seen, extra=extra)
+
+
+def read_stage1_adapter(run: str | os.PathLike) -> tuple[Path, dict]:
+    """(model folder, its model.json) of a stage-1 adapter; ``run``: a pretrain run folder or its adapter/."""
+    folder = Path(run)
+    if (folder / "adapter" / CONFIG).is_file():
+        folder = folder / "adapter"
+    info = read_model_info(folder)  # a clear error when it is not a model folder
+    if info["kind"] != "adapter":
+        raise CheckpointError(folder, "this model folder is not a stage-1 adapter (kind "
+                                      f"{info['kind']!r}); pass the folder that emoadapt pretrain wrote")
+    return folder, info
+
+
+def read_classifier(model: str | os.PathLike) -> tuple[Path, dict]:
+    """(model folder, its model.json) of a stage-2 classifier; ``model``: a model folder or a finetune run folder."""
+    folder = Path(model)
+    if (folder / "model" / CONFIG).is_file():
+        folder = folder / "model"
+    info = read_model_info(folder)
+    if info["kind"] != "classifier":
+        raise CheckpointError(folder, "this is a stage-1 adapter, not a classifier: fine-tune it first")
+    return folder, info
 
 
 def read_model_info(folder: str | os.PathLike) -> dict:

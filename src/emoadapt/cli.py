@@ -68,7 +68,7 @@ def cmd_extract(args) -> int:
     return 1 if getattr(report, "failures", None) else 0
 
 
-# --- training verbs (pretrain, finetune, evaluate, cv): thin wrappers over emoadapt.training ------------------
+# --- training verbs (pretrain, finetune, evaluate, cv): thin wrappers over stage1, stage2, inference, crossval --
 def _add_training_args(parser: argparse.ArgumentParser, *, stage1: bool, stage2: bool) -> None:
     g = parser.add_argument_group("settings (defaults < --config < these flags < --set)")
     g.add_argument("--config", help="JSON or YAML file of settings: seed, val_fraction, adapter, head, pretrain, "
@@ -93,7 +93,7 @@ def _add_training_args(parser: argparse.ArgumentParser, *, stage1: bool, stage2:
 
 
 def _run_config(args):
-    from .training import load_config
+    from .config import load_config
     flags = {"seed": args.seed, "stage2.batch_size": args.batch_size, "pretrain.batch_size": args.batch_size,
              "pretrain.epochs": getattr(args, "pretrain_epochs", None), "stage2.epochs": getattr(args, "epochs", None),
              "stage2.lr": getattr(args, "lr", None), "trainer.accelerator": args.accelerator,
@@ -117,9 +117,11 @@ def _folds(text: str | None) -> list[int] | None:
 
 def cmd_pretrain(args) -> int:
     from .corpora import load_corpus
-    from .training import open_store, pretrain, split_fold, usable_ids
+    from .data import open_store, split_fold, usable_ids
+    from .leakage import speakers_of
+    from .stage1 import pretrain
     config = _run_config(args)
-    ids = None
+    ids, speakers = None, None
     if args.fold is not None and not args.corpus:
         raise EmoadaptError(None, "--fold needs --corpus (the fold's training speakers are taken from it)")
     if args.corpus:
@@ -127,8 +129,9 @@ def cmd_pretrain(args) -> int:
         first = open_store(args.store[0])
         chosen = (split_fold(corpus, first, args.fold, config)["train"] if args.fold is not None
                   else usable_ids(corpus, first, [u.id for u in corpus.rows])[0])
-        ids = [chosen, *[None] * (len(args.store) - 1)]
-    adapter = pretrain(args.store, args.out, ids=ids, config=config, progress=not args.no_progress)
+        ids, speakers = [chosen, *[None] * (len(args.store) - 1)], speakers_of(corpus)
+    adapter = pretrain(args.store, args.out, ids=ids, config=config, speakers=speakers,
+                       progress=not args.no_progress)
     print(f"stage-1 teacher adapter: {adapter}")
     return 0
 
@@ -136,7 +139,7 @@ def cmd_pretrain(args) -> int:
 def cmd_finetune(args) -> int:
     from .corpora import load_corpus
     from .evaluation import Scores
-    from .training import finetune
+    from .stage2 import finetune
     corpus = load_corpus(args.corpus, kind=args.kind, view=args.view)
     results = finetune(corpus, args.store, args.fold, args.out, recipe=args.recipe, config=_run_config(args),
                        init=args.init, progress=not args.no_progress)
@@ -149,7 +152,7 @@ def cmd_finetune(args) -> int:
 def cmd_evaluate(args) -> int:
     from .corpora import load_corpus
     from .evaluation import Scores
-    from .training import evaluate
+    from .inference import evaluate
     corpus = load_corpus(args.corpus, kind=args.kind, view=args.view)
     results = evaluate(args.model, corpus, args.store, args.fold, batch_size=args.batch_size, out=args.out)
     print(f"{corpus.name}" + (f" fold {args.fold}" if args.fold is not None else "") +
@@ -160,7 +163,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_cv(args) -> int:
     from .corpora import load_corpus
-    from .training import run_cv
+    from .crossval import run_cv
     corpus = load_corpus(args.corpus, kind=args.kind, view=args.view)
     run_cv(corpus, args.store, args.recipe, args.out, folds=_folds(args.folds), config=_run_config(args),
            extra_unlabeled_stores=args.unlabeled_store, stage1=args.stage1, progress=not args.no_progress)
@@ -203,7 +206,7 @@ def _add_training_parsers(sub) -> None:
     corpus_flags(p)
     p.add_argument("--store", required=True, help="feature store of the corpus")
     p.add_argument("--fold", type=int, required=True, help="test fold")
-    p.add_argument("--recipe", default="adapter", help="adapter (default), superb or emobox")
+    p.add_argument("--recipe", default="adapter", help="stage-2 recipe: adapter (default), superb or emobox")
     p.add_argument("--init", help="a stage-1 run folder: initialise the adapter from its teacher")
     p.add_argument("--out", required=True, help="run folder (resumed if it exists)")
     _add_training_args(p, stage1=False, stage2=True)
@@ -222,7 +225,9 @@ def _add_training_parsers(sub) -> None:
                                   "(resumable: finished folds are skipped)")
     corpus_flags(p)
     p.add_argument("--store", required=True, help="feature store of the corpus")
-    p.add_argument("--recipe", required=True, help="full (stage 1 -> adapter), adapter, superb or emobox")
+    p.add_argument("--recipe", required=True, help="full (the method: stage 1 on each fold's training speakers, "
+                                                   "then the adapter recipe from its teacher), adapter (the same "
+                                                   "without stage 1), superb or emobox")
     p.add_argument("--out", required=True, help="run folder (resumed if it exists)")
     p.add_argument("--folds", help="comma-separated folds to run (default: all)")
     p.add_argument("--unlabeled-store", action="append", default=[],
@@ -278,7 +283,8 @@ def cmd_demo(args) -> int:
     if args.extract_only:
         return 0
 
-    from .training import load_config, run_cv
+    from .config import load_config
+    from .crossval import run_cv
     config_file = args.config or "demo-cpu"
     config = load_config(config_file, args.overrides)
     run_dir = Path(args.workdir) / f"cv-{corpus.name}-{encoder.name}-fold{args.fold}"

@@ -88,3 +88,7 @@ class MissingFeatures(FeatureStoreError):
 # --- training checkpoints and model folders (checkpoints.py) -----------------------------------------------
 class CheckpointError(EmoadaptError):
     """A model folder or training checkpoint is missing, incomplete, or cannot hold / give back a value."""
+
+
+class LeakageError(EmoadaptError):
+    """A model would be tested on utterances or speakers it was trained on (see emoadapt.leakage)."""

@@ -1,7 +1,7 @@
 """The method's model on cached features: adapter, pooling, classifiers (stage 2) and the stage-1 objective."""
 from .adapter import AdapterConfig, FeatureStandardizer, WAPTransformer
-from .classifier import (RECIPES, ClassifierConfig, EmoBoxClassifier, EmoBoxConfig, EmotionClassifier,
-                         SuperbClassifier, SuperbConfig, build_model)
+from .classifier import (RECIPES, ClassifierConfig, EmoBoxClassifier, EmoBoxConfig, EmotionClassifier, Recipe,
+                         SuperbClassifier, SuperbConfig, build_model, head_settings, recipe, register_recipe)
 from .pooling import AttentiveStatisticsPooling, lengths_to_padding_mask, masked_mean
 from .pretrain import (LocalAttributeCodebook, PretrainConfig, PretrainObjective, SelfDistillationLoss,
                        cosine_schedule, multi_crop, span_mask, update_teacher)
@@ -10,7 +10,7 @@ __all__ = [
     "AdapterConfig", "FeatureStandardizer", "WAPTransformer",
     "AttentiveStatisticsPooling", "lengths_to_padding_mask", "masked_mean",
     "ClassifierConfig", "EmotionClassifier", "SuperbConfig", "SuperbClassifier", "EmoBoxConfig", "EmoBoxClassifier",
-    "RECIPES", "build_model",
+    "RECIPES", "Recipe", "recipe", "register_recipe", "head_settings", "build_model",
     "PretrainConfig", "PretrainObjective", "SelfDistillationLoss", "LocalAttributeCodebook",
     "cosine_schedule", "span_mask", "multi_crop", "update_teacher",
 ]

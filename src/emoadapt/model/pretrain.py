@@ -1,4 +1,4 @@
-"""Stage 1: task-agnostic adapter training on unlabeled speech (teacher-student, METHOD.md).
+"""Stage 1: task-agnostic adapter training on unlabeled speech (teacher-student, docs/METHOD.md section 4).
 
 Each piece lives in one place and can be called alone:
 
@@ -180,7 +180,7 @@ class DINOHead(nn.Module):
         super().__init__()
         # Standardise each embedding dimension over the batch first. Mean-pooled frames of a frozen encoder are
         # nearly parallel across utterances; without this the head gives every utterance the same output, the
-        # centre turns that into a uniform teacher and L_sd sits at ln(out_dim) (PROTOTYPE.md; tests reproduce it).
+        # centre turns that into a uniform teacher and L_sd sits at ln(out_dim) (docs/METHOD.md, departures; tests reproduce it).
         self.input_bn = nn.BatchNorm1d(in_dim, affine=False) if input_bn else nn.Identity()
         self.mlp = nn.Sequential(
             nn.Linear(in_dim, hidden_dim), nn.GELU(),

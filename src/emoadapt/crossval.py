@@ -1,0 +1,139 @@
+"""Cross-validation: per fold, [stage 1 on the fold's training split ->] stage 2 -> test; then mean ± std.
+
+    split (validation = whole speakers drawn from the training speakers) -> stage 1 (recipe full) -> stage 2 -> test
+
+Fold results are written as each fold ends (a re-run skips finished folds), then ``results.json`` and a pooled
+``confusion.png``. Recipes: every stage-2 recipe of :data:`emoadapt.model.RECIPES`, plus ``full`` = stage 1 on the
+fold's training speakers, then the ``adapter`` recipe initialised from its teacher (the method).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+from .checkpoints import read_stage1_adapter
+from .config import RunConfig, load_config, validate, with_store_dims
+from .corpora import Corpus
+from .data import check_same_features, open_corpus, open_store, split_fold
+from .errors import CorpusError, EmoadaptError
+from .evaluation import CrossValidationReport, Scores, plot_confusion, write_json
+from .features import FeatureStore
+from .leakage import read_seen, refuse_on_folds, speakers_of
+from .model import RECIPES
+from .provenance import git_commit, versions
+from .stage1 import pretrain
+from .stage2 import finetune
+from .trainer import check_trainer, claim_run_dir, is_global_zero
+
+FULL = "full"  # the method: stage 1 per fold, then the adapter recipe from its teacher
+
+
+def cv_recipes() -> list[str]:
+    return [FULL, *RECIPES]
+
+
+def check_shared_stage1(stage1: str | os.PathLike, corpus: Corpus, folds: Sequence[int]) -> dict:
+    """A finished stage-1 adapter usable for every fold in ``folds``: it must never have seen any of their test
+    utterances or speakers, whatever store they came from. Returns its description for the results."""
+    folder, info = read_stage1_adapter(stage1)
+    refuse_on_folds(read_seen(folder, info), corpus, folds, model=str(folder),
+                    advice=" (a shared stage 1 must use other audio, or drop --stage1 to pre-train on each fold's "
+                           "training split)")
+    record = Path(stage1) / "config.json"
+    stores = json.loads(record.read_text()).get("data", {}).get("stores", []) if record.is_file() else []
+    return {"path": str(folder), "stores": stores, "sha256": info.get("sha256"),
+            "updates": info.get("updates"), "utterances": info.get("utterances")}
+
+
+def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.PathLike, recipe: str,
+           out_dir: str | os.PathLike, folds: Sequence[int] | None = None, seed: int | None = None, *,
+           config: RunConfig | None = None, overrides: Sequence[str] = (), extra_unlabeled_stores: Sequence = (),
+           stage1: str | os.PathLike | None = None, progress: bool = True, log=print) -> dict:
+    """Cross-validation over the corpus's folds (or ``folds``). Per fold: split (validation = whole speakers from
+    the training speakers), stage 1 on the fold's training split (+ ``extra_unlabeled_stores``) for recipe
+    ``full``, stage 2, test with the best-validation checkpoint; ``fold_<k>/results.json`` is written as each fold
+    ends and a re-run skips finished folds. Then ``results.json`` (protocol, classes, config, seed, encoder, git
+    commit, per-fold scores, mean ± std) and ``confusion.png`` (pooled over folds). Returns the results dict.
+    ``overrides`` ("stage2.lr=3e-4" ...) apply on top of ``config``; ``seed``, when given, on top of both.
+    ``stage1`` (recipe ``full`` only): a finished stage-1 run trained on other audio than this corpus (e.g. the
+    unlabeled pool), used for every fold instead of pre-training per fold: one stage 1 for all folds and seeds.
+    """
+    if recipe not in cv_recipes():
+        raise EmoadaptError(None, f"unknown recipe {recipe!r}; choose one of {', '.join(cv_recipes())} "
+                                  f"({FULL} = stage 1, then the adapter recipe)")
+    out_dir = Path(out_dir)
+    config = load_config(None, overrides, base=config)
+    if seed is not None:
+        config = replace(config, seed=int(seed))
+    if not is_global_zero():
+        log = lambda *_: None  # noqa: E731 - under DDP every rank runs this loop; one of them talks
+    corpus, store = open_corpus(corpus), open_store(store)
+    extras = [open_store(s) for s in extra_unlabeled_stores]
+    if stage1 is not None:
+        if recipe != FULL:
+            raise EmoadaptError(None, f"a shared stage-1 adapter only applies to recipe 'full', not {recipe!r}")
+        if extras:
+            raise EmoadaptError(None, "give either a shared stage-1 adapter or extra unlabeled stores for per-fold "
+                                      "stage 1, not both")
+    encoder = check_same_features([store, *extras])
+    config = with_store_dims(config, encoder)
+    stage2_recipe = "adapter" if recipe == FULL else recipe
+    validate(config, stage2_recipe, stage1=recipe == FULL and stage1 is None)
+    check_trainer(config.trainer)
+    if corpus.folds is None:
+        raise CorpusError(corpus.root, f"corpus {corpus.name} has no folds; give it a folds.csv (path,speaker,fold)")
+    all_folds = corpus.folds.fold_ids()
+    folds = list(all_folds if folds is None else folds)
+    unknown = [k for k in folds if k not in all_folds]
+    if unknown:
+        raise CorpusError(corpus.root, f"no fold {unknown[0]}; the folds are {all_folds}")
+    shared_stage1 = check_shared_stage1(stage1, corpus, folds) if stage1 is not None else None
+    protocol = {"corpus": corpus.name, "view": corpus.view, "root": str(corpus.root), "folds": folds,
+                "all_folds": all_folds, "val_fraction": config.val_fraction,
+                "validation": "whole speakers drawn from each fold's training speakers, never from the test fold"}
+    claim_run_dir(out_dir, {"stage": "cv", "recipe": recipe, "config": config.to_dict(), "encoder": encoder,
+                            "protocol": {k: v for k, v in protocol.items() if k != "folds"},
+                            "unlabeled_stores": [str(s.root) for s in extras],
+                            "shared_stage1": shared_stage1})
+    report, per_fold = CrossValidationReport(), {}
+    for k in folds:
+        fold_dir = out_dir / f"fold_{k}"
+        if (fold_dir / "results.json").is_file():
+            log(f"fold {k}: already done, skipped ({fold_dir / 'results.json'})")
+        else:
+            init = None
+            if shared_stage1 is not None:
+                init = shared_stage1["path"]
+            elif recipe == FULL:
+                split = split_fold(corpus, store, k, config)
+                log(f"fold {k}: stage 1 on {len(split['train'])} training utterances"
+                    + (f" + {sum(len(s) for s in extras)} unlabeled" if extras else ""))
+                init = pretrain([store, *extras], fold_dir / "stage1", ids=[split["train"], *[None] * len(extras)],
+                                config=config, speakers=speakers_of(corpus), progress=progress)
+            log(f"fold {k}: stage 2 ({stage2_recipe})")
+            finetune(corpus, store, k, fold_dir, recipe=stage2_recipe, config=config, init=init, progress=progress)
+        per_fold[k] = json.loads((fold_dir / "results.json").read_text())
+        report.folds[k] = Scores(**per_fold[k]["scores"])
+        log(f"fold {k}: {report.folds[k].line()}")
+
+    summary = report.to_json()
+    results = {
+        "protocol": protocol, "recipe": recipe, "classes": corpus.labels, "config": config.to_dict(),
+        "seed": config.seed, "encoder": encoder, "git": git_commit(), "versions": versions(),
+        "unlabeled_stores": [{"root": str(s.root), "utterances": len(s)} for s in extras],
+        "shared_stage1": shared_stage1,
+        "folds": {str(k): {**summary["folds"][str(k)], "best_val_ua": per_fold[k].get("best_val_ua"),
+                           "best_epoch": per_fold[k].get("best_epoch"), "split": per_fold[k].get("split"),
+                           "seconds": per_fold[k].get("seconds")} for k in folds},
+        "mean_std": summary["mean_std"],
+        "confusion_pooled": report.pooled_confusion().tolist(),
+    }
+    if is_global_zero():
+        plot_confusion(report.pooled_confusion(), corpus.labels, out_dir / "confusion.png",
+                       title=f"{corpus.name} {recipe}: UA {summary['mean_std']['ua']['mean']:.1f}")
+        write_json(results, out_dir / "results.json")
+    log(report.table())
+    return results

@@ -1,0 +1,234 @@
+"""Stage 2: a classifier trained on labelled cached features of one fold (docs/METHOD.md section 5).
+
+    FoldData (train / validation speakers / test) ─► build_model(recipe) [+ adapter from the stage-1 teacher]
+        ─► cross-entropy, AdamW, warm-up + cosine per update ─► the epoch with the best validation UA ─► test
+
+The run folder holds ``model/`` (the chosen epoch's weights: model.safetensors + model.json + seen.json),
+``checkpoints/`` (last.ckpt, best.ckpt: resume), ``logs/metrics.csv``, ``predictions.csv`` and ``results.json``
+(written last: the fold is done).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+from .checkpoints import load_checkpoint_file, load_model, plain_json, read_stage1_adapter, save_model
+from .config import FinetuneConfig, RunConfig, recipe_options, structural_adapter_fields, validate, with_store_dims
+from .corpora import Corpus
+from .data import (encoder_info, eval_loader, fit_standardizers, labelled_dataset, open_corpus, open_store, split_fold,
+                   train_loader)
+from .errors import CorpusError, EmoadaptError, StoreMismatch
+from .evaluation import score, write_json
+from .features import FeatureStore
+from .inference import predict, write_predictions
+from .leakage import Seen, read_seen, refuse_if_seen, speakers_of
+from .model import RECIPES, build_model
+from .trainer import (SavesRandomState, check_trainer, claim_run_dir, fit_timed, last_checkpoint,
+                      last_checkpoint_callback, make_trainer, param_groups, quiet_lightning, steps_per_epoch,
+                      warmup_cosine)
+
+
+class FoldData(pl.LightningDataModule):
+    """One fold of a labelled corpus: training, validation (whole speakers drawn from the training speakers) and
+    test utterances with features, and their loaders (random crops in training, whole utterances batched by length
+    in evaluation)."""
+
+    def __init__(self, corpus: Corpus, store: FeatureStore, fold: int, config: RunConfig, labels: Sequence[str],
+                 frame_rate: float):
+        super().__init__()
+        self.corpus, self.store, self.fold, self.labels = corpus, store, fold, list(labels)
+        self.split = split_fold(corpus, store, fold, config)
+        self.batch_size, self.seed = config.stage2.batch_size, config.seed
+        self.num_workers = config.trainer.num_workers
+        max_frames = round(config.stage2.max_crop_seconds * frame_rate)
+        self.train = labelled_dataset(corpus, store, self.split["train"], self.labels, max_frames)
+        self.val = labelled_dataset(corpus, store, self.split["val"], self.labels)
+        self.test = labelled_dataset(corpus, store, self.split["test"], self.labels)
+
+    def train_dataloader(self):
+        return train_loader(self.train, self.batch_size, seed=self.seed, num_workers=self.num_workers)
+
+    def val_dataloader(self):
+        return eval_loader(self.val, self.batch_size, num_workers=self.num_workers)
+
+    def speakers(self, part: str) -> list[str]:
+        return sorted({self.corpus.folds.group(i) for i in self.split[part]})
+
+
+class FinetuneModule(SavesRandomState, pl.LightningModule):
+    """A classifier from build_model trained with cross-entropy; validation UA every epoch (``val_ua``)."""
+
+    def __init__(self, model: torch.nn.Module, labels: Sequence[str], config: FinetuneConfig, total_steps: int):
+        super().__init__()
+        self.model, self.labels, self.config, self.total_steps = model, list(labels), config, total_steps
+        self._val: list = []
+
+    def forward(self, hidden_states, padding_mask):
+        return self.model(hidden_states, padding_mask)
+
+    def training_step(self, batch, batch_idx):
+        logits = self(batch["hidden_states"], batch["padding_mask"])
+        loss = F.cross_entropy(logits, batch["labels"])
+        B = logits.shape[0]
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=B, sync_dist=True)
+        self.log("train_acc", (logits.argmax(-1) == batch["labels"]).float().mean(), on_step=False, on_epoch=True,
+                 batch_size=B, sync_dist=True)
+        return loss
+
+    def on_validation_epoch_start(self):
+        self._val = []
+
+    def validation_step(self, batch, batch_idx):
+        logits = self(batch["hidden_states"], batch["padding_mask"])
+        loss = F.cross_entropy(logits, batch["labels"], reduction="sum")
+        self._val.append((logits.argmax(-1).cpu(), batch["labels"].cpu(), loss.detach().cpu()))
+
+    def on_validation_epoch_end(self):
+        if not self._val:
+            return
+        pred, true, loss = (torch.cat([v[0] for v in self._val]), torch.cat([v[1] for v in self._val]),
+                            torch.stack([v[2] for v in self._val]).sum())
+        s = score(true.tolist(), pred.tolist(), self.labels)
+        # every rank validates on all of it with the same weights: identical numbers, sync is a formality
+        self.log("val_ua", s.ua, prog_bar=True, sync_dist=True)
+        self.log("val_wa", s.wa, sync_dist=True)
+        self.log("val_loss", float(loss) / len(true), sync_dist=True)
+
+    def configure_optimizers(self):
+        c = self.config
+        adapter_lr = lambda name: c.lr if name.startswith("adapter.") else None  # noqa: E731
+        groups = param_groups(self.model.named_parameters(), c.weight_decay, adapter_lr)
+        if c.freeze_adapter_epochs:
+            # lr 0 rather than requires_grad=False: the same parameters take part in every step, which DDP needs
+            hold = round(self.total_steps * c.freeze_adapter_epochs / max(c.epochs, 1))  # warmup_cosine caps it
+            for group in groups:
+                if "lr" in group:  # only the adapter's groups carry their own lr (adapter_lr)
+                    group["hold_steps"] = hold
+        optimizer = torch.optim.AdamW(groups, lr=c.head_lr)
+        return {"optimizer": optimizer,
+                "lr_scheduler": warmup_cosine(optimizer, self.total_steps, c.warmup_fraction, c.final_lr_fraction)}
+
+
+def build_classifier(recipe: str, config: RunConfig, encoder: dict, num_classes: int):
+    """(model, build description) for a stage-2 recipe; the description is what load_model rebuilds it from."""
+    options = recipe_options(config, recipe)
+    layers, dim = len(encoder["layers"]), int(encoder["dim"])
+    model = build_model(recipe, layers, dim, num_classes, **options)
+    return model, {"recipe": recipe, "input_layers": layers, "input_dim": dim, "num_classes": num_classes,
+                   "options": plain_json(options)}
+
+
+def check_stage1_adapter(init: str | os.PathLike, encoder: dict, config: RunConfig) -> tuple[Path, dict, Seen]:
+    """(folder, model.json, what it saw) of a stage-1 adapter that fits these features and adapter settings."""
+    folder, info = read_stage1_adapter(init)
+    theirs = info.get("encoder", {})
+    diffs = [k for k in ("fingerprint", "layers") if theirs.get(k) != encoder.get(k)]
+    if diffs:
+        raise StoreMismatch(folder, f"the stage-1 adapter was trained on other features ({', '.join(diffs)}: "
+                                    f"{[theirs.get(k) for k in diffs]} vs {[encoder.get(k) for k in diffs]})")
+    trained = info["build"]["adapter_config"]
+    mine = asdict(config.adapter)
+    diffs = [k for k in structural_adapter_fields() if trained.get(k) != mine[k]]
+    if diffs:
+        raise EmoadaptError(folder, "the stage-1 adapter and the stage-2 config disagree on "
+                                    + ", ".join(f"{k} ({trained.get(k)} vs {mine[k]})" for k in diffs)
+                                    + "; use the same adapter settings in both")
+    return folder, info, read_seen(folder, info)
+
+
+def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.PathLike, fold: int,
+             out_dir: str | os.PathLike, *, recipe: str = "adapter", config: RunConfig | None = None,
+             init: str | os.PathLike | None = None, progress: bool = True, callbacks: Sequence = ()) -> dict:
+    """Stage 2 on one fold: train on its training speakers, pick the epoch with the best validation UA, test.
+    Returns the results dict. ``init``: a stage-1 run folder whose teacher initialises the adapter; refused when
+    it saw any of the fold's test utterances or speakers."""
+    out_dir = Path(out_dir)
+    done = out_dir / "results.json"
+    config = config or RunConfig()
+    if recipe not in RECIPES:
+        raise EmoadaptError(None, f"unknown stage-2 recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    if init is not None and not RECIPES[recipe].uses_adapter:
+        raise EmoadaptError(None, f"--init (a stage-1 adapter) only applies to recipes with an adapter, not {recipe!r}")
+    corpus, store = open_corpus(corpus), open_store(store)
+    if not corpus.labels:
+        raise CorpusError(corpus.root, "stage 2 needs labelled utterances; this corpus has no labels")
+    encoder = encoder_info(store)
+    config = with_store_dims(config, encoder)
+    validate(config, recipe)
+    check_trainer(config.trainer)
+    data = FoldData(corpus, store, fold, config, corpus.labels, float(encoder["frame_rate"] or 50.0))
+    speakers = speakers_of(corpus)
+    seen = Seen.of(data.split["train"] + data.split["val"], speakers)
+    if init is not None:
+        init_folder, init_model_info, init_seen = check_stage1_adapter(init, encoder, config)
+        refuse_if_seen(init_seen, data.split["test"], speakers, model=str(init_folder),
+                       test=f"fold {fold} of {corpus.name}")
+        seen = seen | init_seen  # its weights and its standardisation statistics came from that audio
+    claim_run_dir(out_dir, {"stage": "finetune", "recipe": recipe, "fold": fold, "config": config.to_dict(),
+                            "encoder": encoder, "init": str(init) if init else None,
+                            "corpus": {"name": corpus.name, "view": corpus.view, "root": str(corpus.root)}})
+    if done.is_file():
+        return json.loads(done.read_text())  # finished before
+    c = config.stage2
+
+    with quiet_lightning(progress):
+        pl.seed_everything(config.seed, workers=True, verbose=False)
+        validating = len(data.val) > 0
+        last = last_checkpoint_callback(out_dir / "checkpoints")
+        extra = []
+        if validating:  # best.ckpt: the epoch with the highest validation UA (the first of equals)
+            best = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val_ua", mode="max",
+                                   save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
+            extra.append(best)
+            if c.patience:
+                extra.append(EarlyStopping(monitor="val_ua", mode="max", patience=c.patience))
+        trainer = make_trainer(out_dir, config.trainer, max_epochs=c.epochs, grad_clip=c.grad_clip,
+                               callbacks=[last, *extra, *callbacks], validate=validating, progress=progress)
+        total = c.epochs * steps_per_epoch(len(data.train), c.batch_size, trainer.world_size)
+        model, build = build_classifier(recipe, config, encoder, len(corpus.labels))
+        init_info = None
+        if init is not None:
+            model.adapter.load_state_dict(load_model(init_folder).model.state_dict())
+            init_info = {"path": str(init_folder), "sha256": init_model_info.get("sha256")}
+        if config.standardize and init is None:
+            fit_standardizers(model, [(store, i) for i in data.split["train"]])
+        module = FinetuneModule(model, corpus.labels, c, total)
+        seconds = fit_timed(trainer, module, datamodule=data if validating else None,
+                            train_dataloaders=None if validating else data.train_dataloader(),
+                            ckpt_path=last_checkpoint(out_dir / "checkpoints"))
+    trainer.strategy.barrier()
+
+    # the epoch with the best validation UA (the last epoch when there is no validation split)
+    chosen = extra[0].best_model_path if validating and extra[0].best_model_path else last.best_model_path
+    chosen_checkpoint = load_checkpoint_file(chosen)
+    module.load_state_dict(chosen_checkpoint["state_dict"])
+    best_epoch = int(chosen_checkpoint["epoch"])
+    best_val = float(extra[0].best_model_score) if validating and extra[0].best_model_score is not None else None
+    model = module.model.cpu().eval()
+
+    predictions = predict(model, data.test, c.batch_size)
+    scores = score([it[2] for it in data.test.items], predictions.argmax(1).tolist(), corpus.labels)
+    results = {
+        "fold": fold, "recipe": recipe, "scores": asdict(scores), "best_val_ua": best_val, "best_epoch": best_epoch,
+        "epochs_run": int(trainer.current_epoch), "seconds": seconds, "world_size": trainer.world_size,
+        "split": {k: len(v) for k, v in data.split.items()}, "skipped_utterances": data.split["skipped"],
+        "speakers": {k: data.speakers(k) for k in ("train", "val", "test")},
+        "init": init_info, "encoder": encoder, "seed": config.seed,
+    }
+    if trainer.is_global_zero:
+        save_model(model, out_dir / "model", kind="classifier", build=build, labels=corpus.labels, encoder=encoder,
+                   config=config.to_dict(), seen=seen,
+                   extra={"stage": 2, "fold": fold, "best_val_ua": best_val, "best_epoch": best_epoch,
+                          "init": init_info, "corpus": {"name": corpus.name, "view": corpus.view}})
+        write_predictions(out_dir / "predictions.csv", data.test, predictions, corpus.labels)
+        write_json(results, done)
+    trainer.strategy.barrier()
+    return results
