@@ -26,7 +26,7 @@ import torch
 from emoadapt.audio import load_audio
 from emoadapt.corpora.manifest import Utterance
 from emoadapt.encoders import DEFAULT_ENCODER, SAMPLE_RATE, load_encoder
-from emoadapt.features import extract, plan_batches
+from emoadapt.extraction import extract, plan_batches
 from emoadapt.paths import shared_corpus
 from emoadapt.provenance import git_commit  # re-exported for the other benchmarks
 

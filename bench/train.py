@@ -47,7 +47,8 @@ from emoadapt.audio import load_audio  # noqa: E402
 from emoadapt.corpora.manifest import Utterance  # noqa: E402
 from emoadapt.encoders import DEFAULT_ENCODER, SAMPLE_RATE, load_encoder  # noqa: E402
 from emoadapt.evaluation import write_json  # noqa: E402
-from emoadapt.features import FeatureStore, extract, plan_batches  # noqa: E402
+from emoadapt.extraction import extract, plan_batches  # noqa: E402
+from emoadapt.features import FeatureStore  # noqa: E402
 from emoadapt.paths import shared_corpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,11 +19,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from emoadapt import features
+from emoadapt import extraction
 from emoadapt.audio import load_audio
 from emoadapt.corpora.manifest import Utterance
 from emoadapt.errors import FeatureStoreError, MissingFeatures, StoreMismatch
-from emoadapt.features import FeatureStore, extract, frame_statistics, plan_batches
+from emoadapt.extraction import extract, plan_batches
+from emoadapt.features import FeatureStore, frame_statistics
 
 HOP = 320  # samples per frame: 50 Hz at 16 kHz
 TESTS = Path(__file__).resolve().parent
@@ -169,7 +170,7 @@ def test_concurrent_store_creation_has_one_winner(tmp_path):
     def create(tag):
         barrier.wait()
         try:
-            features._bind_meta(tmp_path / "store", FakeEncoder(tag), None)
+            extraction._bind_meta(tmp_path / "store", FakeEncoder(tag), None)
             outcomes.append((tag, "ok"))
         except StoreMismatch:
             outcomes.append((tag, "refused"))
@@ -262,10 +263,10 @@ def test_death_between_shard_and_index_leaves_nothing_visible(tmp_path, monkeypa
                 raise KeyboardInterrupt
         return real_replace(src, dst)
 
-    monkeypatch.setattr(features.os, "replace", dying_replace)
+    monkeypatch.setattr(extraction.os, "replace", dying_replace)
     with pytest.raises(KeyboardInterrupt):
         extract(rows, FakeEncoder(batch_sensitive=True), tmp_path / "store", batch_size=2, progress=False)
-    monkeypatch.setattr(features.os, "replace", real_replace)
+    monkeypatch.setattr(extraction.os, "replace", real_replace)
 
     shards = tmp_path / "store" / "shards"
     assert (shards / "r0-000002.npy").exists() and not (shards / "r0-000002.json").exists()  # the orphan
@@ -346,7 +347,7 @@ def test_two_rank_processes_at_once_equal_one_process(tmp_path):
 def test_one_rank_cannot_have_two_writers(tmp_path):
     rows = make_rows(tmp_path / "audio", n=2)
     (tmp_path / "store" / "shards").mkdir(parents=True)
-    with features._ShardWriter(tmp_path / "store" / "shards", rank=0):
+    with extraction._ShardWriter(tmp_path / "store" / "shards", rank=0):
         with pytest.raises(FeatureStoreError, match="already writing rank 0"):
             extract(rows, FakeEncoder(), tmp_path / "store", progress=False)
 

@@ -23,7 +23,8 @@ from emoadapt.checkpoints import (CheckpointError, SafetensorsCheckpointIO, load
                                   save_checkpoint_file)
 from emoadapt.corpora import load_corpus
 from emoadapt.errors import EmoadaptError, LeakageError, StoreMismatch
-from emoadapt.features import FeatureStore, extract, frame_statistics
+from emoadapt.extraction import extract
+from emoadapt.features import FeatureStore, frame_statistics
 from emoadapt.model import build_model
 from emoadapt.config import RunConfig, load_config
 from emoadapt.crossval import run_cv
@@ -319,6 +320,71 @@ def test_model_folder_round_trip_gives_identical_predictions(data, finetuned):
     (tampered / "model.safetensors").write_bytes((tampered / "model.safetensors").read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(CheckpointError, match="sha256"):
         load_model(tampered)
+
+
+def test_waveforms_get_the_probabilities_of_their_stored_features(data, finetuned):
+    from emoadapt.audio import load_audio
+    corpus, store_path = data
+    results, out = finetuned
+    store, loaded = FeatureStore(store_path), inference.load_classifier(out)
+    rows = corpus.rows[:6]
+    stored = inference.predict(loaded.model, data_module.labelled_dataset(corpus, store, [r.id for r in rows],
+                                                                          corpus.labels), batch_size=4)
+    waves = [load_audio(r.path) for r in rows]
+    encoder = _encoder_of(store_path)
+    from_audio = inference.predict_waveforms(loaded, waves, encoder=encoder, batch_size=4)
+    assert from_audio.shape == (6, 4) and np.allclose(from_audio, stored, atol=1e-5)
+    if not isinstance(encoder, ToneEncoder):  # the model names its encoder: loaded from model.json by default
+        assert np.allclose(inference.predict_waveforms(loaded, waves[:2]), stored[:2], atol=1e-5)
+        with pytest.raises(EmoadaptError, match="trained on features of"):
+            inference.predict_waveforms(loaded, waves[:1], encoder=ToneEncoder())
+    with pytest.raises(CheckpointError, match="not a classifier"):
+        inference.load_classifier(_stage1_folder(out.parent))
+
+
+def _stage1_folder(where: Path) -> Path:
+    folder = where / "an-adapter"
+    if not (folder / "model.json").is_file():
+        from emoadapt.checkpoints import save_adapter
+        from emoadapt.model import AdapterConfig, WAPTransformer
+        save_adapter(WAPTransformer(AdapterConfig(input_layers=2, input_dim=8, dim=8, num_heads=2, ffn_dim=16,
+                                                  conv_pos_kernel=4, conv_pos_groups=2)), folder)
+    return folder
+
+
+def test_a_new_recipe_is_one_dataclass_one_class_one_registration(data, tmp_path, monkeypatch):
+    from dataclasses import dataclass
+    from emoadapt.config import validate
+    from emoadapt.model import RECIPES, register_recipe
+    from emoadapt.model.pooling import masked_mean
+
+    @dataclass
+    class MeanConfig:
+        input_layers: int = 2
+        input_dim: int = 8
+        num_classes: int = 4
+        layer: int = -1
+
+    class MeanHead(torch.nn.Module):
+        def __init__(self, config: MeanConfig):
+            super().__init__()
+            self.config = config
+            self.head = torch.nn.Linear(config.input_dim, config.num_classes)
+
+        def forward(self, hidden_states, padding_mask):
+            return self.head(masked_mean(hidden_states[:, self.config.layer], padding_mask))
+
+    monkeypatch.setitem(RECIPES, "mean", None)  # removed again after the test
+    register_recipe("mean", MeanConfig, MeanHead)
+    assert "mean" in crossval.cv_recipes() and not RECIPES["mean"].uses_adapter
+    with pytest.raises(EmoadaptError, match="recipe 'mean' has no option dim"):
+        validate(load_config(None, ["head.dim=3"]), "mean")
+    corpus, store = data
+    results = finetune(corpus, store, 1, tmp_path, recipe="mean", config=tiny_config("head.layer=0", "stage2.epochs=2"),
+                       progress=False)
+    loaded = load_model(tmp_path / "model")
+    assert isinstance(loaded.model, MeanHead) and loaded.model.config.layer == 0
+    assert inference.evaluate(tmp_path, corpus, store, 1)["scores"] == results["scores"]
 
 
 def test_same_seed_same_numbers(data, finetuned, tmp_path):

@@ -8,6 +8,7 @@ Two kinds of file, both safetensors:
       model.json          what to build: kind ("classifier" or "adapter"), recipe and its options, class labels,
                           the encoder (name, fingerprint, layers) the features came from, the run's full config,
                           and the sha256 of model.safetensors
+      seen.json           the utterances and speakers it was trained on (:mod:`emoadapt.leakage`)
 
   :func:`load_model` rebuilds the network from the JSON with :func:`emoadapt.model.build_model` (or
   :class:`WAPTransformer` for a stage-1 adapter) and loads the weights: no code from the folder is executed.

@@ -56,7 +56,7 @@ def cmd_corpus(args) -> int:
 def cmd_extract(args) -> int:
     from .corpora import load_corpus
     from .encoders import load_encoder
-    from .features import extract
+    from .extraction import extract
     corpus = load_corpus(args.corpus, kind=args.kind, view=args.view)
     rows = corpus.rows[: args.limit] if args.limit else corpus.rows
     encoder = load_encoder(args.encoder, device=_device(args), **_encoder_options(args))
@@ -262,7 +262,7 @@ def cmd_demo(args) -> int:
     (``configs/demo-cpu.json``: a narrower adapter and few epochs, so it is not a result of the method)."""
     from .corpora import load_corpus, summarize
     from .encoders import load_encoder
-    from .features import extract
+    from .extraction import extract
     root = _resolve_data_root(args.data)
     corpus_dir = root / "ravdess" if (root / "ravdess").is_dir() else root
     corpus = load_corpus(corpus_dir)
