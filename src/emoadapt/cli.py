@@ -207,12 +207,14 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--store", required=True, help="feature store of the corpus")
     p.add_argument("--fold", type=int, required=True, help="test fold")
     p.add_argument("--recipe", default="adapter", help="stage-2 recipe: adapter (default), superb or emobox")
-    p.add_argument("--init", help="a stage-1 run folder: initialise the adapter from its teacher")
+    p.add_argument("--init", help="a stage-1 run folder: initialise the adapter from its teacher (refused when it "
+                                  "saw any of the fold's test utterances or speakers)")
     p.add_argument("--out", required=True, help="run folder (resumed if it exists)")
     _add_training_args(p, stage1=False, stage2=True)
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("evaluate", help="score a fine-tuned model on a corpus (or one fold's test speakers)")
+    p = sub.add_parser("evaluate", help="score a fine-tuned model on a corpus (or one fold's test speakers); refused "
+                                        "when the model was trained on any of those utterances or speakers")
     p.add_argument("--model", required=True, help="model folder (or the finetune run folder holding model/)")
     corpus_flags(p)
     p.add_argument("--store", required=True, help="feature store of the corpus (same encoder as the model's)")
