@@ -20,7 +20,7 @@ demo: install
 	$(VENV)/bin/emoadapt demo
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 bench: install
 	$(PY) bench/extract.py

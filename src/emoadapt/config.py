@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from .checkpoints import plain_json
 from .errors import EmoadaptError
@@ -115,14 +115,12 @@ def _merge(config, values, where: str):
         return OmegaConf.merge(config, values)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "?"
-        hint = ""
-        if "not in" in str(error):
+        if isinstance(error, ConfigKeyError):
             section = OmegaConf.select(config, key.rpartition(".")[0]) if "." in key else config
             known = sorted(section.keys()) if section is not None and hasattr(section, "keys") else []
             hint = f"; known settings there: {', '.join(map(str, known))}" if known else ""
             raise EmoadaptError(None, f"{where}: unknown setting {key!r}{hint}") from None
-        if "Tuple" in str(error) or "ListConfig" in str(error):
-            hint = " (a list is written [20,40])"
+        hint = " (a list is written [20,40])" if "Tuple" in str(error) or "ListConfig" in str(error) else ""
         raise EmoadaptError(None, f"{where}: {key}: {_reason(error)}{hint}") from None
 
 
