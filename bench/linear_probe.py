@@ -11,6 +11,8 @@ tested once. Nothing is trained by gradient descent through frames and no test s
 
 It answers one question: how much of what the trained recipes reach is already in utterance-level statistics of
 the frozen features. Prints per-fold and mean ± std UA / WA / macro-F1, writes JSON with the protocol and commit.
+The fitting is the ``stats`` recipe's (:mod:`emoadapt.closed_form`); ``emoadapt cv --recipe stats`` is the
+first-class model of the plain probe (a model folder that predicts), and this script's own job is ``--adapter``.
 
 ``--adapter RUN`` probes a stage-1 adapter instead: the statistics are those of its frames Z (whole utterances,
 eval mode) rather than of the cached hidden states; ``--random-adapter`` probes an untrained adapter of the same
@@ -26,16 +28,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 
+from emoadapt.closed_form import choose_and_fit
 from emoadapt.corpora import load_corpus
 from emoadapt.errors import EmoadaptError
 from emoadapt.evaluation import CrossValidationReport, score, write_json
 from emoadapt.features import FeatureStore
+from emoadapt.model import StatsConfig
 from emoadapt.provenance import git_commit, versions
 
-C_GRID = (0.01, 0.1, 1.0)
+C_GRID = StatsConfig().c_grid  # the stats recipe's grid
 
 
 def pooled_statistics(store: FeatureStore, ids, adapter=None) -> np.ndarray:
@@ -70,12 +72,6 @@ def load_adapter(run: str, random: bool, corpus):
     return fresh
 
 
-def fit(x, y, c):
-    scaler = StandardScaler().fit(x)
-    model = LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(x), y)
-    return lambda z: model.predict(scaler.transform(z))
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", required=True)
@@ -100,11 +96,10 @@ def main(argv=None) -> int:
     for k in corpus.folds.fold_ids():
         split = corpus.folds.split(k, val_fraction=args.val_fraction, seed=args.seed)
         train, val, test = ([position[i] for i in part if i in position] for part in (split.train, split.val, split.test))
-        val_ua = {c: score(labels[val], fit(features[train], labels[train], c)(features[val]), corpus.labels).ua
-                  for c in C_GRID}
-        best = max(C_GRID, key=lambda c: (val_ua[c], -c))  # ties: the stronger regularisation
-        predict = fit(features[train + val], labels[train + val], best)
-        report.folds[k] = score(labels[test], predict(features[test]), corpus.labels)
+        scaler, model, record = choose_and_fit((features[train], labels[train]), (features[val], labels[val]),
+                                               corpus.labels, C_GRID)
+        report.folds[k] = score(labels[test], model.predict(scaler.transform(features[test])), corpus.labels)
+        best, val_ua = record["C"], {float(c): v for c, v in record["val_ua"].items()}
         chosen[k] = {"C": best, "val_ua": val_ua}
         print(f"fold {k}: C={best} (val UA {val_ua[best]:.2f})  {report.folds[k].line()}", flush=True)
     print(report.table())

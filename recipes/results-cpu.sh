@@ -4,9 +4,9 @@
 #
 #   recipes/results-cpu.sh [ROW ...]      # no ROW: all of them, in this order; `recipes/results-cpu.sh --list`
 #
-# ROW is features, stage1-pool, ravdess-superb, ravdess-emobox, ravdess-adapter, ravdess-full, ravdess-no-mask,
+# ROW is features, stage1-pool, ravdess-stats, ravdess-superb, ravdess-emobox, ravdess-adapter, ravdess-full, ravdess-no-mask,
 # ravdess-no-sd, ravdess-no-la, ravdess-full-freeze3, ravdess-full-pool-emovo, ravdess-full-stage1-16ep,
-# ravdess-lr1e-4, ravdess-superb-no-standardize, emovo-superb, emovo-emobox, emovo-adapter, emovo-full, probes,
+# ravdess-lr1e-4, ravdess-superb-no-standardize, emovo-stats, emovo-superb, emovo-emobox, emovo-adapter, emovo-full, probes,
 # ravdess-stage1-probes;
 # SEEDS="0 1 2" (default "0") repeats the adapter, full, full-freeze3 and full-pool-emovo rows over seeds.
 # Environment: DATA (default ../shared/data), WORK (default runs), EMOADAPT (the command, default `emoadapt`),
@@ -47,7 +47,7 @@ row() {
             "${emoadapt[@]}" extract "$data/emovo" --store "$emovo_store" --no-progress
             "${emoadapt[@]}" extract "$data/unlabeled" --store "$pool_store" --no-progress ;;
         stage1-pool) stage1 stage1-pool ;;
-        ravdess-superb|ravdess-emobox|emovo-superb|emovo-emobox)
+        ravdess-superb|ravdess-emobox|ravdess-stats|emovo-superb|emovo-emobox|emovo-stats)
             local corpus=${1%%-*} recipe=${1#*-} args
             [[ $corpus == ravdess ]] && args=("${ravdess[@]}") || args=("${emovo[@]}")
             "${emoadapt[@]}" cv "${args[@]}" --recipe "$recipe" --seed 0 --out "$out/$1-s0" ;;
@@ -104,9 +104,9 @@ row() {
     esac
 }
 
-all=(features stage1-pool ravdess-superb ravdess-emobox ravdess-adapter ravdess-full ravdess-no-mask ravdess-no-sd
+all=(features stage1-pool ravdess-stats ravdess-superb ravdess-emobox ravdess-adapter ravdess-full ravdess-no-mask ravdess-no-sd
      ravdess-no-la ravdess-full-freeze3 ravdess-full-pool-emovo ravdess-full-stage1-16ep ravdess-lr1e-4
-     ravdess-superb-no-standardize emovo-superb emovo-emobox emovo-adapter emovo-full probes ravdess-stage1-probes)
+     ravdess-superb-no-standardize emovo-stats emovo-superb emovo-emobox emovo-adapter emovo-full probes ravdess-stage1-probes)
 if [[ ${1:-} == --list ]]; then printf '%s\n' "${all[@]}"; exit 0; fi
 if (( $# )); then rows=("$@"); else rows=("${all[@]}"); fi
 for r in "${rows[@]}"; do row "$r"; done

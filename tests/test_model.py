@@ -1,6 +1,7 @@
 """The adapter, the pooling and the classifiers on small synthetic cached features (CPU, d = 32)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -239,3 +240,40 @@ def test_default_sizes():
     model = build_model("adapter", 25, 1024, num_classes=4)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable < 0.02 * 316e6, trainable
+
+
+def test_stats_pooling_ignores_padding_and_matches_numpy():
+    from emoadapt.model import StatsClassifier, StatsConfig
+    model = StatsClassifier(StatsConfig(input_layers=3, input_dim=5, num_classes=4))
+    a, b = torch.randn(3, 7, 5), torch.randn(3, 4, 5)
+    batch = torch.zeros(2, 3, 7, 5)
+    batch[0], batch[1, :, :4] = a, b
+    batch[1, :, 4:] = 1e3  # padding must not count
+    mask = torch.tensor([[False] * 7, [False] * 4 + [True] * 3])
+    pooled = model.pooled(batch, mask)
+    for row, x in zip(pooled, (a, b)):
+        x = x.double().numpy()
+        expected = np.concatenate([x.mean(1), x.std(1)], axis=-1).ravel()
+        assert np.allclose(row.numpy(), expected)
+
+
+@pytest.mark.parametrize("classes_present", [[0, 1, 2, 3], [0, 2], [1, 2, 3]])
+def test_a_fitted_logistic_regression_lives_in_the_stats_model(classes_present):
+    """The model's softmax equals scikit-learn's predict_proba on the same statistics, with two classes (one row
+    of coefficients) and with a class absent from training (never predicted)."""
+    from emoadapt.closed_form import fit_logistic, load_logistic
+    from emoadapt.model import StatsClassifier, StatsConfig
+    g = torch.Generator().manual_seed(0)
+    model = StatsClassifier(StatsConfig(input_layers=2, input_dim=3, num_classes=4)).eval()
+    hidden = torch.randn(40, 2, 9, 3, generator=g)
+    y = np.array([classes_present[i % len(classes_present)] for i in range(40)])
+    hidden += torch.as_tensor(y, dtype=torch.float32)[:, None, None, None]  # learnable
+    mask = torch.zeros(40, 9, dtype=torch.bool)
+    x = model.pooled(hidden, mask).numpy()
+    scaler, logistic = fit_logistic(x, y, 1.0)
+    load_logistic(model, scaler, logistic)
+    with torch.no_grad():
+        probs = torch.softmax(model(hidden, mask).double(), -1).numpy()
+    assert np.allclose(probs[:, logistic.classes_], logistic.predict_proba(scaler.transform(x)), atol=1e-5)
+    absent = sorted(set(range(4)) - set(classes_present))
+    assert (probs[:, absent] < 1e-6).all() if absent else True

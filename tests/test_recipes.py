@@ -84,6 +84,8 @@ def test_results_recipe_gives_one_command_per_row(tmp_path):
     (emovo,) = commands("emovo-emobox")
     assert "--corpus ../shared/data/emovo" in emovo and "--recipe emobox --seed 0" in emovo
     listed = subprocess.run(["bash", str(script), "--list"], capture_output=True, text=True).stdout.split()
-    assert len(listed) == 20 and all(len(commands(r)) >= 1 for r in listed)
+    (stats,) = commands("ravdess-stats")
+    assert "--recipe stats --seed 0" in stats and stats.endswith(f"--out {out}/ravdess-stats-s0")
+    assert len(listed) == 22 and all(len(commands(r)) >= 1 for r in listed)
     bad = subprocess.run(["bash", str(script), "nope"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown row nope" in bad.stderr

@@ -387,6 +387,24 @@ def test_a_new_recipe_is_one_dataclass_one_class_one_registration(data, tmp_path
     assert inference.evaluate(tmp_path, corpus, store, 1)["scores"] == results["scores"]
 
 
+def test_stats_recipe_fits_on_training_speakers_picks_c_on_validation_and_predicts_like_any_model(data, tmp_path):
+    corpus, store = data
+    results = run_cv(corpus, store, "stats", tmp_path, folds=[1, 2], config=tiny_config("head.c_grid=[0.1,1.0]"),
+                     progress=False, log=lambda *_: None)
+    assert results["mean_std"]["ua"]["mean"] > 70  # the tones are in the utterance statistics; chance is 25
+    fold = json.loads((tmp_path / "fold_1" / "results.json").read_text())
+    chosen = fold["closed_form"]
+    assert set(chosen["val_ua"]) == {"0.1", "1.0"} and chosen["val_ua"][str(chosen["C"])] == max(chosen["val_ua"].values())
+    assert fold["best_val_ua"] == chosen["val_ua"][str(chosen["C"])] and fold["best_epoch"] is None
+    loaded = load_model(tmp_path / "fold_1" / "model")  # safetensors + JSON, rebuilt from the registry
+    assert type(loaded.model).__name__ == "StatsClassifier" and not (tmp_path / "fold_1" / "checkpoints").exists()
+    assert inference.evaluate(tmp_path / "fold_1", corpus, store, 1)["scores"] == fold["scores"]
+    seen = json.loads((tmp_path / "fold_1" / "model" / "seen.json").read_text())
+    assert len(seen["ids"]) == fold["split"]["train"] + fold["split"]["val"]
+    with pytest.raises(EmoadaptError, match="recipe 'stats' has no option projector_dim"):
+        finetune(corpus, store, 1, tmp_path / "bad", recipe="stats", config=tiny_config("head.projector_dim=3"))
+
+
 def test_same_seed_same_numbers(data, finetuned, tmp_path):
     corpus, store = data
     results, out = finetuned

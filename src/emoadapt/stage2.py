@@ -28,6 +28,7 @@ from .data import (encoder_info, eval_loader, fit_standardizers, labelled_datase
 from .errors import CorpusError, EmoadaptError, StoreMismatch
 from .evaluation import score, write_json
 from .features import FeatureStore
+from .closed_form import fit_closed_form
 from .inference import predict, write_predictions
 from .leakage import Seen, read_seen, refuse_if_seen, speakers_of
 from .model import RECIPES, build_model
@@ -166,19 +167,53 @@ def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.
     check_trainer(config.trainer)
     data = FoldData(corpus, store, fold, config, corpus.labels, float(encoder["frame_rate"] or 50.0))
     speakers = speakers_of(corpus)
-    seen = Seen.of(data.split["train"] + data.split["val"], speakers)
+    seen, init_model = Seen.of(data.split["train"] + data.split["val"], speakers), None
     if init is not None:
         init_folder, init_model_info, init_seen = check_stage1_adapter(init, encoder, config)
         refuse_if_seen(init_seen, data.split["test"], speakers, model=str(init_folder),
                        test=f"fold {fold} of {corpus.name}")
         seen = seen | init_seen  # its weights and its standardisation statistics came from that audio
+        init_model = (init_folder, init_model_info)
     claim_run_dir(out_dir, {"stage": "finetune", "recipe": recipe, "fold": fold, "config": config.to_dict(),
                             "encoder": encoder, "init": str(init) if init else None,
                             "corpus": {"name": corpus.name, "view": corpus.view, "root": str(corpus.root)}})
     if done.is_file():
         return json.loads(done.read_text())  # finished before
-    c = config.stage2
+    if getattr(RECIPES[recipe].model, "fitted_in_closed_form", False):
+        model, build = build_classifier(recipe, config, encoder, len(corpus.labels))
+        trained = fit_closed_form(model, data, config.stage2.batch_size)
+        trainer = None
+    else:
+        model, build, trained, trainer = _train_by_gradient(data, recipe, config, encoder, out_dir, init_model,
+                                                            progress, callbacks)
+    init_info = trained.pop("init", None)
+    predictions = predict(model, data.test, config.stage2.batch_size)
+    scores = score([it[2] for it in data.test.items], predictions.argmax(1).tolist(), corpus.labels)
+    results = {
+        "fold": fold, "recipe": recipe, "scores": asdict(scores), **trained,
+        "split": {k: len(v) for k, v in data.split.items()}, "skipped_utterances": data.split["skipped"],
+        "speakers": {k: data.speakers(k) for k in ("train", "val", "test")},
+        "init": init_info, "encoder": encoder, "seed": config.seed,
+    }
+    if trainer is None or trainer.is_global_zero:
+        save_model(model, out_dir / "model", kind="classifier", build=build, labels=corpus.labels, encoder=encoder,
+                   config=config.to_dict(), seen=seen,
+                   extra={"stage": 2, "fold": fold, "best_val_ua": trained["best_val_ua"],
+                          "best_epoch": trained["best_epoch"], "init": init_info,
+                          "corpus": {"name": corpus.name, "view": corpus.view}})
+        write_predictions(out_dir / "predictions.csv", data.test, predictions, corpus.labels)
+        write_json(results, done)
+    if trainer is not None:
+        trainer.strategy.barrier()
+    return results
 
+
+def _train_by_gradient(data: FoldData, recipe: str, config: RunConfig, encoder: dict, out_dir: Path,
+                       init_model: tuple[Path, dict] | None, progress: bool, callbacks: Sequence):
+    """Cross-entropy with AdamW in Lightning; the epoch with the best validation UA (the last one without a
+    validation split). ``init_model``: (folder, model.json) of a checked stage-1 adapter. Returns (model in eval
+    mode, build description, what to record, trainer)."""
+    c = config.stage2
     with quiet_lightning(progress):
         pl.seed_everything(config.seed, workers=True, verbose=False)
         validating = len(data.val) > 0
@@ -193,42 +228,24 @@ def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.
         trainer = make_trainer(out_dir, config.trainer, max_epochs=c.epochs, grad_clip=c.grad_clip,
                                callbacks=[last, *extra, *callbacks], validate=validating, progress=progress)
         total = c.epochs * steps_per_epoch(len(data.train), c.batch_size, trainer.world_size)
-        model, build = build_classifier(recipe, config, encoder, len(corpus.labels))
+        model, build = build_classifier(recipe, config, encoder, len(data.labels))
         init_info = None
-        if init is not None:
-            model.adapter.load_state_dict(load_model(init_folder).model.state_dict())
-            init_info = {"path": str(init_folder), "sha256": init_model_info.get("sha256")}
-        if config.standardize and init is None:
-            fit_standardizers(model, [(store, i) for i in data.split["train"]])
-        module = FinetuneModule(model, corpus.labels, c, total)
+        if init_model is not None:
+            model.adapter.load_state_dict(load_model(init_model[0]).model.state_dict())
+            init_info = {"path": str(init_model[0]), "sha256": init_model[1].get("sha256")}
+        if config.standardize and init_model is None:
+            fit_standardizers(model, [(data.store, i) for i in data.split["train"]])
+        module = FinetuneModule(model, data.labels, c, total)
         seconds = fit_timed(trainer, module, datamodule=data if validating else None,
                             train_dataloaders=None if validating else data.train_dataloader(),
                             ckpt_path=last_checkpoint(out_dir / "checkpoints"))
     trainer.strategy.barrier()
 
-    # the epoch with the best validation UA (the last epoch when there is no validation split)
     chosen = extra[0].best_model_path if validating and extra[0].best_model_path else last.best_model_path
     chosen_checkpoint = load_checkpoint_file(chosen)
     module.load_state_dict(chosen_checkpoint["state_dict"])
-    best_epoch = int(chosen_checkpoint["epoch"])
     best_val = float(extra[0].best_model_score) if validating and extra[0].best_model_score is not None else None
-    model = module.model.cpu().eval()
-
-    predictions = predict(model, data.test, c.batch_size)
-    scores = score([it[2] for it in data.test.items], predictions.argmax(1).tolist(), corpus.labels)
-    results = {
-        "fold": fold, "recipe": recipe, "scores": asdict(scores), "best_val_ua": best_val, "best_epoch": best_epoch,
-        "epochs_run": int(trainer.current_epoch), "seconds": seconds, "world_size": trainer.world_size,
-        "split": {k: len(v) for k, v in data.split.items()}, "skipped_utterances": data.split["skipped"],
-        "speakers": {k: data.speakers(k) for k in ("train", "val", "test")},
-        "init": init_info, "encoder": encoder, "seed": config.seed,
-    }
-    if trainer.is_global_zero:
-        save_model(model, out_dir / "model", kind="classifier", build=build, labels=corpus.labels, encoder=encoder,
-                   config=config.to_dict(), seen=seen,
-                   extra={"stage": 2, "fold": fold, "best_val_ua": best_val, "best_epoch": best_epoch,
-                          "init": init_info, "corpus": {"name": corpus.name, "view": corpus.view}})
-        write_predictions(out_dir / "predictions.csv", data.test, predictions, corpus.labels)
-        write_json(results, done)
-    trainer.strategy.barrier()
-    return results
+    trained = {"best_val_ua": best_val, "best_epoch": int(chosen_checkpoint["epoch"]),
+               "epochs_run": int(trainer.current_epoch), "seconds": seconds, "world_size": trainer.world_size,
+               "init": init_info}
+    return module.model.cpu().eval(), build, trained, trainer

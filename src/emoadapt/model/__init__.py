@@ -1,7 +1,8 @@
 """The method's model on cached features: adapter, pooling, classifiers (stage 2) and the stage-1 objective."""
 from .adapter import AdapterConfig, FeatureStandardizer, WAPTransformer
 from .classifier import (RECIPES, ClassifierConfig, EmoBoxClassifier, EmoBoxConfig, EmotionClassifier, Recipe,
-                         SuperbClassifier, SuperbConfig, build_model, head_settings, recipe, register_recipe)
+                         StatsClassifier, StatsConfig, SuperbClassifier, SuperbConfig, build_model, head_settings, recipe,
+                         register_recipe)
 from .pooling import AttentiveStatisticsPooling, lengths_to_padding_mask, masked_mean
 from .pretrain import (LocalAttributeCodebook, PretrainConfig, PretrainObjective, SelfDistillationLoss,
                        cosine_schedule, multi_crop, span_mask, update_teacher)
@@ -10,6 +11,7 @@ __all__ = [
     "AdapterConfig", "FeatureStandardizer", "WAPTransformer",
     "AttentiveStatisticsPooling", "lengths_to_padding_mask", "masked_mean",
     "ClassifierConfig", "EmotionClassifier", "SuperbConfig", "SuperbClassifier", "EmoBoxConfig", "EmoBoxClassifier",
+    "StatsConfig", "StatsClassifier",
     "RECIPES", "Recipe", "recipe", "register_recipe", "head_settings", "build_model",
     "PretrainConfig", "PretrainObjective", "SelfDistillationLoss", "LocalAttributeCodebook",
     "cosine_schedule", "span_mask", "multi_crop", "update_teacher",

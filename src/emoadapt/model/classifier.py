@@ -6,6 +6,7 @@ Every model has the same call: ``model(hidden_states (B, L+1, T, D), padding_mas
 - ``adapter``: WAP-Transformer adapter -> attentive statistics pooling -> dropout -> linear (docs/METHOD.md section 5).
 - ``superb``:  SUPERB's emotion task: learned softmax layer weights -> Linear D->256 -> mean pool -> linear.
 - ``emobox``:  EmoBox's head on one layer (the last by default): Linear D->256 + ReLU per frame -> mean pool -> linear.
+- ``stats``:   mean and std over time of every hidden state -> standardised -> logistic regression (closed form).
 """
 from __future__ import annotations
 
@@ -103,6 +104,45 @@ class EmoBoxClassifier(nn.Module):
         return self.post_net(masked_mean(F.relu(self.pre_net(x)), padding_mask))
 
 
+@dataclass
+class StatsConfig:
+    input_layers: int = 25
+    input_dim: int = 1024
+    num_classes: int = 4
+    c_grid: tuple[float, ...] = (0.01, 0.1, 1.0)  # inverse L2 strengths tried; validation UA picks one
+
+
+class StatsClassifier(nn.Module):
+    """Utterance statistics and a linear classifier: per utterance, the mean and standard deviation over time of
+    every cached hidden state ([L+1] x 2D values), standardised with the training utterances' statistics, then a
+    multinomial logistic regression. Fitted in closed form (emoadapt.closed_form), never by gradient steps; its
+    strength is chosen on the validation speakers."""
+
+    fitted_in_closed_form = True
+
+    def __init__(self, config: StatsConfig):
+        super().__init__()
+        self.config = config
+        features = 2 * config.input_layers * config.input_dim
+        self.register_buffer("feature_mean", torch.zeros(features))
+        self.register_buffer("feature_scale", torch.ones(features))
+        self.head = nn.Linear(features, config.num_classes)
+
+    def pooled(self, hidden_states, padding_mask):
+        """(B, L+1, T, D) -> (B, (L+1) * 2D): per layer [mean over real frames; population std], in float64."""
+        _check_input(hidden_states, self.config.input_layers, self.config.input_dim)
+        keep = (~padding_mask)[:, None, :, None].to(torch.float64)          # (B, 1, T, 1)
+        x = hidden_states.to(torch.float64)
+        n = keep.sum(2).clamp(min=1.0)
+        mean = (x * keep).sum(2) / n                                        # (B, L+1, D)
+        var = ((x - mean.unsqueeze(2)).pow(2) * keep).sum(2) / n
+        return torch.cat([mean, var.sqrt()], dim=-1).flatten(1)
+
+    def forward(self, hidden_states, padding_mask):
+        u = (self.pooled(hidden_states, padding_mask) - self.feature_mean) / self.feature_scale
+        return self.head(u.to(self.head.weight.dtype))
+
+
 def _check_input(hidden_states, input_layers, input_dim):
     if hidden_states.dim() != 4 or hidden_states.shape[1] != input_layers or hidden_states.shape[3] != input_dim:
         raise ValueError(f"expected hidden states [B, {input_layers}, T, {input_dim}] (B, L+1, T, D), "
@@ -138,6 +178,7 @@ def register_recipe(name: str, config: type, model: type) -> None:
 register_recipe("adapter", ClassifierConfig, EmotionClassifier)
 register_recipe("superb", SuperbConfig, SuperbClassifier)
 register_recipe("emobox", EmoBoxConfig, EmoBoxClassifier)
+register_recipe("stats", StatsConfig, StatsClassifier)
 
 
 def recipe(name: str) -> Recipe:

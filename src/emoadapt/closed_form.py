@@ -1,0 +1,85 @@
+"""Recipes fitted in closed form instead of by gradient steps: the ``stats`` recipe's logistic regression.
+
+    FoldData ─► model.pooled (utterance statistics, whole utterances) ─► standardise (training utterances)
+             ─► scikit-learn LogisticRegression for each C of the grid, scored on the validation speakers
+             ─► the best C refitted on training + validation utterances ─► copied into the model's buffers and head
+
+What is fitted lands in the model's own tensors, so the model folder is safetensors + JSON like every recipe's and
+predicts through the same path (:mod:`emoadapt.inference`); scikit-learn objects are never saved.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from .data import FeatureDataset, eval_loader
+from .evaluation import score
+
+
+@torch.inference_mode()
+def pooled_features(model, dataset: FeatureDataset, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(features [N, F] float64, labels [N]) of whole utterances, in dataset order."""
+    out, labels = None, np.array([item[2] for item in dataset.items], dtype=np.int64)
+    for batch in eval_loader(dataset, batch_size):
+        x = model.pooled(batch["hidden_states"], batch["padding_mask"]).numpy()
+        if out is None:
+            out = np.zeros((len(dataset), x.shape[1]))
+        out[batch["index"].numpy()] = x
+    return out, labels
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, c: float) -> tuple[StandardScaler, LogisticRegression]:
+    scaler = StandardScaler().fit(x)
+    return scaler, LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(x), y)
+
+
+def choose_and_fit(train: tuple, val: tuple, labels, c_grid) -> tuple[StandardScaler, LogisticRegression, dict]:
+    """C with the best validation UA (ties: the stronger regularisation), then refitted on training + validation.
+    Without validation utterances the middle of the grid is used, and the record says so."""
+    (x_train, y_train), (x_val, y_val) = train, val
+    grid = sorted(float(c) for c in c_grid)
+    if len(y_val):
+        val_ua = {}
+        for c in grid:
+            scaler, model = fit_logistic(x_train, y_train, c)
+            val_ua[c] = score(y_val.tolist(), model.predict(scaler.transform(x_val)).tolist(), labels).ua
+        best = max(grid, key=lambda c: (val_ua[c], -c))
+    else:
+        val_ua, best = {}, grid[len(grid) // 2]
+    scaler, model = fit_logistic(np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val]), best)
+    return scaler, model, {"C": best, "val_ua": {str(c): v for c, v in val_ua.items()},
+                           "chosen_on": "validation speakers" if val_ua else "no validation speakers: middle of grid"}
+
+
+@torch.no_grad()
+def load_logistic(model, scaler: StandardScaler, logistic: LogisticRegression) -> None:
+    """Copy a fitted scaler and logistic regression into ``model.feature_mean / feature_scale / head``.
+    A class missing from the training data gets a bias that never wins."""
+    num_classes, features = model.head.weight.shape
+    weight, bias = np.zeros((num_classes, features)), np.full(num_classes, -1e4)
+    coef, intercept = logistic.coef_, logistic.intercept_
+    if len(logistic.classes_) == 2:  # scikit-learn keeps one row for two classes: logits (0, w.x + b)
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
+    weight[logistic.classes_], bias[logistic.classes_] = coef, intercept
+    model.feature_mean.copy_(torch.as_tensor(scaler.mean_))
+    model.feature_scale.copy_(torch.as_tensor(scaler.scale_))
+    model.head.weight.copy_(torch.as_tensor(weight))
+    model.head.bias.copy_(torch.as_tensor(bias))
+
+
+def fit_closed_form(model, data, batch_size: int) -> dict:
+    """Fit ``model`` (a closed-form recipe, e.g. StatsClassifier) on a fold (``FoldData``); returns what the fold's
+    results record (``best_val_ua``: the chosen C's validation UA)."""
+    t0 = time.perf_counter()
+    model.eval()
+    train = pooled_features(model, data.train, batch_size)  # evaluation loader: whole utterances, never crops
+    val = pooled_features(model, data.val, batch_size)
+    scaler, logistic, chosen = choose_and_fit(train, val, data.labels, model.config.c_grid)
+    load_logistic(model, scaler, logistic)
+    best_val = chosen["val_ua"].get(str(chosen["C"]))
+    return {"best_val_ua": best_val, "best_epoch": None, "epochs_run": 0, "world_size": 1,
+            "seconds": time.perf_counter() - t0, "closed_form": chosen}
