@@ -340,6 +340,19 @@ def test_waveforms_get_the_probabilities_of_their_stored_features(data, finetune
             inference.predict_waveforms(loaded, waves[:1], encoder=ToneEncoder())
     with pytest.raises(CheckpointError, match="not a classifier"):
         inference.load_classifier(_stage1_folder(out.parent))
+    # an utterance-normalised model normalises the waveform's features the same way
+    per_utterance = out.parent / "per-utterance"
+    args = cli.build_parser().parse_args(["finetune", "--corpus", "c", "--store", "s", "--fold", "1", "--out", "o",
+                                          "--normalize", "utterance"])
+    assert cli._run_config(args).normalize == "utterance"
+    finetune(corpus, store_path, 1, per_utterance, config=tiny_config("normalize=utterance", "stage2.epochs=1"),
+             progress=False)
+    loaded = inference.load_classifier(per_utterance)
+    from emoadapt.data import make_normalizer
+    dataset = data_module.labelled_dataset(corpus, store, [r.id for r in rows], corpus.labels,
+                                           normalizer=make_normalizer(tiny_config("normalize=utterance"), corpus, store))
+    stored = inference.predict(loaded.model, dataset, batch_size=4)
+    assert np.allclose(inference.predict_waveforms(loaded, waves, encoder=encoder, batch_size=4), stored, atol=1e-5)
 
 
 def _stage1_folder(where: Path) -> Path:
@@ -403,6 +416,59 @@ def test_stats_recipe_fits_on_training_speakers_picks_c_on_validation_and_predic
     assert len(seen["ids"]) == fold["split"]["train"] + fold["split"]["val"]
     with pytest.raises(EmoadaptError, match="recipe 'stats' has no option projector_dim"):
         finetune(corpus, store, 1, tmp_path / "bad", recipe="stats", config=tiny_config("head.projector_dim=3"))
+
+
+def test_speaker_normalisation_uses_each_speakers_own_statistics(data, tmp_path):
+    from emoadapt.data import array_statistics, calibration_clips, make_normalizer
+    from emoadapt.stage2 import FoldData
+    corpus, store_path = data
+    store = FeatureStore(store_path)
+    config = tiny_config("normalize=speaker")
+    normalizer = make_normalizer(config, corpus, store)
+    speaker = corpus.rows[0].speaker
+    ids = [u.id for u in corpus.rows if u.speaker == speaker]
+    mean, std = array_statistics(normalizer.normalize(store.get(i), i) for i in ids)
+    assert np.allclose(mean, 0, atol=1e-4) and np.allclose(std[std > 1e-3], 1, atol=1e-2)  # that speaker: mean 0, std 1
+    # a test speaker's statistics come from its calibration clips only: k drawn at random, or those of one label
+    calibrated = tiny_config("normalize=speaker", "calibration.clips=2")
+    fold = FoldData(corpus, store, 1, calibrated, corpus.labels, 50.0)
+    test_speaker = corpus.folds.group(fold.split["test"][0])
+    test_ids = [i for i in fold.split["test"] if corpus.folds.group(i) == test_speaker]
+    by_id = {u.id: u for u in corpus.rows}
+    chosen = calibration_clips(test_ids, calibrated.calibration, by_id, seed=0, speaker=test_speaker, where=None)
+    assert len(chosen) == 2 and set(chosen) <= set(test_ids)
+    assert chosen == calibration_clips(test_ids, calibrated.calibration, by_id, seed=0, speaker=test_speaker, where=None)
+    expected = normalizer._pair(*array_statistics(store.get(i) for i in chosen))
+    assert all(np.allclose(a, b) for a, b in zip(fold.normalizer._by_speaker[test_speaker], expected))
+    train_speaker = corpus.folds.group(fold.split["train"][0])  # training speakers: all of their clips
+    assert all(np.allclose(a, b) for a, b in zip(fold.normalizer._by_speaker[train_speaker],
+                                                 normalizer._by_speaker[train_speaker]))
+    neutral = tiny_config("normalize=speaker", "calibration.only_label=neutral")
+    assert all(by_id[i].label == "neutral" for i in calibration_clips(test_ids, neutral.calibration, by_id, seed=0,
+                                                                        speaker=test_speaker, where=None))
+    with pytest.raises(EmoadaptError, match="has no clip labelled 'calm'"):
+        calibration_clips(test_ids, tiny_config("calibration.only_label=calm").calibration, by_id, seed=0,
+                          speaker=test_speaker, where=None)
+
+
+def test_speaker_calibrated_cv_is_its_own_protocol(data, tmp_path, capsys):
+    corpus, store = data
+    results = run_cv(corpus, store, "superb", tmp_path / "calibrated", folds=[1],
+                     config=tiny_config("normalize=speaker", "calibration.clips=3"), progress=False,
+                     log=lambda *_: None)
+    assert results["protocol"]["speaker_independent"] is False and results["protocol"]["calibration"]["clips"] == 3
+    # evaluate rebuilds the same normalisation from the model's settings: the same scores
+    again = inference.evaluate(tmp_path / "calibrated" / "fold_1", corpus, store, 1)
+    assert again["scores"]["ua"] == results["folds"]["1"]["ua"] and again["protocol"]["speaker_independent"] is False
+    run_cv(corpus, store, "superb", tmp_path / "independent", folds=[1], config=tiny_config(), progress=False,
+           log=lambda *_: None)
+    assert cli.main(["compare", str(tmp_path / "independent"), str(tmp_path / "calibrated")]) == 0
+    out = capsys.readouterr().out
+    independent, calibrated = out.split("speaker-calibrated (3 clips of each test speaker, unlabeled audio):")
+    assert "| independent |" in independent and "| calibrated |" in calibrated and "| calibrated |" not in independent
+    # a model on speaker-normalised features cannot predict raw waveforms without calibration clips
+    with pytest.raises(EmoadaptError, match="speaker-normalised"):
+        inference.predict_waveforms(inference.load_classifier(tmp_path / "calibrated" / "fold_1"), [np.zeros(16000)])
 
 
 def test_same_seed_same_numbers(data, finetuned, tmp_path):

@@ -76,6 +76,10 @@ def _add_training_args(parser: argparse.ArgumentParser, *, stage1: bool, stage2:
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="one setting, e.g. stage2.lr=3e-4, pretrain.mask_weight=0, adapter.dim=256 (repeatable)")
     g.add_argument("--seed", type=int, help="random seed (default 0)")
+    g.add_argument("--normalize", choices=("global", "speaker", "utterance"),
+                   help="global (default): the model's standardisation only; speaker: each speaker's features with the "
+                        "speaker's own statistics first (test speakers' from their unlabeled audio: a different "
+                        "protocol, see calibration.clips / calibration.only_label); utterance: each utterance's own")
     g.add_argument("--batch-size", type=int, help="batch size of both stages (default 32)")
     if stage1:
         g.add_argument("--pretrain-epochs", type=int, help="stage-1 epochs (pretrain.epochs, default 100)")
@@ -94,7 +98,7 @@ def _add_training_args(parser: argparse.ArgumentParser, *, stage1: bool, stage2:
 
 def _run_config(args):
     from .config import load_config
-    flags = {"seed": args.seed, "stage2.batch_size": args.batch_size, "pretrain.batch_size": args.batch_size,
+    flags = {"seed": args.seed, "normalize": args.normalize, "stage2.batch_size": args.batch_size, "pretrain.batch_size": args.batch_size,
              "pretrain.epochs": getattr(args, "pretrain_epochs", None), "stage2.epochs": getattr(args, "epochs", None),
              "stage2.lr": getattr(args, "lr", None), "trainer.accelerator": args.accelerator,
              "trainer.devices": args.devices, "trainer.strategy": args.strategy,

@@ -30,6 +30,9 @@ from .errors import EmoadaptError
 from .model import RECIPES, AdapterConfig, PretrainConfig, head_settings
 
 
+NORMALIZATIONS = ("global", "speaker", "utterance")
+
+
 @dataclass
 class PretrainRunConfig(PretrainConfig):
     """Stage 1: the objective's settings (PretrainConfig) plus the loop around it.
@@ -72,12 +75,25 @@ class TrainerConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    """Which of a test speaker's clips give its statistics under ``normalize: speaker`` (training and validation
+    speakers always use all of theirs). The clips' audio is used, never their labels, except that ``only_label``
+    picks clips by label to imitate a user who records a few clips of one kind (e.g. neutral speech)."""
+    clips: int | None = None         # k clips drawn at random (fixed by the seed); None: all of the speaker's clips
+    only_label: str | None = None    # draw only among the speaker's clips with this label, e.g. neutral
+
+
+@dataclass
 class RunConfig:
     """Everything one run uses; stored as ``config.json`` in the run folder."""
     seed: int = 0
     val_fraction: float = 0.1        # validation = this share of the training speakers, whole speakers
     standardize: bool = True         # per-layer, per-dimension mean/std of the training frames, fixed in the model
     #                                  (a stage-2 adapter from stage 1 keeps the statistics it was trained with)
+    normalize: str = "global"        # global: only that; speaker: first each speaker's frames with the speaker's own
+    #                                  statistics (a test speaker's from its unlabeled audio: a different protocol);
+    #                                  utterance: each utterance with its own statistics
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)  # input_layers / input_dim come from the store
     head: dict[str, Any] = field(default_factory=dict)  # the recipe head's options (see validate): adapter
     #                                       (attention_dim, head_dropout), superb (projector_dim), emobox (input_layer,
@@ -205,9 +221,13 @@ def validate(config: RunConfig, recipe: str | None = None, *, stage1: bool = Fal
             ("pretrain.batch_size", config.pretrain.batch_size, config.pretrain.batch_size >= 1),
             ("pretrain.lr", config.pretrain.lr, config.pretrain.lr > 0),
             ("pretrain.max_crop_seconds", config.pretrain.max_crop_seconds, config.pretrain.max_crop_seconds > 0),
-            ("trainer.num_workers", config.trainer.num_workers, config.trainer.num_workers >= 0)):
+            ("trainer.num_workers", config.trainer.num_workers, config.trainer.num_workers >= 0),
+            ("normalize", config.normalize, config.normalize in NORMALIZATIONS),
+            ("calibration.clips", config.calibration.clips,
+             config.calibration.clips is None or config.calibration.clips >= 1)):
         if not ok:
-            problems.append(f"{key}={value!r} is out of range")
+            problems.append(f"{key}={value!r} is out of range" + (f" (one of {', '.join(NORMALIZATIONS)})"
+                                                                   if key == "normalize" else ""))
     if problems:
         raise EmoadaptError(None, "invalid settings: " + "; ".join(problems))
     if recipe is not None:
@@ -242,6 +262,19 @@ def recipe_options(config: RunConfig, recipe: str) -> dict:
         options = {k: v for k, v in asdict(config.adapter).items() if k not in ("input_layers", "input_dim")}
     options.update(head_settings(recipe, config.head, where="head"))
     return options
+
+
+def protocol_of(config: RunConfig) -> dict:
+    """How test speakers are treated: speaker-independent, or speaker-calibrated (their unlabeled audio gives their
+    normalisation statistics: a different protocol from EmoBox's, tabled apart)."""
+    calibrated = config.normalize == "speaker"
+    out = {"normalize": config.normalize, "speaker_independent": not calibrated}
+    if calibrated:
+        out["calibration"] = {"clips": config.calibration.clips, "only_label": config.calibration.only_label,
+                              "uses": "the test speakers' unlabeled audio"
+                                      + (f" (clips chosen by the label {config.calibration.only_label!r})"
+                                         if config.calibration.only_label else "")}
+    return out
 
 
 def with_store_dims(config: RunConfig, encoder: dict) -> RunConfig:

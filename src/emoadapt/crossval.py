@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Sequence
 
 from .checkpoints import read_stage1_adapter
-from .config import RunConfig, load_config, validate, with_store_dims
+from .config import RunConfig, load_config, protocol_of, validate, with_store_dims
 from .corpora import Corpus
-from .data import check_same_features, open_corpus, open_store, split_fold
+from .data import check_same_features, make_normalizer, open_corpus, open_store, split_fold
 from .errors import CorpusError, EmoadaptError
 from .evaluation import CrossValidationReport, Scores, plot_confusion, write_json
 from .features import FeatureStore
@@ -98,6 +98,7 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
                             "protocol": {k: v for k, v in protocol.items() if k != "folds"},
                             "unlabeled_stores": [str(s.root) for s in extras],
                             "shared_stage1": shared_stage1})
+    protocol.update(protocol_of(config))
     report, per_fold = CrossValidationReport(), {}
     for k in folds:
         fold_dir = out_dir / f"fold_{k}"
@@ -112,7 +113,8 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
                 log(f"fold {k}: stage 1 on {len(split['train'])} training utterances"
                     + (f" + {sum(len(s) for s in extras)} unlabeled" if extras else ""))
                 init = pretrain([store, *extras], fold_dir / "stage1", ids=[split["train"], *[None] * len(extras)],
-                                config=config, speakers=speakers_of(corpus), progress=progress)
+                                config=config, speakers=speakers_of(corpus), progress=progress,
+                                normalizer=make_normalizer(config, corpus, store, test_ids=split["test"]))
             log(f"fold {k}: stage 2 ({stage2_recipe})")
             finetune(corpus, store, k, fold_dir, recipe=stage2_recipe, config=config, init=init, progress=progress)
         per_fold[k] = json.loads((fold_dir / "results.json").read_text())

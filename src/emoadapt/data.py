@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import zlib
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .corpora import Corpus, load_corpus
 from .errors import CorpusError, EmoadaptError, FeatureStoreError, MissingFeatures, StoreMismatch
-from .features import FeatureStore, frame_statistics
+from .features import FeatureStore, array_statistics
 from .model import FeatureStandardizer
 
 class FeatureDataset(Dataset):
@@ -27,12 +28,14 @@ class FeatureDataset(Dataset):
     label -1 for unlabeled audio; nothing but these ids is held in memory (peak RAM does not grow with the store).
 
     ``dataset[i]`` is the whole utterance; ``dataset[(i, draw)]`` (what :class:`ShuffleSampler` yields) is a random
-    crop of at most ``max_frames`` frames whose position is fixed by ``draw``.
+    crop of at most ``max_frames`` frames whose position is fixed by ``draw``. A ``normalizer`` (speaker or
+    utterance normalisation) standardises the frames as they are read.
     """
 
     def __init__(self, stores: Sequence[FeatureStore], items: Sequence[tuple[int, str, int]],
-                 max_frames: int | None = None):
+                 max_frames: int | None = None, normalizer: Normalizer | None = None):
         self.stores, self.items, self.max_frames = list(stores), list(items), max_frames
+        self.normalizer = normalizer
 
     def __len__(self) -> int:
         return len(self.items)
@@ -45,11 +48,15 @@ class FeatureDataset(Dataset):
         index, draw = key if isinstance(key, tuple) else (key, None)
         s, utt_id, label = self.items[index]
         x = self.stores[s].get(utt_id)                                     # fp16 memmap view [L+1, T, D]
+        statistics = self.normalizer.statistics(utt_id, x) if self.normalizer else None  # of the whole utterance
         T = x.shape[1]
         if draw is not None and self.max_frames and T > self.max_frames:
             start = int(np.random.default_rng(draw).integers(T - self.max_frames + 1))
             x = x[:, start: start + self.max_frames]
-        return {"hidden_states": torch.from_numpy(np.array(x, dtype=np.float32)), "label": label, "index": index}
+        x = np.array(x, dtype=np.float32)
+        if statistics is not None:
+            x = (x - statistics[0]) * statistics[1]
+        return {"hidden_states": torch.from_numpy(x), "label": label, "index": index}
 
 
 def collate(items: list[dict]) -> dict:
@@ -166,7 +173,7 @@ def usable_ids(corpus: Corpus, store: FeatureStore, ids: Iterable[str]) -> tuple
 
 
 def labelled_dataset(corpus: Corpus, store: FeatureStore, ids: Sequence[str], labels: Sequence[str],
-                     max_frames: int | None = None) -> FeatureDataset:
+                     max_frames: int | None = None, normalizer: Normalizer | None = None) -> FeatureDataset:
     index = {name: k for k, name in enumerate(labels)}
     by_id = {u.id: u for u in corpus.rows}
     items = []
@@ -176,7 +183,7 @@ def labelled_dataset(corpus: Corpus, store: FeatureStore, ids: Sequence[str], la
             raise CorpusError(corpus.root, f"utterance {i} has label {label!r}, which the model does not know "
                                            f"(its classes: {', '.join(labels)})")
         items.append((0, i, index[label]))
-    return FeatureDataset([store], items, max_frames)
+    return FeatureDataset([store], items, max_frames, normalizer)
 
 
 def split_fold(corpus: Corpus, store: FeatureStore, fold: int, config) -> dict:
@@ -195,12 +202,80 @@ def split_fold(corpus: Corpus, store: FeatureStore, fold: int, config) -> dict:
     return out
 
 
-
-def fit_standardizers(model: torch.nn.Module, utterances: Sequence[tuple[FeatureStore, str]]) -> None:
-    """Fit every FeatureStandardizer in ``model`` (stage 1: student and teacher) on the frames of ``utterances``."""
+def fit_standardizers(model: torch.nn.Module, dataset: FeatureDataset) -> None:
+    """Fit every FeatureStandardizer in ``model`` (stage 1: student and teacher) on the frames of ``dataset``'s
+    whole utterances, as the model will see them (after any speaker or utterance normalisation)."""
     modules = [m for m in model.modules() if isinstance(m, FeatureStandardizer)]
     if modules:
-        mean, std = frame_statistics(utterances)
+        mean, std = array_statistics(dataset[k]["hidden_states"].numpy() for k in range(len(dataset)))
         for m in modules:
             m.fit(mean, std)
+
+
+# --- speaker and utterance normalisation --------------------------------------------------------------------------
+class Normalizer:
+    """Standardises an utterance's hidden states per layer and dimension with its speaker's frame statistics
+    (``mode`` "speaker"; ``statistics``: speaker -> (mean, std) [L+1, D]) or with its own ("utterance"; also any
+    utterance whose speaker is unknown, e.g. audio of an unlabeled store). Emotion is heard relative to how a person
+    usually sounds; removing each speaker's average voice leaves what varies within the speaker."""
+
+    def __init__(self, mode: str, speaker_of: dict[str, str] | None = None,
+                 statistics: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, eps: float = 1e-5):
+        self.mode, self.speaker_of, self.eps = mode, dict(speaker_of or {}), eps
+        self._by_speaker = {s: self._pair(m, d) for s, (m, d) in (statistics or {}).items()}
+
+    def _pair(self, mean, std) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, 1 / sqrt(std² + eps)) as float32 [L+1, 1, D], ready to broadcast over frames."""
+        inv_std = 1.0 / np.sqrt(np.square(std) + self.eps)
+        return np.asarray(mean, np.float32)[:, None], inv_std.astype(np.float32)[:, None]
+
+    def statistics(self, utt_id: str | None, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        speaker = self.speaker_of.get(utt_id) if self.mode == "speaker" else None
+        if speaker is not None:
+            return self._by_speaker[speaker]
+        return self._pair(*array_statistics([x]))
+
+    def normalize(self, x: np.ndarray, utt_id: str | None = None) -> np.ndarray:
+        """``x`` [L+1, T, D] standardised, as float32."""
+        mean, inv_std = self.statistics(utt_id, x)
+        return (np.asarray(x, np.float32) - mean) * inv_std
+
+
+def make_normalizer(config, corpus: Corpus, store: FeatureStore, test_ids: Iterable[str] = ()) -> Normalizer | None:
+    """The normalisation ``config.normalize`` asks for (None for "global": the model's own standardisation only).
+    "speaker": each speaker's statistics from all of their clips in ``store`` (their audio, never their labels),
+    except that the speakers of ``test_ids`` use the clips ``config.calibration`` draws."""
+    if config.normalize == "global":
+        return None
+    if config.normalize == "utterance":
+        return Normalizer("utterance")
+    by_id = {u.id: u for u in corpus.rows}
+    group = corpus.folds.group if corpus.folds is not None else (lambda i: by_id[i].speaker or f"utterance:{i}")
+    clips: dict[str, list[str]] = {}
+    for u in corpus.rows:
+        if u.id in store:
+            clips.setdefault(group(u.id), []).append(u.id)
+    test_speakers = {group(i) for i in test_ids}
+    statistics = {}
+    for speaker, ids in clips.items():
+        if speaker in test_speakers:
+            ids = calibration_clips(ids, config.calibration, by_id, seed=config.seed, speaker=speaker,
+                                    where=corpus.root)
+        statistics[speaker] = array_statistics(store.get(i) for i in ids)
+    return Normalizer("speaker", {i: group(i) for ids in clips.values() for i in ids}, statistics)
+
+
+def calibration_clips(ids: Sequence[str], calibration, by_id: dict, *, seed: int, speaker: str, where) -> list[str]:
+    """The clips of one test speaker whose audio gives its statistics: ``calibration.clips`` drawn at random (fixed
+    by seed and speaker) among all, or among those labelled ``calibration.only_label``."""
+    pool = sorted(ids)
+    if calibration.only_label is not None:
+        pool = [i for i in pool if by_id[i].label == calibration.only_label]
+        if not pool:
+            raise CorpusError(where, f"speaker {speaker} has no clip labelled {calibration.only_label!r} to calibrate "
+                                     f"with; choose another calibration.only_label or none")
+    if calibration.clips is None or calibration.clips >= len(pool):
+        return pool
+    rng = np.random.default_rng([seed, zlib.crc32(speaker.encode())])
+    return sorted(rng.choice(pool, size=calibration.clips, replace=False).tolist())
 

@@ -95,7 +95,8 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
         key = json.dumps([protocol["corpus"], protocol.get("view"), r["recipe"], config, stage1,
                           r.get("unlabeled_stores")], sort_keys=True)
         g = groups.setdefault(key, {"runs": [], "corpus": protocol["corpus"], "view": protocol.get("view"),
-                                    "recipe": r["recipe"], "shared_stage1": stage1, "scores": {}, "val_ua": []})
+                                    "recipe": r["recipe"], "shared_stage1": stage1, "scores": {}, "val_ua": [],
+                                    "protocol": protocol_name(protocol)})
         if seed in g["scores"]:
             raise ValueError(f"{path}: two runs with the same settings and seed {seed}")
         g["runs"].append(str(path.parent))
@@ -103,7 +104,7 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
         g["val_ua"] += [v.get("best_val_ua") for v in r["folds"].values() if v.get("best_val_ua") is not None]
     rows = []
     for g in groups.values():
-        row = {k: g[k] for k in ("runs", "corpus", "view", "recipe", "shared_stage1")}
+        row = {k: g[k] for k in ("runs", "corpus", "view", "recipe", "shared_stage1", "protocol")}
         row["seeds"] = sorted(g["scores"])
         row["folds"] = sorted({int(k) for folds in g["scores"].values() for k in folds})
         for m in METRICS:
@@ -128,8 +129,27 @@ def paired_difference(row: dict, baseline: dict) -> dict | None:
             "better": int(sum(d > 0 for d in diffs)), "worse": int(sum(d < 0 for d in diffs))}
 
 
+def protocol_name(protocol: dict) -> str:
+    """"speaker-independent", or what a speaker-calibrated run used of its test speakers."""
+    if protocol.get("speaker_independent", True):
+        return "speaker-independent"
+    calibration = protocol.get("calibration") or {}
+    clips = "all clips" if calibration.get("clips") is None else f"{calibration['clips']} clips"
+    label = f" labelled {calibration['only_label']}" if calibration.get("only_label") else ""
+    return f"speaker-calibrated ({clips}{label} of each test speaker, unlabeled audio)"
+
+
 def compare_table(rows: list[dict]) -> str:
-    """Markdown table of :func:`compare_runs` rows."""
+    """Markdown tables of :func:`compare_runs` rows, one per protocol: speaker-calibrated rows are never mixed with
+    speaker-independent ones."""
+    protocols = list(dict.fromkeys(r.get("protocol", "speaker-independent") for r in rows))
+    if protocols == ["speaker-independent"]:
+        return _table(rows)
+    return "\n\n".join(f"{p}:\n\n" + _table([r for r in rows if r.get("protocol", "speaker-independent") == p])
+                       for p in protocols)
+
+
+def _table(rows: list[dict]) -> str:
     out = ["| run | corpus | recipe | seeds × folds | UA | WA | macro-F1 | weighted-F1 | val UA |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

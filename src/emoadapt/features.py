@@ -186,12 +186,18 @@ class FeatureStore:
 
 
 def frame_statistics(utterances: Iterable[tuple[FeatureStore, str]]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation ``[n_layers, D]`` over every frame of ``(store, id)`` pairs (float64 sums, one
-    utterance in memory at a time): what the models' input standardisation is fitted on (training frames only)."""
+    """Mean and standard deviation ``[n_layers, D]`` over every frame of ``(store, id)`` pairs: what the models'
+    input standardisation is fitted on (training frames only)."""
+    return array_statistics(store.get(utt_id) for store, utt_id in utterances)
+
+
+def array_statistics(arrays: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation ``[n_layers, D]`` over every frame of ``[n_layers, T, D]`` arrays (float64
+    sums, one utterance in memory at a time)."""
     total = total_sq = None
     frames = 0
-    for store, utt_id in utterances:
-        x = store.get(utt_id).astype(np.float64)            # (n_layers, T, D)
+    for x in arrays:
+        x = np.asarray(x, dtype=np.float64)                 # (n_layers, T, D)
         if total is None:
             total, total_sq = np.zeros((x.shape[0], x.shape[2])), np.zeros((x.shape[0], x.shape[2]))
         total += x.sum(1)

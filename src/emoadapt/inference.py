@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import atomic_write
-from .checkpoints import LoadedModel, load_model, read_classifier
+from .checkpoints import CONFIG, LoadedModel, load_model, read_classifier
+from .config import RunConfig, load_config, protocol_of
 from .corpora import Corpus
-from .data import FeatureDataset, collate, encoder_info, eval_loader, labelled_dataset, open_corpus, open_store, \
-    usable_ids
-from .errors import CorpusError, EncoderError, StoreMismatch
+from .data import (FeatureDataset, Normalizer, collate, encoder_info, eval_loader, labelled_dataset, make_normalizer,
+                   open_corpus, open_store, usable_ids)
+from .errors import CheckpointError, CorpusError, EmoadaptError, EncoderError, StoreMismatch
 from .evaluation import score, write_json
 from .features import FeatureStore
 from .leakage import read_seen, refuse_if_seen, speakers_of
@@ -57,6 +58,12 @@ def predict_waveforms(loaded: LoadedModel, waveforms: Sequence[np.ndarray], *, e
     one is refused). Its hidden states go through the same layer selection and fp16 rounding as a feature store,
     so a clip gets the probabilities it would get from stored features."""
     trained = loaded.info.get("encoder") or {}
+    normalize = (loaded.info.get("config") or {}).get("normalize", "global")
+    if normalize == "speaker":
+        raise EmoadaptError(None, "this model was trained on speaker-normalised features: it needs statistics of the "
+                                  "speaker from calibration clips, which predicting on waveforms does not take yet; "
+                                  "use a model trained with normalize=global or utterance")
+    normalizer = Normalizer("utterance") if normalize == "utterance" else None
     if encoder is None:
         from .encoders import load_encoder
         encoder = load_encoder(trained.get("name"), **(trained.get("options") or {}))
@@ -69,14 +76,25 @@ def predict_waveforms(loaded: LoadedModel, waveforms: Sequence[np.ndarray], *, e
     for start in range(0, len(order), batch_size):
         chosen = order[start: start + batch_size]
         hidden = encoder.encode([waveforms[i] for i in chosen])
-        # rounded through fp16 as a feature store keeps them
-        items = [{"hidden_states": h[layers].half().float(), "label": -1, "index": i} for h, i in zip(hidden, chosen)]
+        items = []
+        for h, i in zip(hidden, chosen):
+            x = h[layers].half().numpy()  # rounded through fp16 as a feature store keeps them
+            x = x.astype(np.float32) if normalizer is None else normalizer.normalize(x)
+            items.append({"hidden_states": torch.from_numpy(x), "label": -1, "index": i})
         batch = collate(items)
         probs = F.softmax(loaded.model(batch["hidden_states"], batch["padding_mask"]).float(), -1).numpy()
         if out is None:
             out = np.zeros((len(waveforms), probs.shape[1]), dtype=np.float32)
         out[chosen] = probs
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def _model_config(folder: Path) -> RunConfig:
+    """The run settings a model folder records (how its inputs were normalised, among others)."""
+    try:
+        return load_config(folder / CONFIG)
+    except EmoadaptError as error:
+        raise CheckpointError(folder / CONFIG, f"its recorded settings cannot be read ({error})") from None
 
 
 def write_predictions(path: Path, dataset: FeatureDataset, probs: np.ndarray, labels: Sequence[str]) -> None:
@@ -112,14 +130,15 @@ def evaluate(model_dir: str | os.PathLike, corpus: Corpus | str | os.PathLike,
     refuse_if_seen(read_seen(folder, info), ids, speakers_of(corpus), model=str(folder), test=test)
     ids, skipped = usable_ids(corpus, store, ids)
     labels = info["labels"]
-    dataset = labelled_dataset(corpus, store, ids, labels)
+    config = _model_config(folder)
+    dataset = labelled_dataset(corpus, store, ids, labels, normalizer=make_normalizer(config, corpus, store, ids))
     if len(dataset) == 0:
         raise CorpusError(corpus.root, "no utterances to evaluate")
     probs = predict(load_model(folder).model, dataset, batch_size)
     scores = score([it[2] for it in dataset.items], probs.argmax(1).tolist(), labels)
     results = {"model": str(folder), "corpus": {"name": corpus.name, "view": corpus.view, "root": str(corpus.root)},
                "fold": fold, "scores": asdict(scores), "skipped_utterances": skipped, "encoder": encoder,
-               "git": git_commit()}
+               "protocol": protocol_of(config), "git": git_commit()}
     name = f"evaluate-{corpus.name}" + (f"-fold{fold}" if fold is not None else "") + ".json"
     path = Path(out) if out else folder / name
     write_json(results, path)

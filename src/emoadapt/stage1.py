@@ -18,7 +18,7 @@ import torch
 
 from .checkpoints import CONFIG, save_adapter
 from .config import PretrainRunConfig, RunConfig, validate, with_store_dims
-from .data import FeatureDataset, check_same_features, fit_standardizers, open_store, train_loader
+from .data import FeatureDataset, Normalizer, check_same_features, fit_standardizers, open_store, train_loader
 from .errors import EmoadaptError, MissingFeatures
 from .features import FeatureStore
 from .leakage import Seen
@@ -63,12 +63,15 @@ class PretrainModule(SavesRandomState, pl.LightningModule):
 
 def pretrain(stores: Sequence[FeatureStore | str | os.PathLike], out_dir: str | os.PathLike, *,
              ids: Sequence[Sequence[str] | None] | None = None, config: RunConfig | None = None,
-             speakers: Mapping[str, str] | None = None, progress: bool = True, callbacks: Sequence = ()) -> Path:
+             speakers: Mapping[str, str] | None = None, normalizer: Normalizer | None = None, progress: bool = True,
+             callbacks: Sequence = ()) -> Path:
     """Stage 1 on the utterances of ``stores`` (``ids[i]``: only these of store i; None: all of it).
 
     Writes ``out_dir/adapter`` (the teacher adapter: model.safetensors + model.json + seen.json) and returns that
     folder. ``speakers`` (utterance id -> "corpus:speaker", :func:`emoadapt.leakage.speakers_of`) names the speakers
-    behind the ids where known, for the leakage guard; ids are recorded either way.
+    behind the ids where known, for the leakage guard; ids are recorded either way. ``normalizer``: the speaker or
+    utterance normalisation ``config.normalize`` asks for (:func:`emoadapt.data.make_normalizer`; without one, a
+    config that asks for speaker normalisation treats every utterance as its own speaker).
     Resumes from ``out_dir/checkpoints/last.ckpt``; returns at once if the adapter is already there.
     """
     out_dir = Path(out_dir)
@@ -107,10 +110,12 @@ def pretrain(stores: Sequence[FeatureStore | str | os.PathLike], out_dir: str | 
                                validate=False, progress=progress)
         total = c.epochs * steps_per_epoch(len(items), c.batch_size, trainer.world_size)
         module = PretrainModule(config.adapter, replace(c, total_steps=total))
-        if config.standardize:
-            fit_standardizers(module.objective, [(stores[s], i) for s, i, _ in items])
         frame_rate = float(encoder["frame_rate"] or 50.0)
-        dataset = FeatureDataset(stores, items, max_frames=round(c.max_crop_seconds * frame_rate))
+        if normalizer is None and config.normalize != "global":
+            normalizer = Normalizer("utterance")
+        dataset = FeatureDataset(stores, items, max_frames=round(c.max_crop_seconds * frame_rate), normalizer=normalizer)
+        if config.standardize:
+            fit_standardizers(module.objective, dataset)
         loader = train_loader(dataset, c.batch_size, seed=config.seed, num_workers=config.trainer.num_workers)
         seconds = fit_timed(trainer, module, train_dataloaders=loader,
                             ckpt_path=last_checkpoint(out_dir / "checkpoints"))

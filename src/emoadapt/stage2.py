@@ -23,8 +23,8 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from .checkpoints import load_checkpoint_file, load_model, plain_json, read_stage1_adapter, save_model
 from .config import FinetuneConfig, RunConfig, recipe_options, structural_adapter_fields, validate, with_store_dims
 from .corpora import Corpus
-from .data import (encoder_info, eval_loader, fit_standardizers, labelled_dataset, open_corpus, open_store, split_fold,
-                   train_loader)
+from .data import (encoder_info, eval_loader, fit_standardizers, labelled_dataset, make_normalizer, open_corpus,
+                   open_store, split_fold, train_loader)
 from .errors import CorpusError, EmoadaptError, StoreMismatch
 from .evaluation import score, write_json
 from .features import FeatureStore
@@ -39,8 +39,9 @@ from .trainer import (SavesRandomState, check_trainer, claim_run_dir, fit_timed,
 
 class FoldData(pl.LightningDataModule):
     """One fold of a labelled corpus: training, validation (whole speakers drawn from the training speakers) and
-    test utterances with features, and their loaders (random crops in training, whole utterances batched by length
-    in evaluation)."""
+    test utterances with features, normalised as ``config.normalize`` says (a test speaker's statistics from its
+    calibration clips), and their loaders (random crops in training, whole utterances batched by length in
+    evaluation)."""
 
     def __init__(self, corpus: Corpus, store: FeatureStore, fold: int, config: RunConfig, labels: Sequence[str],
                  frame_rate: float):
@@ -50,9 +51,10 @@ class FoldData(pl.LightningDataModule):
         self.batch_size, self.seed = config.stage2.batch_size, config.seed
         self.num_workers = config.trainer.num_workers
         max_frames = round(config.stage2.max_crop_seconds * frame_rate)
-        self.train = labelled_dataset(corpus, store, self.split["train"], self.labels, max_frames)
-        self.val = labelled_dataset(corpus, store, self.split["val"], self.labels)
-        self.test = labelled_dataset(corpus, store, self.split["test"], self.labels)
+        self.normalizer = make_normalizer(config, corpus, store, test_ids=self.split["test"])
+        self.train = labelled_dataset(corpus, store, self.split["train"], self.labels, max_frames, self.normalizer)
+        self.val = labelled_dataset(corpus, store, self.split["val"], self.labels, normalizer=self.normalizer)
+        self.test = labelled_dataset(corpus, store, self.split["test"], self.labels, normalizer=self.normalizer)
 
     def train_dataloader(self):
         return train_loader(self.train, self.batch_size, seed=self.seed, num_workers=self.num_workers)
@@ -234,7 +236,7 @@ def _train_by_gradient(data: FoldData, recipe: str, config: RunConfig, encoder: 
             model.adapter.load_state_dict(load_model(init_model[0]).model.state_dict())
             init_info = {"path": str(init_model[0]), "sha256": init_model[1].get("sha256")}
         if config.standardize and init_model is None:
-            fit_standardizers(model, [(data.store, i) for i in data.split["train"]])
+            fit_standardizers(model, data.train)
         module = FinetuneModule(model, data.labels, c, total)
         seconds = fit_timed(trainer, module, datamodule=data if validating else None,
                             train_dataloaders=None if validating else data.train_dataloader(),

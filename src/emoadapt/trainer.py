@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import TrainerConfig
+from .config import RunConfig, TrainerConfig
 from .model import cosine_schedule
 from .errors import EmoadaptError
 from .evaluation import write_json
@@ -139,11 +139,15 @@ def claim_run_dir(out_dir: Path, record: dict) -> None:
         except ValueError:
             old = None
         if old is not None:
-            diffs = [k for k in sorted(set(_flat(old)) | set(_flat(record)))
+            old_flat, new_flat = _flat(old), _flat(record)
+            # a setting added to emoadapt after the run started is no difference while it keeps its default
+            defaults = {f"config.{k}": v for k, v in _flat(RunConfig().to_dict()).items()}
+            diffs = [k for k in sorted(set(old_flat) | set(new_flat))
                      if not any(k == v or k.endswith("." + v) for v in _VOLATILE)
-                     and _flat(old).get(k) != _flat(record).get(k)]
+                     and old_flat.get(k) != new_flat.get(k)
+                     and not (k not in old_flat and k in defaults and new_flat.get(k) == defaults[k])]
             if diffs:
-                shown = ", ".join(f"{k}: {_flat(old).get(k)!r} -> {_flat(record).get(k)!r}" for k in diffs[:4])
+                shown = ", ".join(f"{k}: {old_flat.get(k)!r} -> {new_flat.get(k)!r}" for k in diffs[:4])
                 raise EmoadaptError(out_dir, f"this run folder holds a run with other settings ({shown}"
                                              f"{' ...' if len(diffs) > 4 else ''}); use another --out, or the same "
                                              f"settings to resume it")
