@@ -7,7 +7,8 @@
 # ROW is features, stage1-pool, ravdess-stats, ravdess-superb, ravdess-emobox, ravdess-adapter, ravdess-full, ravdess-no-mask,
 # ravdess-no-sd, ravdess-no-la, ravdess-full-freeze3, ravdess-full-pool-emovo, ravdess-full-stage1-16ep,
 # ravdess-lr1e-4, ravdess-superb-no-standardize, emovo-stats, emovo-superb, emovo-emobox, emovo-adapter, emovo-full, probes,
-# ravdess-stage1-probes;
+# ravdess-stage1-probes, ravdess-stats-speaker, emovo-stats-speaker, ravdess-stats-utterance, calibration-curve,
+# ravdess-adapter-speaker, emovo-adapter-speaker;
 # SEEDS="0 1 2" (default "0") repeats the adapter, full, full-freeze3 and full-pool-emovo rows over seeds.
 # Environment: DATA (default ../shared/data), WORK (default runs), EMOADAPT (the command, default `emoadapt`),
 # PYTHON (for bench/linear_probe.py, default python).
@@ -78,6 +79,29 @@ row() {
             "${emoadapt[@]}" cv "${ravdess[@]}" --recipe adapter --seed 0 --set stage2.lr=1e-4 \
                 --out "$out/ravdess-adapter-lr1e-4-s0"
             seeds=0 full_cv ravdess-full-lr1e-4 stage1-pool --set stage2.lr=1e-4 ;;
+        ravdess-stats-speaker|emovo-stats-speaker|ravdess-stats-utterance)  # speaker-calibrated (all clips of
+            # each test speaker, unlabeled) and per-utterance normalisation: the stats recipe
+            local corpus=${1%%-*} mode=${1##*-} args
+            [[ $corpus == ravdess ]] && args=("${ravdess[@]}") || args=("${emovo[@]}")
+            "${emoadapt[@]}" cv "${args[@]}" --recipe stats --normalize "$mode" --seed 0 --out "$out/$1-s0" ;;
+        calibration-curve)  # stats recipe, speaker-calibrated from k random clips / the neutral clips of each
+            # test speaker (training speakers always use all of theirs)
+            for corpus in ravdess emovo; do
+                local args
+                [[ $corpus == ravdess ]] && args=("${ravdess[@]}") || args=("${emovo[@]}")
+                for k in 1 5 10 20; do
+                    "${emoadapt[@]}" cv "${args[@]}" --recipe stats --normalize speaker --seed 0 \
+                        --set calibration.clips=$k --out "$out/$corpus-stats-speaker-k$k-s0"
+                done
+                "${emoadapt[@]}" cv "${args[@]}" --recipe stats --normalize speaker --seed 0 \
+                    --set calibration.only_label=neutral --out "$out/$corpus-stats-speaker-neutral-s0"
+            done ;;
+        ravdess-adapter-speaker|emovo-adapter-speaker)
+            local args
+            [[ $1 == ravdess-* ]] && args=("${ravdess[@]}") || args=("${emovo[@]}")
+            for seed in $seeds; do
+                "${emoadapt[@]}" cv "${args[@]}" --recipe adapter --normalize speaker --seed "$seed" --out "$out/$1-s$seed"
+            done ;;
         ravdess-superb-no-standardize)
             "${emoadapt[@]}" cv "${ravdess[@]}" --recipe superb --seed 0 --set standardize=false --out "$out/$1-s0" ;;
         probes)  # logistic regression on pooled statistics: of the cached features, of the frozen stage-1
@@ -106,7 +130,9 @@ row() {
 
 all=(features stage1-pool ravdess-stats ravdess-superb ravdess-emobox ravdess-adapter ravdess-full ravdess-no-mask ravdess-no-sd
      ravdess-no-la ravdess-full-freeze3 ravdess-full-pool-emovo ravdess-full-stage1-16ep ravdess-lr1e-4
-     ravdess-superb-no-standardize emovo-stats emovo-superb emovo-emobox emovo-adapter emovo-full probes ravdess-stage1-probes)
+     ravdess-superb-no-standardize emovo-stats emovo-superb emovo-emobox emovo-adapter emovo-full probes ravdess-stage1-probes
+     ravdess-stats-speaker emovo-stats-speaker ravdess-stats-utterance calibration-curve ravdess-adapter-speaker
+     emovo-adapter-speaker)
 if [[ ${1:-} == --list ]]; then printf '%s\n' "${all[@]}"; exit 0; fi
 if (( $# )); then rows=("$@"); else rows=("${all[@]}"); fi
 for r in "${rows[@]}"; do row "$r"; done
