@@ -8,7 +8,7 @@
 # ravdess-no-sd, ravdess-no-la, ravdess-full-freeze3, ravdess-full-pool-emovo, ravdess-full-stage1-16ep,
 # ravdess-lr1e-4, ravdess-superb-no-standardize, emovo-stats, emovo-superb, emovo-emobox, emovo-adapter, emovo-full, probes,
 # ravdess-stage1-probes, ravdess-stats-speaker, emovo-stats-speaker, ravdess-stats-utterance, calibration-curve,
-# ravdess-adapter-speaker, emovo-adapter-speaker;
+# ravdess-adapter-speaker, emovo-adapter-speaker, ravdess-adapter-input-stats;
 # SEEDS="0 1 2" (default "0") repeats the adapter, full, full-freeze3 and full-pool-emovo rows over seeds.
 # Environment: DATA (default ../shared/data), WORK (default runs), EMOADAPT (the command, default `emoadapt`),
 # PYTHON (for bench/linear_probe.py, default python).
@@ -96,6 +96,9 @@ row() {
                 "${emoadapt[@]}" cv "${args[@]}" --recipe stats --normalize speaker --seed 0 \
                     --set calibration.only_label=neutral --out "$out/$corpus-stats-speaker-neutral-s0"
             done ;;
+        ravdess-adapter-input-stats)  # the head also sees the input's utterance statistics beside SAP(Z)
+            "${emoadapt[@]}" cv "${ravdess[@]}" --recipe adapter --seed 0 --set head.input_statistics=true \
+                --out "$out/$1-s0" ;;
         ravdess-adapter-speaker|emovo-adapter-speaker)
             local args
             [[ $1 == ravdess-* ]] && args=("${ravdess[@]}") || args=("${emovo[@]}")
@@ -132,7 +135,7 @@ all=(features stage1-pool ravdess-stats ravdess-superb ravdess-emobox ravdess-ad
      ravdess-no-la ravdess-full-freeze3 ravdess-full-pool-emovo ravdess-full-stage1-16ep ravdess-lr1e-4
      ravdess-superb-no-standardize emovo-stats emovo-superb emovo-emobox emovo-adapter emovo-full probes ravdess-stage1-probes
      ravdess-stats-speaker emovo-stats-speaker ravdess-stats-utterance calibration-curve ravdess-adapter-speaker
-     emovo-adapter-speaker)
+     emovo-adapter-speaker ravdess-adapter-input-stats)
 if [[ ${1:-} == --list ]]; then printf '%s\n' "${all[@]}"; exit 0; fi
 if (( $# )); then rows=("$@"); else rows=("${all[@]}"); fi
 for r in "${rows[@]}"; do row "$r"; done

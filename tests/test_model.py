@@ -277,3 +277,26 @@ def test_a_fitted_logistic_regression_lives_in_the_stats_model(classes_present):
     assert np.allclose(probs[:, logistic.classes_], logistic.predict_proba(scaler.transform(x)), atol=1e-5)
     absent = sorted(set(range(4)) - set(classes_present))
     assert (probs[:, absent] < 1e-6).all() if absent else True
+
+
+def test_head_can_see_the_input_statistics_beside_sap():
+    """head.input_statistics: the head gets [SAP(Z); LN(utterance statistics of the standardised input)], and a
+    padded batch still gives each utterance what it gets alone."""
+    from emoadapt.config import load_config, recipe_options, validate
+    from emoadapt.model import build_model
+    config = load_config(None, ["head.input_statistics=true", "adapter.dim=32", "adapter.num_heads=4",
+                                "adapter.ffn_dim=64", "adapter.conv_pos_kernel=8", "adapter.conv_pos_groups=4",
+                                "adapter.input_layers=3", "adapter.input_dim=16"])
+    validate(config, "adapter")
+    torch.manual_seed(0)
+    model = build_model("adapter", 3, 16, 4, **recipe_options(config, "adapter")).eval()
+    assert model.head.in_features == 2 * 32 + 2 * 3 * 16
+    x = torch.randn(2, 3, 20, 16)
+    mask = torch.zeros(2, 20, dtype=torch.bool)
+    mask[1, 12:] = True
+    with torch.no_grad():
+        both = model.embed(x, mask)
+        alone = model.embed(x[1:, :, :12], mask[1:, :12])
+        plain = build_model("adapter", 3, 16, 4, **{**recipe_options(config, "adapter"), "input_statistics": False})
+    assert torch.allclose(both[1], alone[0], atol=1e-5)
+    assert plain.head.in_features == 64

@@ -3,13 +3,13 @@ from .adapter import AdapterConfig, FeatureStandardizer, WAPTransformer
 from .classifier import (RECIPES, ClassifierConfig, EmoBoxClassifier, EmoBoxConfig, EmotionClassifier, Recipe,
                          StatsClassifier, StatsConfig, SuperbClassifier, SuperbConfig, build_model, head_settings, recipe,
                          register_recipe)
-from .pooling import AttentiveStatisticsPooling, lengths_to_padding_mask, masked_mean
+from .pooling import AttentiveStatisticsPooling, lengths_to_padding_mask, masked_mean, utterance_statistics
 from .pretrain import (LocalAttributeCodebook, PretrainConfig, PretrainObjective, SelfDistillationLoss,
                        cosine_schedule, multi_crop, span_mask, update_teacher)
 
 __all__ = [
     "AdapterConfig", "FeatureStandardizer", "WAPTransformer",
-    "AttentiveStatisticsPooling", "lengths_to_padding_mask", "masked_mean",
+    "AttentiveStatisticsPooling", "lengths_to_padding_mask", "masked_mean", "utterance_statistics",
     "ClassifierConfig", "EmotionClassifier", "SuperbConfig", "SuperbClassifier", "EmoBoxConfig", "EmoBoxClassifier",
     "StatsConfig", "StatsClassifier",
     "RECIPES", "Recipe", "recipe", "register_recipe", "head_settings", "build_model",

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..errors import EmoadaptError
 from .adapter import AdapterConfig, FeatureStandardizer, WAPTransformer
-from .pooling import AttentiveStatisticsPooling, masked_mean
+from .pooling import AttentiveStatisticsPooling, masked_mean, utterance_statistics
 
 
 # --- the method ---------------------------------------------------------------------------------------------
@@ -27,6 +27,9 @@ class ClassifierConfig:
     num_classes: int = 4
     attention_dim: int = 128   # SAP's hidden size (W: d -> 128)
     head_dropout: float = 0.1  # dropout on u before the linear classifier
+    input_statistics: bool = False  # also give the head the mean and std over time of every standardised input
+    #                                 hidden state (what the stats recipe sees), layer-normed, beside SAP(Z): the
+    #                                 adapter then has to add to what utterance statistics already carry
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
 
 
@@ -39,15 +42,26 @@ class EmotionClassifier(nn.Module):
         self.adapter = WAPTransformer(config.adapter)
         self.pooling = AttentiveStatisticsPooling(config.adapter.dim, config.attention_dim)
         self.dropout = nn.Dropout(config.head_dropout)
-        self.head = nn.Linear(self.pooling.output_dim, config.num_classes)
+        features = self.pooling.output_dim
+        if config.input_statistics:
+            self.statistics_norm = nn.LayerNorm(2 * config.adapter.input_layers * config.adapter.input_dim)
+            features += self.statistics_norm.normalized_shape[0]
+        self.head = nn.Linear(features, config.num_classes)
 
     def forward(self, hidden_states, padding_mask):
         return self.head(self.dropout(self.embed(hidden_states, padding_mask)))  # (B, C)
 
     def embed(self, hidden_states, padding_mask):
-        """The utterance vector u = [mu; sigma] (B, 2d) the classifier sees."""
+        """The utterance vector the classifier sees: u = [mu; sigma] (B, 2d) of SAP(Z), followed by the input's
+        utterance statistics when ``input_statistics``."""
         z = self.adapter(hidden_states, padding_mask)   # (B, T, d)
-        return self.pooling(z, padding_mask)            # (B, 2d)
+        u = self.pooling(z, padding_mask)               # (B, 2d)
+        if not self.config.input_statistics:
+            return u
+        standardized = torch.stack([self.adapter.standardize.layer(hidden_states, l, u.dtype)
+                                    for l in range(self.config.adapter.input_layers)], dim=1)
+        s = utterance_statistics(standardized, padding_mask, dtype=u.dtype)
+        return torch.cat([u, self.statistics_norm(s)], dim=-1)
 
 
 # --- peer recipes -------------------------------------------------------------------------------------------
@@ -131,12 +145,7 @@ class StatsClassifier(nn.Module):
     def pooled(self, hidden_states, padding_mask):
         """(B, L+1, T, D) -> (B, (L+1) * 2D): per layer [mean over real frames; population std], in float64."""
         _check_input(hidden_states, self.config.input_layers, self.config.input_dim)
-        keep = (~padding_mask)[:, None, :, None].to(torch.float64)          # (B, 1, T, 1)
-        x = hidden_states.to(torch.float64)
-        n = keep.sum(2).clamp(min=1.0)
-        mean = (x * keep).sum(2) / n                                        # (B, L+1, D)
-        var = ((x - mean.unsqueeze(2)).pow(2) * keep).sum(2) / n
-        return torch.cat([mean, var.sqrt()], dim=-1).flatten(1)
+        return utterance_statistics(hidden_states, padding_mask, torch.float64)
 
     def forward(self, hidden_states, padding_mask):
         u = (self.pooled(hidden_states, padding_mask) - self.feature_mean) / self.feature_scale

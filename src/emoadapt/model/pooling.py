@@ -19,6 +19,17 @@ def masked_mean(x, padding_mask):
     return (x * keep).sum(1) / keep.sum(1).clamp(min=1.0)
 
 
+def utterance_statistics(hidden_states, padding_mask, dtype=torch.float64):
+    """Mean and population standard deviation over the real frames of every layer: (B, L, T, D), (B, T) ->
+    (B, L * 2D), per layer [mean; std], computed in ``dtype``."""
+    keep = (~padding_mask)[:, None, :, None].to(dtype)                 # (B, 1, T, 1)
+    x = hidden_states.to(dtype)
+    n = keep.sum(2).clamp(min=1.0)
+    mean = (x * keep).sum(2) / n                                        # (B, L, D)
+    var = ((x - mean.unsqueeze(2)).pow(2) * keep).sum(2) / n
+    return torch.cat([mean, var.sqrt()], dim=-1).flatten(1)
+
+
 class AttentiveStatisticsPooling(nn.Module):
     """Okabe et al. 2018: attention-weighted mean and standard deviation of the frames, u = [mu; sigma].
 
