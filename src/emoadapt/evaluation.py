@@ -134,7 +134,8 @@ def protocol_name(protocol: dict) -> str:
     if protocol.get("speaker_independent", True):
         return "speaker-independent"
     calibration = protocol.get("calibration") or {}
-    clips = "all clips" if calibration.get("clips") is None else f"{calibration['clips']} clips"
+    k = calibration.get("clips")
+    clips = "all clips" if k is None else f"{k} clip{'s' if k != 1 else ''}"
     label = f" labelled {calibration['only_label']}" if calibration.get("only_label") else ""
     return f"speaker-calibrated ({clips}{label} of each test speaker, unlabeled audio)"
 
