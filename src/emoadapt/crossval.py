@@ -105,18 +105,20 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
         if (fold_dir / "results.json").is_file():
             log(f"fold {k}: already done, skipped ({fold_dir / 'results.json'})")
         else:
-            init = None
+            init, normalizer = None, None
             if shared_stage1 is not None:
                 init = shared_stage1["path"]
             elif recipe == FULL:
                 split = split_fold(corpus, store, k, config)
+                normalizer = make_normalizer(config, corpus, store, test_ids=split["test"])  # stage 2 uses it too
                 log(f"fold {k}: stage 1 on {len(split['train'])} training utterances"
                     + (f" + {sum(len(s) for s in extras)} unlabeled" if extras else ""))
                 init = pretrain([store, *extras], fold_dir / "stage1", ids=[split["train"], *[None] * len(extras)],
-                                config=config, speakers=speakers_of(corpus), progress=progress,
-                                normalizer=make_normalizer(config, corpus, store, test_ids=split["test"]))
+                                config=config, speakers=speakers_of(corpus), normalizer=normalizer,
+                                progress=progress)
             log(f"fold {k}: stage 2 ({stage2_recipe})")
-            finetune(corpus, store, k, fold_dir, recipe=stage2_recipe, config=config, init=init, progress=progress)
+            finetune(corpus, store, k, fold_dir, recipe=stage2_recipe, config=config, init=init,
+                     normalizer=normalizer, progress=progress)
         per_fold[k] = json.loads((fold_dir / "results.json").read_text())
         report.folds[k] = Scores(**per_fold[k]["scores"])
         log(f"fold {k}: {report.folds[k].line()}")

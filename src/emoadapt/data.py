@@ -23,6 +23,7 @@ from .errors import CorpusError, EmoadaptError, FeatureStoreError, MissingFeatur
 from .features import FeatureStore, array_statistics
 from .model import FeatureStandardizer
 
+
 class FeatureDataset(Dataset):
     """Utterances of one or more feature stores. An item is ``(store index, utterance id, label index)`` with
     label -1 for unlabeled audio; nothing but these ids is held in memory (peak RAM does not grow with the store).

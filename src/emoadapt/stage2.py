@@ -23,12 +23,12 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from .checkpoints import load_checkpoint_file, load_model, plain_json, read_stage1_adapter, save_model
 from .config import FinetuneConfig, RunConfig, recipe_options, structural_adapter_fields, validate, with_store_dims
 from .corpora import Corpus
-from .data import (encoder_info, eval_loader, fit_standardizers, labelled_dataset, make_normalizer, open_corpus,
-                   open_store, split_fold, train_loader)
+from .data import (Normalizer, encoder_info, eval_loader, fit_standardizers, labelled_dataset, make_normalizer,
+                   open_corpus, open_store, split_fold, train_loader)
 from .errors import CorpusError, EmoadaptError, StoreMismatch
 from .evaluation import score, write_json
-from .features import FeatureStore
 from .closed_form import fit_closed_form
+from .features import FeatureStore
 from .inference import predict, write_predictions
 from .leakage import Seen, read_seen, refuse_if_seen, speakers_of
 from .model import RECIPES, build_model
@@ -44,14 +44,15 @@ class FoldData(pl.LightningDataModule):
     evaluation)."""
 
     def __init__(self, corpus: Corpus, store: FeatureStore, fold: int, config: RunConfig, labels: Sequence[str],
-                 frame_rate: float):
+                 frame_rate: float, normalizer: Normalizer | None = None):
         super().__init__()
         self.corpus, self.store, self.fold, self.labels = corpus, store, fold, list(labels)
         self.split = split_fold(corpus, store, fold, config)
         self.batch_size, self.seed = config.stage2.batch_size, config.seed
         self.num_workers = config.trainer.num_workers
         max_frames = round(config.stage2.max_crop_seconds * frame_rate)
-        self.normalizer = make_normalizer(config, corpus, store, test_ids=self.split["test"])
+        # the caller's when it built one for this fold already (cv: stage 1 uses the same); building it reads the store
+        self.normalizer = normalizer or make_normalizer(config, corpus, store, test_ids=self.split["test"])
         self.train = labelled_dataset(corpus, store, self.split["train"], self.labels, max_frames, self.normalizer)
         self.val = labelled_dataset(corpus, store, self.split["val"], self.labels, normalizer=self.normalizer)
         self.test = labelled_dataset(corpus, store, self.split["test"], self.labels, normalizer=self.normalizer)
@@ -149,10 +150,12 @@ def check_stage1_adapter(init: str | os.PathLike, encoder: dict, config: RunConf
 
 def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.PathLike, fold: int,
              out_dir: str | os.PathLike, *, recipe: str = "adapter", config: RunConfig | None = None,
-             init: str | os.PathLike | None = None, progress: bool = True, callbacks: Sequence = ()) -> dict:
+             init: str | os.PathLike | None = None, normalizer: Normalizer | None = None, progress: bool = True,
+             callbacks: Sequence = ()) -> dict:
     """Stage 2 on one fold: train on its training speakers, pick the epoch with the best validation UA, test.
     Returns the results dict. ``init``: a stage-1 run folder whose teacher initialises the adapter; refused when
-    it saw any of the fold's test utterances or speakers."""
+    it saw any of the fold's test utterances or speakers. ``normalizer``: this fold's speaker or utterance
+    normalisation when the caller built it already (:func:`emoadapt.data.make_normalizer`; built here otherwise)."""
     out_dir = Path(out_dir)
     done = out_dir / "results.json"
     config = config or RunConfig()
@@ -167,7 +170,7 @@ def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.
     config = with_store_dims(config, encoder)
     validate(config, recipe)
     check_trainer(config.trainer)
-    data = FoldData(corpus, store, fold, config, corpus.labels, float(encoder["frame_rate"] or 50.0))
+    data = FoldData(corpus, store, fold, config, corpus.labels, float(encoder["frame_rate"] or 50.0), normalizer)
     speakers = speakers_of(corpus)
     seen, init_model = Seen.of(data.split["train"] + data.split["val"], speakers), None
     if init is not None:
