@@ -105,6 +105,12 @@ row() {
             for seed in $seeds; do
                 "${emoadapt[@]}" cv "${args[@]}" --recipe adapter --normalize speaker --seed "$seed" --out "$out/$1-s$seed"
             done ;;
+        stage1-pool-speaker)  # the shared stage 1 on speaker-calibrated inputs: each pool speaker standardised
+            # with their own frame statistics (the pool's manifest names the speakers)
+            stage1 stage1-pool-speaker --corpus "$data/unlabeled" --normalize speaker ;;
+        ravdess-full-speaker|emovo-full-speaker)  # the full method, both stages on speaker-calibrated inputs
+            stage1 stage1-pool-speaker --corpus "$data/unlabeled" --normalize speaker
+            full_cv "$1" stage1-pool-speaker --normalize speaker ;;
         ravdess-superb-no-standardize)
             "${emoadapt[@]}" cv "${ravdess[@]}" --recipe superb --seed 0 --set standardize=false --out "$out/$1-s0" ;;
         probes)  # logistic regression on pooled statistics: of the cached features, of the frozen stage-1
@@ -135,7 +141,7 @@ all=(features stage1-pool ravdess-stats ravdess-superb ravdess-emobox ravdess-ad
      ravdess-no-la ravdess-full-freeze3 ravdess-full-pool-emovo ravdess-full-stage1-16ep ravdess-lr1e-4
      ravdess-superb-no-standardize emovo-stats emovo-superb emovo-emobox emovo-adapter emovo-full probes ravdess-stage1-probes
      ravdess-stats-speaker emovo-stats-speaker ravdess-stats-utterance calibration-curve ravdess-adapter-speaker
-     emovo-adapter-speaker ravdess-adapter-input-stats)
+     emovo-adapter-speaker ravdess-adapter-input-stats stage1-pool-speaker ravdess-full-speaker emovo-full-speaker)
 if [[ ${1:-} == --list ]]; then printf '%s\n' "${all[@]}"; exit 0; fi
 if (( $# )); then rows=("$@"); else rows=("${all[@]}"); fi
 for r in "${rows[@]}"; do row "$r"; done

@@ -89,6 +89,10 @@ def test_results_recipe_gives_one_command_per_row(tmp_path):
     curve = commands("calibration-curve")
     assert len(curve) == 10 and all("--recipe stats --normalize speaker" in c for c in curve)
     assert sum("calibration.clips=5" in c for c in curve) == 2 and "calibration.only_label=neutral" in curve[4]
-    assert len(listed) == 29 and all(len(commands(r)) >= 1 for r in listed)
+    calibrated = commands("emovo-full-speaker")
+    assert "--corpus ../shared/data/unlabeled --normalize speaker" in calibrated[0]
+    assert all("--stage1 " + str(out / "stage1-pool-speaker") in c and "--normalize speaker" in c
+               for c in calibrated[1:]) and len(calibrated) == 3
+    assert len(listed) == 32 and all(len(commands(r)) >= 1 for r in listed)
     bad = subprocess.run(["bash", str(script), "nope"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown row nope" in bad.stderr

@@ -710,7 +710,7 @@ def _encoder_of(store):
 
 
 # --- command line -------------------------------------------------------------------------------------------------
-def test_cli_verbs_and_one_line_errors(data, finetuned, tmp_path, capsys):
+def test_cli_verbs_and_one_line_errors(data, finetuned, tmp_path, capsys, monkeypatch):
     corpus, store = data
     results, out = finetuned
     sets = [a for s in TINY if "epochs" not in s for a in ("--set", s)]  # --set would win over --epochs
@@ -719,6 +719,14 @@ def test_cli_verbs_and_one_line_errors(data, finetuned, tmp_path, capsys):
     assert code == 0 and "teacher adapter" in capsys.readouterr().out
     config = json.loads((tmp_path / "s1" / "config.json").read_text())
     assert config["config"]["pretrain"]["la_weight"] == 0 and config["config"]["pretrain"]["epochs"] == 1
+
+    seen = {}  # pretrain --corpus --normalize speaker: each speaker's own statistics, the corpus naming the speakers
+    import emoadapt.stage1
+    monkeypatch.setattr(emoadapt.stage1, "pretrain", lambda *a, normalizer=None, **k: seen.update(n=normalizer) or "x")
+    assert cli.main(["pretrain", "--store", str(store), "--corpus", str(corpus.root), "--normalize", "speaker",
+                     "--out", str(tmp_path / "s1-speaker")]) == 0
+    assert seen["n"].mode == "speaker" and set(seen["n"]._by_speaker) == {u.speaker for u in corpus.rows}
+    monkeypatch.undo()
 
     code = cli.main(["finetune", "--corpus", str(corpus.root), "--store", str(store), "--fold", "2", "--init",
                      str(tmp_path / "s1"), "--out", str(tmp_path / "s2"), "--epochs", "1", "--no-progress", *sets])

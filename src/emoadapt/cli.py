@@ -121,11 +121,11 @@ def _folds(text: str | None) -> list[int] | None:
 
 def cmd_pretrain(args) -> int:
     from .corpora import load_corpus
-    from .data import open_store, split_fold, usable_ids
+    from .data import make_normalizer, open_store, split_fold, usable_ids
     from .leakage import speakers_of
     from .stage1 import pretrain
     config = _run_config(args)
-    ids, speakers = None, None
+    ids, speakers, normalizer = None, None, None
     if args.fold is not None and not args.corpus:
         raise EmoadaptError(None, "--fold needs --corpus (the fold's training speakers are taken from it)")
     if args.corpus:
@@ -134,7 +134,8 @@ def cmd_pretrain(args) -> int:
         chosen = (split_fold(corpus, first, args.fold, config)["train"] if args.fold is not None
                   else usable_ids(corpus, first, [u.id for u in corpus.rows])[0])
         ids, speakers = [chosen, *[None] * (len(args.store) - 1)], speakers_of(corpus)
-    adapter = pretrain(args.store, args.out, ids=ids, config=config, speakers=speakers,
+        normalizer = make_normalizer(config, corpus, first)  # --normalize speaker: the corpus names the speakers
+    adapter = pretrain(args.store, args.out, ids=ids, config=config, speakers=speakers, normalizer=normalizer,
                        progress=not args.no_progress)
     print(f"stage-1 teacher adapter: {adapter}")
     return 0
