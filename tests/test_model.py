@@ -300,3 +300,34 @@ def test_head_can_see_the_input_statistics_beside_sap():
         plain = build_model("adapter", 3, 16, 4, **{**recipe_options(config, "adapter"), "input_statistics": False})
     assert torch.allclose(both[1], alone[0], atol=1e-5)
     assert plain.head.in_features == 64
+
+
+def test_fine_tuning_masks_act_in_training_only():
+    """head.time_mask_prob / head.channel_mask_prob (wav2vec2's fine-tuning masks on the projected frames): they
+    change what a training forward sees, never what evaluation sees, and cover about the asked share."""
+    from emoadapt.config import load_config, validate
+    from emoadapt.model import channel_mask, span_mask
+    masked = dict(time_mask_prob=0.5, time_mask_span=4, channel_mask_prob=0.3, channel_mask_span=4)
+    torch.manual_seed(0)
+    model = build_model("adapter", LAYERS, D, 4, **SMALL, **masked)
+    torch.manual_seed(0)
+    plain = build_model("adapter", LAYERS, D, 4, **SMALL)
+    assert model.mask_embedding.shape == (32,) and not hasattr(plain, "mask_embedding")
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "mask_embedding"})
+    x, padding_mask = padded_batch(LENGTHS)
+    with torch.no_grad():
+        model.eval(), plain.eval()
+        assert torch.equal(model(x, padding_mask), plain(x, padding_mask))
+        model.train(), plain.train()
+        torch.manual_seed(1)
+        trained_masked = model(x, padding_mask)
+        torch.manual_seed(1)
+        assert not torch.allclose(trained_masked, plain(x, padding_mask))
+    torch.manual_seed(2)
+    times = span_mask(torch.full((400,), 200), 200, 0.5, 4)
+    channels = channel_mask(400, 128, 0.3, 4)
+    assert times.float().mean() == pytest.approx(0.5, abs=0.03) and channels.shape == (400, 128)
+    assert channels.float().mean() == pytest.approx(0.3, abs=0.03)
+    for bad in ("head.time_mask_prob=1.0", "head.channel_mask_span=0"):
+        with pytest.raises(EmoadaptError, match="mask"):
+            validate(load_config(None, [bad]), "adapter")

@@ -4,6 +4,7 @@ module by the real Whisper tiny.en encoder (two hidden states, 384-d), with tiny
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import shutil
@@ -15,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import Callback
+from safetensors.torch import load_file as load_safetensors
 
 from corpus_fixtures import make_iemocap, make_ravdess
 from emoadapt import cli, crossval, data as data_module, inference, stage2, trainer
@@ -31,6 +34,7 @@ from emoadapt.crossval import run_cv
 from emoadapt.data import FeatureDataset, ShuffleSampler, collate
 from emoadapt.stage1 import pretrain
 from emoadapt.stage2 import finetune
+from emoadapt.trainer import steps_per_epoch
 
 from conftest import TINY
 
@@ -138,7 +142,7 @@ def test_head_settings_are_typed_by_the_recipe():
     validate(config, "superb")
     assert recipe_options(config, "superb") == {"projector_dim": 64}
     with pytest.raises(EmoadaptError, match="recipe 'adapter' has no option projector_dim; its options are "
-                                            "attention_dim, head_dropout"):
+                                            "attention_dim, channel_mask_prob, channel_mask_span, head_dropout"):
         validate(config, "adapter")
     with pytest.raises(EmoadaptError, match="head.projector_dim"):
         validate(load_config(None, ["head.projector_dim=wide"]), "superb")
@@ -197,6 +201,27 @@ def test_shuffle_sampler_fixed_by_seed_and_epoch_and_sharded(monkeypatch):
         monkeypatch.setattr(data_module, "_rank_and_world", lambda rank=rank: (rank, 3))
         shards.append(list(ShuffleSampler(10, seed=1)))
     assert [len(s) for s in shards] == [4, 4, 4] and {i for s in shards for i, _ in s} == set(range(10))
+
+
+def test_length_buckets_see_every_utterance_once_with_less_padding(monkeypatch):
+    lengths = np.random.default_rng(0).integers(20, 400, size=203).tolist()
+    buckets = data_module.LengthBuckets(lengths, batch_size=8, seed=3, pool_batches=5)
+    epoch0 = list(buckets)
+    assert len(epoch0) == len(buckets) == math.ceil(203 / 8) and epoch0 == list(buckets)  # fixed by seed and epoch
+    assert sorted(i for batch in epoch0 for i, _ in batch) == list(range(203))
+    plain = list(ShuffleSampler(203, seed=3))
+    assert sorted(draw for batch in epoch0 for _, draw in batch) == sorted(d for _, d in plain)  # same crops
+    padding = lambda batches: sum(max(lengths[i] for i, _ in b) * len(b) - sum(lengths[i] for i, _ in b)  # noqa: E731
+                                  for b in batches)
+    assert padding(epoch0) < 0.5 * padding([plain[k: k + 8] for k in range(0, 203, 8)])
+    buckets.sampler.set_epoch(1)  # what Lightning calls, through .sampler
+    assert list(buckets) != epoch0
+    shards = []
+    for rank in range(2):
+        monkeypatch.setattr(data_module, "_rank_and_world", lambda rank=rank: (rank, 2))
+        shards.append(list(data_module.LengthBuckets(lengths, batch_size=8, seed=3)))
+    assert len(shards[0]) == len(shards[1]) == steps_per_epoch(203, 8, 2)
+    assert {i for s in shards for b in s for i, _ in b} == set(range(203))
 
 
 # --- checkpoints without pickle -----------------------------------------------------------------------------------
@@ -260,6 +285,16 @@ def test_finetune_learns_the_tones(finetuned):
     assert not set(speakers["val"]) & set(speakers["train"]) and all(s.startswith("Ses01") for s in speakers["test"])
     assert {"model", "checkpoints", "logs", "predictions.csv", "results.json", "config.json"} <= \
         {p.name for p in out.iterdir()}
+
+
+def test_finetune_in_bf16_with_length_buckets_learns_and_saves_fp32(data, tmp_path):
+    """The faster settings (docs/RESULTS.md, bench/train.py): bf16 autocast and batches bucketed by length."""
+    corpus, store = data
+    results = finetune(corpus, store, 1, tmp_path, progress=False,
+                       config=tiny_config("trainer.precision=bf16-mixed", "stage2.bucket_by_length=true"))
+    assert results["scores"]["ua"] > 70, results["scores"]
+    weights = load_safetensors(tmp_path / "model" / "model.safetensors")
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in weights.values())
 
 
 def validation_curve(run: Path) -> list[float]:
@@ -833,3 +868,47 @@ def test_ddp_two_cpu_processes(data, tmp_path):
     n_train = json.loads((tmp_path / "out" / "results.json").read_text())["split"]["train"]
     last = load_checkpoint_file(tmp_path / "out" / "checkpoints" / "last.ckpt")
     assert last["global_step"] == 2 * trainer.steps_per_epoch(n_train, 8, 2)
+
+
+def test_mixup_mixes_frames_and_targets_and_label_smoothing_softens_them():
+    """stage2.mixup_alpha: the model sees lambda x + (1 - lambda) x[perm] and the loss is the same mix of the two
+    targets' cross-entropies; stage2.label_smoothing goes into both."""
+    from emoadapt.config import FinetuneConfig
+    seen = {}
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, hidden_states, padding_mask):
+            seen.update(x=hidden_states, mask=padding_mask)
+            return hidden_states[:, 0, :, :3].mean(1) + self.w
+
+    x = torch.randn(6, 2, 5, 4)
+    mask = torch.zeros(6, 5, dtype=torch.bool)
+    mask[0, 3:] = True
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    module = stage2.FinetuneModule(Recorder(), ["a", "b", "c"], FinetuneConfig(mixup_alpha=0.4, label_smoothing=0.1), 1)
+    module.log = lambda *a, **k: None
+    torch.manual_seed(3)
+    loss = module.training_step({"hidden_states": x, "padding_mask": mask, "labels": labels}, 0)
+    torch.manual_seed(3)
+    weight = float(torch.distributions.Beta(0.4, 0.4).sample())
+    perm = torch.randperm(6)
+    assert 0 < weight < 1 and torch.allclose(seen["x"], weight * x + (1 - weight) * x[perm])
+    assert torch.equal(seen["mask"], mask & mask[perm])
+    logits = seen["x"][:, 0, :, :3].mean(1)
+    expected = (weight * F.cross_entropy(logits, labels, label_smoothing=0.1)
+                + (1 - weight) * F.cross_entropy(logits, labels[perm], label_smoothing=0.1))
+    assert torch.allclose(loss, expected)
+
+
+def test_regularised_stage2_learns_and_reloads(data, tmp_path):
+    corpus, store = data
+    results = finetune(corpus, store, 1, tmp_path, progress=False, config=tiny_config(
+        "head.time_mask_prob=0.3", "head.channel_mask_prob=0.2", "stage2.mixup_alpha=0.4",
+        "stage2.label_smoothing=0.1"))
+    assert results["scores"]["ua"] > 70, results["scores"]
+    model = load_model(tmp_path / "model").model
+    assert model.config.time_mask_prob == 0.3 and model.mask_embedding.shape == (32,) and not model.training

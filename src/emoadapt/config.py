@@ -55,6 +55,10 @@ class FinetuneConfig:
     max_crop_seconds: float = 8.0    # random crops of at most 8 s in training; whole utterances in evaluation
     grad_clip: float = 1.0           # gradient-norm clipping; 0 switches it off
     patience: int | None = None      # stop after this many epochs without a better validation UA (None: never)
+    label_smoothing: float = 0.0     # cross-entropy against (1 - s) one-hot + s uniform
+    mixup_alpha: float = 0.0         # > 0: each batch mixed with a shuffled copy of itself, frames and targets, with
+    #                                  weight lambda ~ Beta(alpha, alpha) (Zhang et al. 2018); 0: off
+    bucket_by_length: bool = False   # batches of similar cropped length (less padding; data.LengthBuckets)
     freeze_adapter_epochs: int = 0   # the adapter's lr is 0 for these first epochs, then warms up and decays over the
     #                                  rest: a linear probe on the stage-1 features first, then fine-tuning (LP-FT,
     #                                  Kumar et al. 2022), so random heads do not wreck the pretrained adapter;
@@ -217,6 +221,9 @@ def validate(config: RunConfig, recipe: str | None = None, *, stage1: bool = Fal
             ("stage2.patience", config.stage2.patience, config.stage2.patience is None or config.stage2.patience >= 1),
             ("stage2.freeze_adapter_epochs", config.stage2.freeze_adapter_epochs,
              config.stage2.freeze_adapter_epochs >= 0),
+            ("stage2.weight_decay", config.stage2.weight_decay, config.stage2.weight_decay >= 0),
+            ("stage2.label_smoothing", config.stage2.label_smoothing, 0 <= config.stage2.label_smoothing < 1),
+            ("stage2.mixup_alpha", config.stage2.mixup_alpha, config.stage2.mixup_alpha >= 0),
             ("pretrain.epochs", config.pretrain.epochs, config.pretrain.epochs >= 1),
             ("pretrain.batch_size", config.pretrain.batch_size, config.pretrain.batch_size >= 1),
             ("pretrain.lr", config.pretrain.lr, config.pretrain.lr > 0),

@@ -100,16 +100,46 @@ class ShuffleSampler(Sampler):
         return math.ceil(self.size / _rank_and_world()[1])
 
 
+class LengthBuckets(Sampler):
+    """Batches of similar length (less padding, so less work per update): the epoch's order from a
+    :class:`ShuffleSampler` (this rank's share, with its crop draws) is cut into pools of ``pool_batches`` batches,
+    each pool sorted by cropped length and cut into batches, and the batches are shuffled, fixed by (seed, epoch).
+    Every utterance is still seen once per epoch, in as many batches as without buckets. Lightning reaches the
+    epoch through ``.sampler``."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, pool_batches: int = 50):
+        self.lengths, self.batch_size, self.pool = list(lengths), batch_size, batch_size * pool_batches
+        self.sampler = ShuffleSampler(len(self.lengths), seed)
+
+    def __iter__(self):
+        drawn = list(self.sampler)
+        batches = []
+        for start in range(0, len(drawn), self.pool):
+            pool = sorted(drawn[start: start + self.pool], key=lambda item: self.lengths[item[0]])
+            batches += [pool[i: i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+        order = np.random.default_rng([self.sampler.seed, self.sampler.epoch, 1]).permutation(len(batches))
+        yield from (batches[k] for k in order)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+
 def _rank_and_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
 
 
-def train_loader(dataset: FeatureDataset, batch_size: int, *, seed: int, num_workers: int = 0) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, sampler=ShuffleSampler(len(dataset), seed), collate_fn=collate,
-                      num_workers=num_workers, generator=torch.Generator().manual_seed(seed),
-                      persistent_workers=num_workers > 0)
+def train_loader(dataset: FeatureDataset, batch_size: int, *, seed: int, num_workers: int = 0,
+                 bucket_by_length: bool = False) -> DataLoader:
+    """Random crops in a fresh order every epoch; ``bucket_by_length``: batches of similar (cropped) length."""
+    common = dict(collate_fn=collate, num_workers=num_workers, generator=torch.Generator().manual_seed(seed),
+                  persistent_workers=num_workers > 0)
+    if bucket_by_length:
+        cap = dataset.max_frames or math.inf
+        lengths = [min(dataset.num_frames(k), cap) for k in range(len(dataset))]
+        return DataLoader(dataset, batch_sampler=LengthBuckets(lengths, batch_size, seed), **common)
+    return DataLoader(dataset, batch_size=batch_size, sampler=ShuffleSampler(len(dataset), seed), **common)
 
 
 def eval_loader(dataset: FeatureDataset, batch_size: int, *, num_workers: int = 0) -> DataLoader:

@@ -49,6 +49,7 @@ class FoldData(pl.LightningDataModule):
         self.corpus, self.store, self.fold, self.labels = corpus, store, fold, list(labels)
         self.split = split_fold(corpus, store, fold, config)
         self.batch_size, self.seed = config.stage2.batch_size, config.seed
+        self.bucket_by_length = config.stage2.bucket_by_length
         self.num_workers = config.trainer.num_workers
         max_frames = round(config.stage2.max_crop_seconds * frame_rate)
         # the caller's when it built one for this fold already (cv: stage 1 uses the same); building it reads the store
@@ -58,7 +59,8 @@ class FoldData(pl.LightningDataModule):
         self.test = labelled_dataset(corpus, store, self.split["test"], self.labels, normalizer=self.normalizer)
 
     def train_dataloader(self):
-        return train_loader(self.train, self.batch_size, seed=self.seed, num_workers=self.num_workers)
+        return train_loader(self.train, self.batch_size, seed=self.seed, num_workers=self.num_workers,
+                            bucket_by_length=self.bucket_by_length)
 
     def val_dataloader(self):
         return eval_loader(self.val, self.batch_size, num_workers=self.num_workers)
@@ -79,8 +81,18 @@ class FinetuneModule(SavesRandomState, pl.LightningModule):
         return self.model(hidden_states, padding_mask)
 
     def training_step(self, batch, batch_idx):
-        logits = self(batch["hidden_states"], batch["padding_mask"])
-        loss = F.cross_entropy(logits, batch["labels"])
+        c = self.config
+        hidden_states, padding_mask, labels = batch["hidden_states"], batch["padding_mask"], batch["labels"]
+        weight, other = 1.0, None
+        if c.mixup_alpha > 0:  # frames of two utterances mixed: real where either is real, the padding is zeros
+            weight = float(torch.distributions.Beta(c.mixup_alpha, c.mixup_alpha).sample())
+            other = torch.randperm(labels.shape[0], device=labels.device)
+            hidden_states = weight * hidden_states + (1 - weight) * hidden_states[other]
+            padding_mask = padding_mask & padding_mask[other]
+        logits = self(hidden_states, padding_mask)
+        loss = weight * F.cross_entropy(logits, labels, label_smoothing=c.label_smoothing)
+        if other is not None:
+            loss = loss + (1 - weight) * F.cross_entropy(logits, labels[other], label_smoothing=c.label_smoothing)
         B = logits.shape[0]
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=B, sync_dist=True)
         self.log("train_acc", (logits.argmax(-1) == batch["labels"]).float().mean(), on_step=False, on_epoch=True,

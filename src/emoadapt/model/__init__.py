@@ -5,7 +5,8 @@ from .classifier import (RECIPES, ClassifierConfig, EmoBoxClassifier, EmoBoxConf
                          register_recipe)
 from .pooling import AttentiveStatisticsPooling, lengths_to_padding_mask, masked_mean, utterance_statistics
 from .pretrain import (LocalAttributeCodebook, PretrainConfig, PretrainObjective, SelfDistillationLoss,
-                       cosine_schedule, multi_crop, span_mask, update_teacher)
+                       cosine_schedule, multi_crop, update_teacher)
+from .masking import channel_mask, span_mask
 
 __all__ = [
     "AdapterConfig", "FeatureStandardizer", "WAPTransformer",
@@ -14,5 +15,5 @@ __all__ = [
     "StatsConfig", "StatsClassifier",
     "RECIPES", "Recipe", "recipe", "register_recipe", "head_settings", "build_model",
     "PretrainConfig", "PretrainObjective", "SelfDistillationLoss", "LocalAttributeCodebook",
-    "cosine_schedule", "span_mask", "multi_crop", "update_teacher",
+    "cosine_schedule", "span_mask", "channel_mask", "multi_crop", "update_teacher",
 ]

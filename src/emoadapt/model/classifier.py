@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..errors import EmoadaptError
 from .adapter import AdapterConfig, FeatureStandardizer, WAPTransformer
+from .masking import channel_mask, span_mask
 from .pooling import AttentiveStatisticsPooling, masked_mean, utterance_statistics
 
 
@@ -30,6 +31,12 @@ class ClassifierConfig:
     input_statistics: bool = False  # also give the head the mean and std over time of every standardised input
     #                                 hidden state (what the stats recipe sees), layer-normed, beside SAP(Z): the
     #                                 adapter then has to add to what utterance statistics already carry
+    # training only, on the adapter's projected frames (wav2vec2's fine-tuning masks, HF's mask_time_* /
+    # mask_feature_*): time spans replaced by a learned embedding, feature channels zeroed
+    time_mask_prob: float = 0.0
+    time_mask_span: int = 10
+    channel_mask_prob: float = 0.0
+    channel_mask_span: int = 16
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
 
 
@@ -47,14 +54,34 @@ class EmotionClassifier(nn.Module):
             self.statistics_norm = nn.LayerNorm(2 * config.adapter.input_layers * config.adapter.input_dim)
             features += self.statistics_norm.normalized_shape[0]
         self.head = nn.Linear(features, config.num_classes)
+        for name, prob, span in (("time", config.time_mask_prob, config.time_mask_span),
+                                 ("channel", config.channel_mask_prob, config.channel_mask_span)):
+            if not 0 <= prob < 1 or span < 1:
+                raise ValueError(f"{name}_mask_prob must be in [0, 1) and {name}_mask_span >= 1 "
+                                 f"(got {prob}, {span})")
+        if config.time_mask_prob > 0:  # only then: models trained without it load as before
+            self.mask_embedding = nn.Parameter(torch.empty(config.adapter.dim).uniform_())  # HF's masked_spec_embed
 
     def forward(self, hidden_states, padding_mask):
         return self.head(self.dropout(self.embed(hidden_states, padding_mask)))  # (B, C)
 
+    def contextualized(self, hidden_states, padding_mask):
+        """Z (B, T, d), with the time and channel masks applied to the projected frames in training."""
+        c = self.config
+        x = self.adapter.project(hidden_states)
+        positions = None
+        if self.training and c.channel_mask_prob > 0:
+            x = x.masked_fill(channel_mask(x.shape[0], x.shape[2], c.channel_mask_prob, c.channel_mask_span)
+                              .to(x.device).unsqueeze(1), 0.0)
+        if self.training and c.time_mask_prob > 0:
+            positions = span_mask((~padding_mask).sum(1), x.shape[1], c.time_mask_prob, c.time_mask_span)
+        return self.adapter.contextualize(x, padding_mask, mask_positions=positions,
+                                          mask_embedding=getattr(self, "mask_embedding", None))
+
     def embed(self, hidden_states, padding_mask):
         """The utterance vector the classifier sees: u = [mu; sigma] (B, 2d) of SAP(Z), followed by the input's
         utterance statistics when ``input_statistics``."""
-        z = self.adapter(hidden_states, padding_mask)   # (B, T, d)
+        z = self.contextualized(hidden_states, padding_mask)  # (B, T, d)
         u = self.pooling(z, padding_mask)               # (B, 2d)
         if not self.config.input_statistics:
             return u

@@ -3,7 +3,7 @@
 Each piece lives in one place and can be called alone:
 
 - the schedules ........ :func:`cosine_schedule` (lr, teacher EMA momentum, teacher temperature)
-- the mask ............. :func:`span_mask` (student only)
+- the mask ............. :func:`emoadapt.model.masking.span_mask` (student only)
 - the views ............ :func:`multi_crop` (DINO multi-crop at frame level)
 - the EMA .............. :func:`update_teacher`, called by :meth:`PretrainObjective.after_optimizer_step`
 - L_mask ............... :func:`time_instance_norm` (targets) + :func:`mask_prediction_loss`
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
 from .adapter import AdapterConfig, WAPTransformer
+from .masking import span_mask
 from .pooling import lengths_to_padding_mask, masked_mean
 
 
@@ -85,25 +86,6 @@ def cosine_schedule(base, final, total_steps, warmup_steps=0, start_warmup=0.0):
     steps = np.arange(total_steps - warmup_steps)
     cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * steps / max(len(steps) - 1, 1)))
     return np.concatenate([warmup, cosine])
-
-
-# --- the mask -----------------------------------------------------------------------------------------------
-def span_mask(lengths, T, mask_prob=0.65, span=10, generator=None):
-    """(B,) lengths -> (B, T) bool mask of spans of ``span`` frames covering ~``mask_prob`` of the real frames.
-
-    Every position (also the span-1 positions before the utterance, whose spans are clipped) starts a span with
-    probability p. A frame is then covered unless none of the ``span`` starts that reach it fires, so
-    P(masked) = 1 - (1 - p)^span exactly, for any length; p = 1 - (1 - mask_prob)^(1/span) (0.0996 for the
-    defaults). Padding is never masked.
-    """
-    lengths = torch.as_tensor(lengths)
-    B = lengths.shape[0]
-    if mask_prob <= 0:
-        return torch.zeros(B, T, dtype=torch.bool, device=lengths.device)
-    p_start = 1.0 - (1.0 - mask_prob) ** (1.0 / span)
-    starts = torch.rand(B, 1, T + span - 1, generator=generator) < p_start    # index j = a span starting at j-(span-1)
-    covered = F.max_pool1d(starts.float(), kernel_size=span, stride=1)[:, 0]  # (B, T): any start in [t-span+1, t]
-    return covered.bool().to(lengths.device) & ~lengths_to_padding_mask(lengths, T)
 
 
 # --- the views ----------------------------------------------------------------------------------------------
