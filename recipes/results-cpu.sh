@@ -111,6 +111,18 @@ row() {
         ravdess-full-speaker|emovo-full-speaker)  # the full method, both stages on speaker-calibrated inputs
             stage1 stage1-pool-speaker --corpus "$data/unlabeled" --normalize speaker
             full_cv "$1" stage1-pool-speaker --normalize speaker ;;
+        regularisation)  # the regularised stage 2, one option at a time against the same fast settings (bf16
+            # autocast, batches bucketed by length); validation UA picks (RAVDESS, seed 0)
+            local fast=(--set trainer.precision=bf16-mixed --set stage2.bucket_by_length=true)
+            local -A options=([fast]="" [tmask]="head.time_mask_prob=0.2" [cmask]="head.channel_mask_prob=0.1"
+                              [mixup]="stage2.mixup_alpha=0.4" [smooth]="stage2.label_smoothing=0.1"
+                              [wd]="stage2.weight_decay=0.1")
+            for name in fast tmask cmask mixup smooth wd; do
+                local extra=()
+                [[ -n ${options[$name]} ]] && extra=(--set "${options[$name]}")
+                "${emoadapt[@]}" cv "${ravdess[@]}" --recipe adapter --seed 0 "${fast[@]}" "${extra[@]}" \
+                    --out "$out/ravdess-adapter-$name-s0"
+            done ;;
         ravdess-superb-no-standardize)
             "${emoadapt[@]}" cv "${ravdess[@]}" --recipe superb --seed 0 --set standardize=false --out "$out/$1-s0" ;;
         probes)  # logistic regression on pooled statistics: of the cached features, of the frozen stage-1
@@ -141,7 +153,7 @@ all=(features stage1-pool ravdess-stats ravdess-superb ravdess-emobox ravdess-ad
      ravdess-no-la ravdess-full-freeze3 ravdess-full-pool-emovo ravdess-full-stage1-16ep ravdess-lr1e-4
      ravdess-superb-no-standardize emovo-stats emovo-superb emovo-emobox emovo-adapter emovo-full probes ravdess-stage1-probes
      ravdess-stats-speaker emovo-stats-speaker ravdess-stats-utterance calibration-curve ravdess-adapter-speaker
-     emovo-adapter-speaker ravdess-adapter-input-stats stage1-pool-speaker ravdess-full-speaker emovo-full-speaker)
+     emovo-adapter-speaker ravdess-adapter-input-stats stage1-pool-speaker ravdess-full-speaker emovo-full-speaker regularisation)
 if [[ ${1:-} == --list ]]; then printf '%s\n' "${all[@]}"; exit 0; fi
 if (( $# )); then rows=("$@"); else rows=("${all[@]}"); fi
 for r in "${rows[@]}"; do row "$r"; done

@@ -93,6 +93,9 @@ def test_results_recipe_gives_one_command_per_row(tmp_path):
     assert "--corpus ../shared/data/unlabeled --normalize speaker" in calibrated[0]
     assert all("--stage1 " + str(out / "stage1-pool-speaker") in c and "--normalize speaker" in c
                for c in calibrated[1:]) and len(calibrated) == 3
-    assert len(listed) == 32 and all(len(commands(r)) >= 1 for r in listed)
+    sweep = commands("regularisation")
+    assert len(sweep) == 6 and all("trainer.precision=bf16-mixed" in c and "--recipe adapter" in c for c in sweep)
+    assert "stage2.mixup_alpha=0.4" in sweep[3] and sweep[3].endswith(f"{out}/ravdess-adapter-mixup-s0")
+    assert len(listed) == 33 and all(len(commands(r)) >= 1 for r in listed)
     bad = subprocess.run(["bash", str(script), "nope"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown row nope" in bad.stderr
