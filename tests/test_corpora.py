@@ -398,3 +398,42 @@ def test_packaged_fold_tables_match_the_shared_fold_files(shared_data, name):
     with open(folder / "folds.csv", newline="") as f:
         shared = {(r["speaker"], int(r["fold"])) for r in csv.DictReader(f)}
     assert set(speaker_table(PACKAGED / f"{name}.csv").items()) == shared
+
+
+# --- label maps -----------------------------------------------------------------------------------------------
+def test_shared7_maps_ravdess_and_emovo_onto_one_label_set(tmp_path):
+    from emoadapt.corpora import packaged_label_maps, read_label_map
+    assert "shared7" in packaged_label_maps()
+    shared = read_label_map("shared7")
+    assert shared.classes == ("neutral", "happy", "sad", "angry", "fear", "disgust", "surprise")
+    ravdess = load_corpus(make_ravdess(tmp_path / "ravdess", actors=4), label_map="shared7")
+    emovo = load_corpus(make_emovo(tmp_path / "emovo"), label_map="shared7")
+    assert ravdess.labels == emovo.labels == list(shared.classes)
+    assert len(ravdess.rows) == 4 * 7 and "calm" not in {u.label for u in ravdess.rows}  # calm: dropped
+    assert Counter(u.label for u in ravdess.rows)["fear"] == 4 and ravdess.view == "8class>shared7"
+    assert set(ravdess.folds.assignments) == {u.id for u in ravdess.rows}  # the dropped clips leave the folds too
+    assert Counter(u.label for u in emovo.rows)["happy"] == 12  # EMOVO's happiness (gio)
+    assert "calm" not in summarize(ravdess)
+
+
+def test_label_map_errors_name_the_file_and_the_fix(tmp_path):
+    from emoadapt.corpora import apply_label_map
+    ravdess = load_corpus(make_ravdess(tmp_path / "ravdess", actors=2))
+    cases = {
+        "partial.csv": ("corpus,label,to\nravdess,neutral,neutral\nravdess,happy,happy\n",
+                        "does not say what ravdess labels angry, calm, disgust, fearful, sad and 1 more become"),
+        "other.csv": ("corpus,label,to\nemovo,neutral,neutral\n", "has no rows for corpus 'ravdess'"),
+        "columns.csv": ("corpus,emotion\nravdess,neutral\n", "needs the columns corpus,label,to"),
+        "twice.csv": ("corpus,label,to\nravdess,sad,sad\nravdess,sad,low\n", "line 3: ravdess label 'sad' is mapped twice"),
+        "empty.csv": ("corpus,label,to\nravdess,sad,\n", "maps no label to a class"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(CorpusError, match=re.escape(message)) as error:
+            apply_label_map(ravdess, tmp_path / name)
+        assert name in str(error.value)
+    (tmp_path / "binary.csv").write_bytes(b"\xff\xfe\x00\x81" * 50)
+    with pytest.raises(CorpusError, match="not a text CSV"):
+        apply_label_map(ravdess, tmp_path / "binary.csv")
+    with pytest.raises(CorpusError, match="no such label map.*shared7"):
+        apply_label_map(ravdess, "shared8")

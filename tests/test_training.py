@@ -833,6 +833,41 @@ def test_a_model_that_saw_a_test_speaker_is_refused(data, finetuned, tmp_path, c
     assert report["scores"]["ua"] > 25  # the same emotion-dependent tones: better than chance across corpora
 
 
+def test_cross_corpus_train_on_every_speaker_then_evaluate_on_another_corpus(data, tmp_path, capsys):
+    """finetune --fold all on RAVDESS mapped to the shared label set, then evaluate on EMOVO through the same map
+    (the cross-corpus rows of docs/RESULTS.md), in both protocols."""
+    from corpus_fixtures import make_emovo
+    _, store = data
+    encoder, layers = _encoder_of(store), FeatureStore(store).layers
+    ravdess = make_ravdess(tmp_path / "ravdess", actors=6, seconds=0.6)
+    emovo = make_emovo(tmp_path / "emovo", speakers=("f1", "m1"), seconds=0.6)
+    for root in (ravdess, emovo):
+        extract(load_corpus(root).rows, encoder, tmp_path / f"{root.name}-store", layers=layers, progress=False)
+    for normalize in ("global", "speaker"):
+        out = tmp_path / f"all-{normalize}"
+        code = cli.main(["finetune", "--corpus", str(ravdess), "--label-map", "shared7", "--store",
+                         str(tmp_path / "ravdess-store"), "--fold", "all", "--recipe", "stats", "--normalize",
+                         normalize, "--out", str(out)])
+        printed = capsys.readouterr().out
+        assert code == 0 and "trained on every speaker of ravdess, nothing tested" in printed, printed
+        results = json.loads((out / "results.json").read_text())
+        assert results["scores"] is None and results["fold"] is None and not (out / "predictions.csv").exists()
+        assert len(results["speakers"]["train"]) + len(results["speakers"]["val"]) == 6
+        code = cli.main(["evaluate", "--model", str(out), "--corpus", str(emovo), "--label-map", "shared7",
+                         "--store", str(tmp_path / "emovo-store"), "--out", str(out / "emovo.json")])
+        assert code == 0, capsys.readouterr().err
+        report = json.loads((out / "emovo.json").read_text())
+        assert report["classes"] == ["neutral", "happy", "sad", "angry", "fear", "disgust", "surprise"]
+        assert sum(map(sum, report["scores"]["confusion"])) == 2 * 7 * 2  # every EMOVO clip, 7 shared classes
+        assert report["protocol"]["normalize"] == normalize
+        # 4 of the 7 classes have their own tone, the other 3 share one: far above chance (14.3)
+        assert report["scores"]["ua"] > 40, report["scores"]
+    with pytest.raises(SystemExit) as refused:  # argparse: usage, the reason, exit status 2
+        cli.main(["finetune", "--corpus", str(ravdess), "--store", str(tmp_path / "ravdess-store"), "--fold", "most",
+                  "--out", str(tmp_path / "x")])
+    assert refused.value.code == 2 and "'most' is neither a fold number nor 'all'" in capsys.readouterr().err
+
+
 def test_mixing_stores_of_different_encoders_is_refused(data, tmp_path):
     corpus, store = data
     other = tmp_path / "other-store"

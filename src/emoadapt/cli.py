@@ -21,6 +21,23 @@ def _add_corpus_args(parser: argparse.ArgumentParser, *, positional: bool = True
     parser.add_argument("--kind", help="corpus kind (ravdess, emovo, cremad, emodb, iemocap, emobox, csv, folders, "
                                        "unlabeled); detected from the layout when omitted")
     parser.add_argument("--view", help="label view, e.g. 4class for IEMOCAP/RAVDESS; the corpus default when omitted")
+    parser.add_argument("--label-map", help="rename (or drop) the view's labels into a shared label set: a packaged "
+                                            "map (shared7: the 7 classes RAVDESS and EMOVO share) or a CSV "
+                                            "corpus,label,to (empty to: dropped)")
+
+
+def _fold_or_all(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a fold number nor 'all'") from None
+
+
+def _corpus(args, strict: bool = True):
+    from .corpora import load_corpus
+    return load_corpus(args.corpus, kind=args.kind, view=args.view, strict=strict, label_map=args.label_map)
 
 
 def _add_encoder_args(parser: argparse.ArgumentParser) -> None:
@@ -47,17 +64,16 @@ def _device(args) -> str:
 
 def cmd_corpus(args) -> int:
     """Loads leniently so that a broken corpus still gets its summary, with the problems listed; exits 1 if any."""
-    from .corpora import load_corpus, summarize
-    corpus = load_corpus(args.corpus, kind=args.kind, view=args.view, strict=False)
+    from .corpora import summarize
+    corpus = _corpus(args, strict=False)
     print(summarize(corpus))
     return 1 if corpus.problems else 0
 
 
 def cmd_extract(args) -> int:
-    from .corpora import load_corpus
     from .encoders import load_encoder
     from .extraction import extract
-    corpus = load_corpus(args.corpus, kind=args.kind, view=args.view)
+    corpus = _corpus(args)
     rows = corpus.rows[: args.limit] if args.limit else corpus.rows
     encoder = load_encoder(args.encoder, device=_device(args), **_encoder_options(args))
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
@@ -120,7 +136,6 @@ def _folds(text: str | None) -> list[int] | None:
 
 
 def cmd_pretrain(args) -> int:
-    from .corpora import load_corpus
     from .data import make_normalizer, open_store, split_fold, usable_ids
     from .leakage import speakers_of
     from .stage1 import pretrain
@@ -129,7 +144,7 @@ def cmd_pretrain(args) -> int:
     if args.fold is not None and not args.corpus:
         raise EmoadaptError(None, "--fold needs --corpus (the fold's training speakers are taken from it)")
     if args.corpus:
-        corpus = load_corpus(args.corpus, kind=args.kind, view=args.view)
+        corpus = _corpus(args)
         first = open_store(args.store[0])
         chosen = (split_fold(corpus, first, args.fold, config)["train"] if args.fold is not None
                   else usable_ids(corpus, first, [u.id for u in corpus.rows])[0])
@@ -142,23 +157,24 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from .corpora import load_corpus
     from .evaluation import Scores
     from .stage2 import finetune
-    corpus = load_corpus(args.corpus, kind=args.kind, view=args.view)
+    corpus = _corpus(args)
     results = finetune(corpus, args.store, args.fold, args.out, recipe=args.recipe, config=_run_config(args),
                        init=args.init, progress=not args.no_progress)
-    print(f"fold {args.fold} test: {Scores(**results['scores']).line()}  (best val UA {results['best_val_ua']}, "
-          f"epoch {results['best_epoch']})")
+    chosen = f"best val UA {results['best_val_ua']}, epoch {results['best_epoch']}"
+    if results["scores"] is None:
+        print(f"trained on every speaker of {corpus.name}, nothing tested ({chosen})")
+    else:
+        print(f"fold {args.fold} test: {Scores(**results['scores']).line()}  ({chosen})")
     print(f"model: {Path(args.out) / 'model'}  results: {Path(args.out) / 'results.json'}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from .corpora import load_corpus
     from .evaluation import Scores
     from .inference import evaluate
-    corpus = load_corpus(args.corpus, kind=args.kind, view=args.view)
+    corpus = _corpus(args)
     results = evaluate(args.model, corpus, args.store, args.fold, batch_size=args.batch_size, out=args.out)
     print(f"{corpus.name}" + (f" fold {args.fold}" if args.fold is not None else "") +
           f": {Scores(**results['scores']).line()}")
@@ -167,9 +183,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_cv(args) -> int:
-    from .corpora import load_corpus
     from .crossval import run_cv
-    corpus = load_corpus(args.corpus, kind=args.kind, view=args.view)
+    corpus = _corpus(args)
     run_cv(corpus, args.store, args.recipe, args.out, folds=_folds(args.folds), config=_run_config(args),
            extra_unlabeled_stores=args.unlabeled_store, stage1=args.stage1, progress=not args.no_progress)
     print(f"results: {Path(args.out) / 'results.json'}  confusion: {Path(args.out) / 'confusion.png'}")
@@ -210,7 +225,9 @@ def _add_training_parsers(sub) -> None:
                                         "test (resumable)")
     corpus_flags(p)
     p.add_argument("--store", required=True, help="feature store of the corpus")
-    p.add_argument("--fold", type=int, required=True, help="test fold")
+    p.add_argument("--fold", type=_fold_or_all, required=True,
+                   help="test fold, or 'all': every speaker trains or validates, nothing is tested (a model to "
+                        "apply to other corpora with evaluate or to use)")
     p.add_argument("--recipe", default="adapter", help="stage-2 recipe: adapter (default), superb or emobox")
     p.add_argument("--init", help="a stage-1 run folder: initialise the adapter from its teacher (refused when it "
                                   "saw any of the fold's test utterances or speakers)")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .corpora import Corpus, load_corpus
+from .corpora import Corpus, Folds, load_corpus
 from .errors import CorpusError, EmoadaptError, FeatureStoreError, MissingFeatures, StoreMismatch
 from .features import FeatureStore, array_statistics
 from .model import FeatureStandardizer
@@ -217,17 +217,21 @@ def labelled_dataset(corpus: Corpus, store: FeatureStore, ids: Sequence[str], la
     return FeatureDataset([store], items, max_frames, normalizer)
 
 
-def split_fold(corpus: Corpus, store: FeatureStore, fold: int, config) -> dict:
-    """Train / validation / test ids of a fold with features (validation: whole training speakers)."""
-    if corpus.folds is None:
+def split_fold(corpus: Corpus, store: FeatureStore, fold: int | None, config) -> dict:
+    """Train / validation / test ids of a fold with features (validation: whole training speakers). ``fold``
+    None: all speakers train or validate, no test."""
+    folds = corpus.folds
+    if folds is None and fold is None:  # no test fold wanted: the speakers are all that matters
+        folds = Folds.from_rows(corpus.rows, lambda u: 0)
+    if folds is None:
         raise CorpusError(corpus.root, f"corpus {corpus.name} has no folds; give it a folds.csv (path,speaker,fold)")
-    split = corpus.folds.split(fold, val_fraction=config.val_fraction, seed=config.seed)
+    split = folds.split(fold, val_fraction=config.val_fraction, seed=config.seed)
     out, skipped = {}, []
     for name in ("train", "val", "test"):
         out[name], s = usable_ids(corpus, store, getattr(split, name))
         skipped += s
     out["skipped"] = skipped  # utterances the encoder could not read (listed in the store's failures)
-    if not out["train"] or not out["test"]:
+    if not out["train"] or (fold is not None and not out["test"]):
         raise CorpusError(corpus.root, f"fold {fold} has no {'training' if not out['train'] else 'test'} utterances "
                                        f"with features")
     return out
@@ -272,6 +276,15 @@ class Normalizer:
         return (np.asarray(x, np.float32) - mean) * inv_std
 
 
+def speaker_group(corpus: Corpus):
+    """utterance id -> the unit that never crosses train / validation / test: its speaker (the utterance itself when
+    no speaker is known), as the folds group them."""
+    if corpus.folds is not None:
+        return corpus.folds.group
+    speaker = {u.id: u.speaker for u in corpus.rows}
+    return lambda i: speaker.get(i) or f"utterance:{i}"
+
+
 def make_normalizer(config, corpus: Corpus, store: FeatureStore, test_ids: Iterable[str] = ()) -> Normalizer | None:
     """The normalisation ``config.normalize`` asks for (None for "global": the model's own standardisation only).
     "speaker": each speaker's statistics from all of their clips in ``store`` (their audio, never their labels),
@@ -281,7 +294,7 @@ def make_normalizer(config, corpus: Corpus, store: FeatureStore, test_ids: Itera
     if config.normalize == "utterance":
         return Normalizer("utterance")
     by_id = {u.id: u for u in corpus.rows}
-    group = corpus.folds.group if corpus.folds is not None else (lambda i: by_id[i].speaker or f"utterance:{i}")
+    group = speaker_group(corpus)
     clips: dict[str, list[str]] = {}
     for u in corpus.rows:
         if u.id in store:

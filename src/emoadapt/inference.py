@@ -137,7 +137,8 @@ def evaluate(model_dir: str | os.PathLike, corpus: Corpus | str | os.PathLike,
     probs = predict(load_model(folder).model, dataset, batch_size)
     scores = score([it[2] for it in dataset.items], probs.argmax(1).tolist(), labels)
     results = {"model": str(folder), "corpus": {"name": corpus.name, "view": corpus.view, "root": str(corpus.root)},
-               "fold": fold, "scores": asdict(scores), "skipped_utterances": skipped, "encoder": encoder,
+               "fold": fold, "classes": labels, "scores": asdict(scores), "skipped_utterances": skipped,
+               "encoder": encoder,
                "protocol": protocol_of(config), "git": git_commit()}
     name = f"evaluate-{corpus.name}" + (f"-fold{fold}" if fold is not None else "") + ".json"
     path = Path(out) if out else folder / name

@@ -24,7 +24,7 @@ from .checkpoints import load_checkpoint_file, load_model, plain_json, read_stag
 from .config import FinetuneConfig, RunConfig, recipe_options, structural_adapter_fields, validate, with_store_dims
 from .corpora import Corpus
 from .data import (Normalizer, encoder_info, eval_loader, fit_standardizers, labelled_dataset, make_normalizer,
-                   open_corpus, open_store, split_fold, train_loader)
+                   open_corpus, open_store, speaker_group, split_fold, train_loader)
 from .errors import CorpusError, EmoadaptError, StoreMismatch
 from .evaluation import score, write_json
 from .closed_form import fit_closed_form
@@ -66,7 +66,8 @@ class FoldData(pl.LightningDataModule):
         return eval_loader(self.val, self.batch_size, num_workers=self.num_workers)
 
     def speakers(self, part: str) -> list[str]:
-        return sorted({self.corpus.folds.group(i) for i in self.split[part]})
+        group = speaker_group(self.corpus)
+        return sorted({group(i) for i in self.split[part]})
 
 
 class FinetuneModule(SavesRandomState, pl.LightningModule):
@@ -160,12 +161,13 @@ def check_stage1_adapter(init: str | os.PathLike, encoder: dict, config: RunConf
     return folder, info, read_seen(folder, info)
 
 
-def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.PathLike, fold: int,
+def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.PathLike, fold: int | None,
              out_dir: str | os.PathLike, *, recipe: str = "adapter", config: RunConfig | None = None,
              init: str | os.PathLike | None = None, normalizer: Normalizer | None = None, progress: bool = True,
              callbacks: Sequence = ()) -> dict:
     """Stage 2 on one fold: train on its training speakers, pick the epoch with the best validation UA, test.
-    Returns the results dict. ``init``: a stage-1 run folder whose teacher initialises the adapter; refused when
+    Returns the results dict. ``fold`` None: every speaker of the corpus trains or validates and nothing is tested
+    (a model to apply to other corpora or to use; its ``scores`` are None). ``init``: a stage-1 run folder whose teacher initialises the adapter; refused when
     it saw any of the fold's test utterances or speakers. ``normalizer``: this fold's speaker or utterance
     normalisation when the caller built it already (:func:`emoadapt.data.make_normalizer`; built here otherwise)."""
     out_dir = Path(out_dir)
@@ -204,10 +206,12 @@ def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.
         model, build, trained, trainer = _train_by_gradient(data, recipe, config, encoder, out_dir, init_model,
                                                             progress, callbacks)
     init_info = trained.pop("init", None)
-    predictions = predict(model, data.test, config.stage2.batch_size)
-    scores = score([it[2] for it in data.test.items], predictions.argmax(1).tolist(), corpus.labels)
+    testing = len(data.test) > 0
+    if testing:
+        predictions = predict(model, data.test, config.stage2.batch_size)
+        scores = asdict(score([it[2] for it in data.test.items], predictions.argmax(1).tolist(), corpus.labels))
     results = {
-        "fold": fold, "recipe": recipe, "scores": asdict(scores), **trained,
+        "fold": fold, "recipe": recipe, "scores": scores if testing else None, **trained,
         "split": {k: len(v) for k, v in data.split.items()}, "skipped_utterances": data.split["skipped"],
         "speakers": {k: data.speakers(k) for k in ("train", "val", "test")},
         "init": init_info, "encoder": encoder, "seed": config.seed,
@@ -218,7 +222,8 @@ def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.
                    extra={"stage": 2, "fold": fold, "best_val_ua": trained["best_val_ua"],
                           "best_epoch": trained["best_epoch"], "init": init_info,
                           "corpus": {"name": corpus.name, "view": corpus.view}})
-        write_predictions(out_dir / "predictions.csv", data.test, predictions, corpus.labels)
+        if testing:
+            write_predictions(out_dir / "predictions.csv", data.test, predictions, corpus.labels)
         write_json(results, done)
     if trainer is not None:
         trainer.strategy.barrier()

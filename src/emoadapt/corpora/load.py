@@ -17,6 +17,7 @@ from pathlib import Path
 from ..errors import CorpusError
 from . import cremad, emobox, emodb, emovo, generic, iemocap, ravdess
 from .base import Corpus
+from .labelmap import apply_label_map
 
 LOADERS = {"ravdess": ravdess.load, "emovo": emovo.load, "cremad": cremad.load, "emodb": emodb.load,
            "iemocap": iemocap.load, "emobox": emobox.load, "csv": generic.load_csv,
@@ -38,13 +39,14 @@ def detect_kind(path: str | os.PathLike) -> str:
 
 
 def load_corpus(path: str | os.PathLike, kind: str | None = None, *, view: str | None = None,
-                strict: bool = True) -> Corpus:
+                strict: bool = True, label_map: str | os.PathLike | None = None) -> Corpus:
     """Read a corpus without decoding any audio (every file is checked to exist and be non-empty).
 
     kind: one of LOADERS, detected from the layout when None. view: a label view such as IEMOCAP "4class"
     (default) / "full" or RAVDESS "8class" (default) / "4class". strict=False keeps going past missing or
     unlabelled files, leaving them out and listing them in ``corpus.problems`` (what ``summarize`` shows);
-    strict=True raises one CorpusError naming them.
+    strict=True raises one CorpusError naming them. label_map: a packaged map's name (``shared7``) or a
+    ``corpus,label,to`` CSV that renames (or drops) the view's labels (:mod:`emoadapt.corpora.labelmap`).
     """
     path = Path(os.path.abspath(Path(path).expanduser()))
     if not path.exists():
@@ -52,7 +54,8 @@ def load_corpus(path: str | os.PathLike, kind: str | None = None, *, view: str |
     kind = kind or detect_kind(path)
     if kind not in LOADERS:
         raise CorpusError(path, f"unknown corpus kind {kind!r}; known kinds: {', '.join(LOADERS)}")
-    return LOADERS[kind](path, view=view, strict=strict)
+    corpus = LOADERS[kind](path, view=view, strict=strict)
+    return corpus if label_map is None else apply_label_map(corpus, label_map)
 
 
 # --- summary ------------------------------------------------------------------------------------------------

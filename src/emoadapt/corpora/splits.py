@@ -63,11 +63,12 @@ class Folds:
             seen.setdefault(self.group(i), set()).add(fold)
         return [f"{s} (folds {sorted(f)})" for s, f in sorted(seen.items()) if len(f) > 1]
 
-    def split(self, fold: int, *, val_fraction: float = 0.1, seed: int = 0) -> Split:
+    def split(self, fold: int | None, *, val_fraction: float = 0.1, seed: int = 0) -> Split:
         """test = the fold; val = round(val_fraction x training speakers) whole speakers (at least 1 unless
         val_fraction is 0), drawn from the training speakers only, alternating genders, deterministic in
-        (seed, fold); train = the rest. No speaker appears in two of the three lists."""
-        if fold not in self.assignments.values():
+        (seed, fold); train = the rest. No speaker appears in two of the three lists. ``fold`` None: every
+        speaker trains or validates and nothing is tested (a model for other corpora or for use)."""
+        if fold is not None and fold not in self.assignments.values():
             raise CorpusError(None, f"no fold {fold}; the folds are {self.fold_ids()}")
         if not 0 <= val_fraction < 1:
             raise CorpusError(None, f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -78,7 +79,8 @@ class Folds:
         train_speakers = sorted({self.group(i) for i in rest})
         n_val = 0 if val_fraction == 0 else max(1, round(val_fraction * len(train_speakers)))
         if n_val >= len(train_speakers):
-            raise CorpusError(None, f"fold {fold} leaves {len(train_speakers)} training speaker(s): too few to also "
+            raise CorpusError(None, f"{'fold ' + str(fold) if fold is not None else 'the corpus'} leaves "
+                                    f"{len(train_speakers)} training speaker(s): too few to also "
                                     f"draw {n_val} validation speaker(s) from them")
         val_speakers = self._balanced_speakers(train_speakers, n_val, random.Random(f"{seed}:{fold}"))
         val = [i for i in rest if self.group(i) in val_speakers]
