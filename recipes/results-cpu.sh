@@ -123,6 +123,17 @@ row() {
                 "${emoadapt[@]}" cv "${ravdess[@]}" --recipe adapter --seed 0 "${fast[@]}" "${extra[@]}" \
                     --out "$out/ravdess-adapter-$name-s0"
             done ;;
+        cross-corpus)  # train on every RAVDESS speaker, test on every EMOVO clip, both mapped to the 7 classes
+            # they share (label map shared7: RAVDESS calm dropped); both protocols, the stats and adapter recipes
+            for recipe in stats adapter; do
+                for mode in global speaker; do
+                    local run=$out/cross-ravdess-$recipe-$mode-s0
+                    "${emoadapt[@]}" finetune "${ravdess[@]}" --label-map shared7 --fold all --recipe "$recipe" \
+                        --normalize "$mode" --seed 0 --out "$run"
+                    "${emoadapt[@]}" evaluate --model "$run" --corpus "$data/emovo" --label-map shared7 \
+                        --store "$emovo_store" --out "$out/cross-ravdess-to-emovo-$recipe-$mode-s0.json"
+                done
+            done ;;
         ravdess-superb-no-standardize)
             "${emoadapt[@]}" cv "${ravdess[@]}" --recipe superb --seed 0 --set standardize=false --out "$out/$1-s0" ;;
         probes)  # logistic regression on pooled statistics: of the cached features, of the frozen stage-1
@@ -153,7 +164,7 @@ all=(features stage1-pool ravdess-stats ravdess-superb ravdess-emobox ravdess-ad
      ravdess-no-la ravdess-full-freeze3 ravdess-full-pool-emovo ravdess-full-stage1-16ep ravdess-lr1e-4
      ravdess-superb-no-standardize emovo-stats emovo-superb emovo-emobox emovo-adapter emovo-full probes ravdess-stage1-probes
      ravdess-stats-speaker emovo-stats-speaker ravdess-stats-utterance calibration-curve ravdess-adapter-speaker
-     emovo-adapter-speaker ravdess-adapter-input-stats stage1-pool-speaker ravdess-full-speaker emovo-full-speaker regularisation)
+     emovo-adapter-speaker ravdess-adapter-input-stats stage1-pool-speaker ravdess-full-speaker emovo-full-speaker regularisation cross-corpus)
 if [[ ${1:-} == --list ]]; then printf '%s\n' "${all[@]}"; exit 0; fi
 if (( $# )); then rows=("$@"); else rows=("${all[@]}"); fi
 for r in "${rows[@]}"; do row "$r"; done

@@ -96,6 +96,9 @@ def test_results_recipe_gives_one_command_per_row(tmp_path):
     sweep = commands("regularisation")
     assert len(sweep) == 6 and all("trainer.precision=bf16-mixed" in c and "--recipe adapter" in c for c in sweep)
     assert "stage2.mixup_alpha=0.4" in sweep[3] and sweep[3].endswith(f"{out}/ravdess-adapter-mixup-s0")
-    assert len(listed) == 33 and all(len(commands(r)) >= 1 for r in listed)
+    cross = commands("cross-corpus")
+    assert len(cross) == 8 and all("--label-map shared7" in c for c in cross)
+    assert "--fold all --recipe stats --normalize speaker" in cross[2] and "--corpus ../shared/data/emovo" in cross[3]
+    assert len(listed) == 34 and all(len(commands(r)) >= 1 for r in listed)
     bad = subprocess.run(["bash", str(script), "nope"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown row nope" in bad.stderr
