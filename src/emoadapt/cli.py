@@ -26,6 +26,26 @@ def _add_corpus_args(parser: argparse.ArgumentParser, *, positional: bool = True
                                             "corpus,label,to (empty to: dropped)")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
+    return value
+
+
 def _fold_or_all(text: str) -> int | None:
     if text == "all":
         return None
@@ -182,6 +202,11 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from .predict import run_predict
+    return run_predict(args)
+
+
 def cmd_cv(args) -> int:
     from .crossval import run_cv
     corpus = _corpus(args)
@@ -244,6 +269,27 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", help="results JSON (default: <model>/evaluate-<corpus>[-fold<k>].json)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="recognise emotion in audio files, folders, globs or a manifest with a model "
+                                       "folder; long recordings become a timeline of speech segments")
+    p.add_argument("paths", nargs="+", help="audio files, folders (searched recursively), globs, or a manifest .csv "
+                                            "with a path column (and speaker, for --group-by speaker)")
+    p.add_argument("--model", default="default", help="a model folder trained with emoadapt (or its finetune run "
+                                                      "folder); default: the model shipped with emoadapt")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="JSON on stdout instead of a table")
+    out.add_argument("--csv", action="store_true", help="CSV on stdout: one row per recording and per segment")
+    p.add_argument("--top-k", type=_positive_int, default=3, help="classes shown per prediction (default 3)")
+    p.add_argument("--calibrate", nargs="+", metavar="CLIP", help="unlabeled clips of the (one) speaker, as their "
+                   "reference; for models trained with --normalize speaker")
+    p.add_argument("--group-by", choices=("speaker",), help="with a manifest that has a speaker column: each "
+                   "speaker's own files are their reference (speaker-normalised models)")
+    p.add_argument("--window", type=_positive_float, default=10.0, help="recordings up to this many seconds are "
+                   "classified whole; longer ones are cut into speech segments of at most this (default 10)")
+    p.add_argument("--max-seconds", type=_positive_float, default=1200.0,
+                   help="longer recordings are refused (default 1200)")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("cv", help="cross-validation: per fold [stage 1 ->] stage 2 -> test; mean ± std "
                                   "(resumable: finished folds are skipped)")

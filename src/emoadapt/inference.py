@@ -49,44 +49,74 @@ def predict(model: torch.nn.Module, dataset: FeatureDataset, batch_size: int = 3
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
-@torch.inference_mode()
-def predict_waveforms(loaded: LoadedModel, waveforms: Sequence[np.ndarray], *, encoder=None,
-                      batch_size: int = 8) -> np.ndarray:
-    """Class probabilities ``[N, C]`` for 16 kHz mono float32 waveforms (:func:`emoadapt.audio.load_audio`).
-
-    ``encoder``: the frozen encoder the model was trained on (loaded from ``model.json`` when None; a different
-    one is refused). Its hidden states go through the same layer selection and fp16 rounding as a feature store,
-    so a clip gets the probabilities it would get from stored features."""
+def model_encoder(loaded: LoadedModel, encoder=None):
+    """The frozen encoder ``loaded`` was trained on (loaded from its ``model.json`` when None; another is refused)."""
     trained = loaded.info.get("encoder") or {}
-    normalize = (loaded.info.get("config") or {}).get("normalize", "global")
-    if normalize == "speaker":
-        raise EmoadaptError(None, "this model was trained on speaker-normalised features: it needs statistics of the "
-                                  "speaker from calibration clips, which predicting on waveforms does not take yet; "
-                                  "use a model trained with normalize=global or utterance")
-    normalizer = Normalizer("utterance") if normalize == "utterance" else None
     if encoder is None:
         from .encoders import load_encoder
         encoder = load_encoder(trained.get("name"), **(trained.get("options") or {}))
     if encoder.fingerprint != trained.get("fingerprint"):
         raise EncoderError(encoder.name, f"the model was trained on features of {trained.get('fingerprint')!r}, "
                                          f"not {encoder.fingerprint!r}; use the model's encoder")
+    return encoder
+
+
+def model_normalization(loaded: LoadedModel) -> str:
+    """How the model's training inputs were normalised: "global", "speaker" or "utterance"."""
+    return (loaded.info.get("config") or {}).get("normalize", "global")
+
+
+@torch.inference_mode()
+def encode_waveforms(loaded: LoadedModel, encoder, waveforms: Sequence[np.ndarray], batch_size: int = 8):
+    """Yield ``(index, hidden states)`` for each 16 kHz waveform, batched by length: the model's layers of the
+    encoder's output, rounded through fp16 as a feature store keeps them, as float16 ``[L+1, T, D]``."""
+    trained = loaded.info.get("encoder") or {}
     layers = trained.get("layers") or list(range(encoder.num_layers + 1))
-    order = sorted(range(len(waveforms)), key=lambda i: len(waveforms[i]))  # batched by length
+    order = sorted(range(len(waveforms)), key=lambda i: len(waveforms[i]))
+    for start in range(0, len(order), batch_size):
+        chosen = order[start: start + batch_size]
+        for h, i in zip(encoder.encode([waveforms[i] for i in chosen]), chosen):
+            yield i, h[layers].half().numpy()
+
+
+@torch.inference_mode()
+def classify(model: torch.nn.Module, features: Sequence[np.ndarray], batch_size: int = 8, *,
+             embed: bool = False) -> np.ndarray:
+    """Class probabilities ``[N, C]`` (or, with ``embed``, the utterance vectors ``[N, E]`` the last layer sees) of
+    hidden states ``[L+1, T, D]`` already normalised as the model expects, batched by length."""
+    order = sorted(range(len(features)), key=lambda i: features[i].shape[1])
     out = None
     for start in range(0, len(order), batch_size):
         chosen = order[start: start + batch_size]
-        hidden = encoder.encode([waveforms[i] for i in chosen])
-        items = []
-        for h, i in zip(hidden, chosen):
-            x = h[layers].half().numpy()  # rounded through fp16 as a feature store keeps them
-            x = x.astype(np.float32) if normalizer is None else normalizer.normalize(x)
-            items.append({"hidden_states": torch.from_numpy(x), "label": -1, "index": i})
-        batch = collate(items)
-        probs = F.softmax(loaded.model(batch["hidden_states"], batch["padding_mask"]).float(), -1).numpy()
+        batch = collate([{"hidden_states": torch.from_numpy(np.asarray(features[i], np.float32)), "label": -1,
+                          "index": i} for i in chosen])
+        if embed:
+            values = model.embed(batch["hidden_states"], batch["padding_mask"]).float().numpy()
+        else:
+            values = F.softmax(model(batch["hidden_states"], batch["padding_mask"]).float(), -1).numpy()
         if out is None:
-            out = np.zeros((len(waveforms), probs.shape[1]), dtype=np.float32)
-        out[chosen] = probs
+            out = np.zeros((len(features), values.shape[1]), dtype=np.float32)
+        out[chosen] = values
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def predict_waveforms(loaded: LoadedModel, waveforms: Sequence[np.ndarray], *, encoder=None,
+                      batch_size: int = 8, statistics: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Class probabilities ``[N, C]`` for 16 kHz mono float32 waveforms (:func:`emoadapt.audio.load_audio`), each
+    as it would be scored from stored features. ``statistics``: a speaker's (mean, std) ``[L+1, D]`` from
+    calibration clips, for a model trained on speaker-normalised features (required by such a model)."""
+    normalize = model_normalization(loaded)
+    if normalize == "speaker" and statistics is None:
+        raise EmoadaptError(None, "this model was trained on speaker-normalised features: give the speaker's "
+                                  "statistics from calibration clips (Recognizer.calibrate, predict --calibrate)")
+    normalizer = Normalizer("utterance") if normalize == "utterance" else None
+    if normalize == "speaker":
+        normalizer = Normalizer("speaker", {"": "speaker"}, {"speaker": statistics})
+    encoder = model_encoder(loaded, encoder)
+    features: list = [None] * len(waveforms)
+    for i, x in encode_waveforms(loaded, encoder, waveforms, batch_size):
+        features[i] = x.astype(np.float32) if normalizer is None else normalizer.normalize(x, "")
+    return classify(loaded.model, features, batch_size)
 
 
 def _model_config(folder: Path) -> RunConfig:

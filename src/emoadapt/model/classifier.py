@@ -1,6 +1,7 @@
 """Emotion classifiers on cached hidden states: the method's (adapter + SAP) and two peer recipes.
 
-Every model has the same call: ``model(hidden_states (B, L+1, T, D), padding_mask (B, T)) -> logits (B, C)``, and
+Every model has the same calls: ``model(hidden_states (B, L+1, T, D), padding_mask (B, T)) -> logits (B, C)`` and
+``model.embed(...) -> (B, E)``, the utterance vector its last linear layer sees; and
 :func:`build_model` makes any of them by recipe name, so the trainer and the evaluation never know which one it is.
 
 - ``adapter``: WAP-Transformer adapter -> attentive statistics pooling -> dropout -> linear (docs/METHOD.md section 5).
@@ -112,10 +113,14 @@ class SuperbClassifier(nn.Module):
         self.head = nn.Linear(config.projector_dim, config.num_classes)
 
     def forward(self, hidden_states, padding_mask):
+        return self.head(self.embed(hidden_states, padding_mask))
+
+    def embed(self, hidden_states, padding_mask):
+        """The utterance vector the classifier sees: the mean over real frames of the projected mix (B, 256)."""
         _check_input(hidden_states, self.config.input_layers, self.config.input_dim)
         w = F.softmax(self.layer_logits, dim=0)
         x = sum(w[l] * self.standardize.layer(hidden_states, l, w.dtype) for l in range(self.config.input_layers))
-        return self.head(masked_mean(self.projector(x), padding_mask))
+        return masked_mean(self.projector(x), padding_mask)
 
 
 @dataclass
@@ -140,9 +145,13 @@ class EmoBoxClassifier(nn.Module):
         self.post_net = nn.Linear(config.hidden_dim, config.num_classes)
 
     def forward(self, hidden_states, padding_mask):
+        return self.post_net(self.embed(hidden_states, padding_mask))
+
+    def embed(self, hidden_states, padding_mask):
+        """The utterance vector the classifier sees: the mean over real frames of ReLU(pre_net(x)) (B, hidden)."""
         _check_input(hidden_states, self.config.input_layers, self.config.input_dim)
         x = self.standardize.layer(hidden_states, self.config.input_layer, self.pre_net.weight.dtype)  # (B, T, D)
-        return self.post_net(masked_mean(F.relu(self.pre_net(x)), padding_mask))
+        return masked_mean(F.relu(self.pre_net(x)), padding_mask)
 
 
 @dataclass
@@ -175,8 +184,12 @@ class StatsClassifier(nn.Module):
         return utterance_statistics(hidden_states, padding_mask, torch.float64)
 
     def forward(self, hidden_states, padding_mask):
+        return self.head(self.embed(hidden_states, padding_mask))
+
+    def embed(self, hidden_states, padding_mask):
+        """The utterance vector the classifier sees: the standardised utterance statistics (B, (L+1) * 2D)."""
         u = (self.pooled(hidden_states, padding_mask) - self.feature_mean) / self.feature_scale
-        return self.head(u.to(self.head.weight.dtype))
+        return u.to(self.head.weight.dtype)
 
 
 def _check_input(hidden_states, input_layers, input_dim):

@@ -1,0 +1,216 @@
+"""The Python face of emoadapt: recognise emotion in audio with any model folder emoadapt trained.
+
+    from emoadapt import Recognizer
+    recognizer = Recognizer.from_pretrained("runs/ft1")          # a model folder (or a finetune run folder)
+    result = recognizer.predict("call.wav")                      # Prediction: label, probabilities, segments
+    results = recognizer.predict(["a.wav", wave], sample_rate=8000)
+    vectors = recognizer.embed("a.wav")                          # the utterance vector the classifier sees
+    recognizer.calibrate(["me-1.wav", "me-2.wav"])               # a speaker-normalised model: this speaker's voice
+
+A recording up to ``window_seconds`` is classified whole, as the models were trained. A longer one is cut into
+speech segments by a voice-activity detector (:func:`emoadapt.audio.speech_segments`); each segment is classified
+and the recording's result is their duration-weighted mean, with the segments kept as a timeline.
+
+Inputs are normalised the way the model's training inputs were (``Prediction.normalization`` says how):
+``global`` models need nothing; ``utterance`` models normalise each clip or segment by itself; ``speaker`` models use
+the statistics of :meth:`Recognizer.calibrate`'s clips when given, otherwise the statistics of the recording itself
+(all of its speech segments) — weaker on a short clip, which is then its own reference. Everything goes through
+:mod:`emoadapt.inference`, the one path from a model folder to predictions.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+
+from .audio import SAMPLE_RATE, load_audio, speech_segments, validate_waveform
+from .data import Normalizer
+from .errors import EmoadaptError, NoSpeech
+from .features import array_statistics
+from .inference import classify, encode_waveforms, load_classifier, model_encoder, model_normalization
+
+Audio = Union[str, os.PathLike, np.ndarray]
+BUNDLED = Path(__file__).parent / "models"  # models shipped inside the package, by name
+
+
+@dataclass
+class Segment:
+    start: float                      # seconds from the start of the recording
+    end: float
+    label: str
+    probabilities: dict[str, float]
+
+
+@dataclass
+class Prediction:
+    source: str                       # the file, or "array[i]"
+    label: str
+    probabilities: dict[str, float]   # every class, in the model's order
+    duration: float                   # seconds of audio
+    normalization: str                # how the inputs were normalised (see the module docstring)
+    segments: list[Segment] = field(default_factory=list)  # the timeline of a long recording; [] for a clip
+
+    def top(self, k: int = 3) -> list[tuple[str, float]]:
+        return sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Recognizer:
+    def __init__(self, model_dir: str | os.PathLike, *, encoder=None, window_seconds: float = 10.0,
+                 max_seconds: float = 1200.0, batch_size: int = 8):
+        if window_seconds <= 0 or max_seconds <= 0 or batch_size < 1:
+            raise EmoadaptError(None, "window_seconds and max_seconds must be > 0 and batch_size >= 1")
+        self.loaded = load_classifier(model_dir)
+        self.model_dir = Path(model_dir)
+        self.encoder = model_encoder(self.loaded, encoder)
+        self.window_seconds, self.max_seconds, self.batch_size = window_seconds, max_seconds, batch_size
+        self.trained_normalization = model_normalization(self.loaded)
+        self._speaker: tuple[np.ndarray, np.ndarray] | None = None
+        self._speaker_clips = 0
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | os.PathLike = "default", **options) -> Recognizer:
+        """A model folder, a finetune run folder, or the name of a model shipped inside the package."""
+        path = Path(name_or_dir)
+        if not path.exists() and (BUNDLED / str(name_or_dir)).is_dir():
+            path = BUNDLED / str(name_or_dir)
+        elif not path.exists():
+            shipped = sorted(p.name for p in BUNDLED.iterdir() if p.is_dir()) if BUNDLED.is_dir() else []
+            raise EmoadaptError(path, "no such model folder" + (f"; the models shipped with emoadapt: "
+                                                                f"{', '.join(shipped)}" if shipped else
+                                                                "; this installation ships no model"))
+        return cls(path, **options)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.loaded.info["labels"])
+
+    # --- speaker calibration ------------------------------------------------------------------------------------
+    def calibrate(self, clips: Sequence[Audio], sample_rate: int | None = None) -> Recognizer:
+        """Use these unlabeled clips of one speaker as that speaker's reference for every later prediction (a model
+        trained with ``normalize=speaker``). Returns the recognizer."""
+        if self.trained_normalization != "speaker":
+            raise EmoadaptError(self.model_dir, f"this model was trained with normalize="
+                                                f"{self.trained_normalization}: calibration clips do not apply to it")
+        waves = [self._load(clip, sample_rate, f"calibration clip {k}")[1] for k, clip in enumerate(clips)]
+        if not waves:
+            raise EmoadaptError(None, "calibrate needs at least one clip of the speaker")
+        features = [x for _, x in encode_waveforms(self.loaded, self.encoder, waves, self.batch_size)]
+        self._speaker, self._speaker_clips = array_statistics(features), len(waves)
+        return self
+
+    def reset_calibration(self) -> None:
+        self._speaker, self._speaker_clips = None, 0
+
+    # --- prediction ---------------------------------------------------------------------------------------------
+    def predict(self, audio: Audio | Sequence[Audio], sample_rate: int | None = None) -> Prediction | list[Prediction]:
+        """One Prediction per input: a path or a 1-D waveform (at ``sample_rate``, 16 kHz when None); a list gives a
+        list. A bad input raises its AudioError naming it (:meth:`predict_each` reports it and goes on)."""
+        if isinstance(audio, (list, tuple)):
+            results = list(self.predict_each(audio, sample_rate))
+            for r in results:
+                if isinstance(r, Exception):
+                    raise r
+            return results
+        return self._predict_one(audio, sample_rate, 0)
+
+    def predict_each(self, inputs: Sequence[Audio], sample_rate: int | None = None, chunk: int = 64):
+        """Yield, in input order, a Prediction or the EmoadaptError that input raised. Clips no longer than the
+        window are encoded and classified together, batched by length, ``chunk`` inputs at a time."""
+        for first in range(0, len(inputs), chunk):
+            loaded: dict[int, tuple[str, np.ndarray] | EmoadaptError] = {}
+            for k in range(first, min(first + chunk, len(inputs))):
+                try:
+                    loaded[k] = self._load(inputs[k], sample_rate, f"array[{k}]")
+                except EmoadaptError as error:
+                    loaded[k] = error
+            short = [k for k, v in loaded.items()
+                     if not isinstance(v, Exception) and len(v[1]) <= self.window_seconds * SAMPLE_RATE]
+            clips = {}
+            if short:
+                features: list = [None] * len(short)
+                for i, x in encode_waveforms(self.loaded, self.encoder, [loaded[k][1] for k in short], self.batch_size):
+                    features[i] = x
+                normalized, how = zip(*(self._normalize([x], 1, len(loaded[k][1]) / SAMPLE_RATE)
+                                        for k, x in zip(short, features)))
+                values = classify(self.loaded.model, [f[0] for f in normalized], self.batch_size)
+                clips = {k: (v, h) for k, v, h in zip(short, values, how)}
+            for k in sorted(loaded):
+                item = loaded[k]
+                if isinstance(item, Exception):
+                    yield item
+                elif k in clips:
+                    yield self._prediction(item[0], item[1], clips[k][0], [(0, len(item[1]))], clips[k][0][None],
+                                           clips[k][1])
+                else:
+                    try:
+                        yield self._prediction(item[0], item[1], *self._run(*item))
+                    except EmoadaptError as error:
+                        yield error
+
+    def embed(self, audio: Audio | Sequence[Audio], sample_rate: int | None = None) -> np.ndarray:
+        """The utterance vector the classifier sees, ``[N, E]`` for N inputs (a long recording: the mean over its
+        segments, weighted by duration)."""
+        inputs = audio if isinstance(audio, (list, tuple)) else [audio]
+        return np.stack([self._run(*self._load(a, sample_rate, f"array[{k}]"), embed=True)[0]
+                         for k, a in enumerate(inputs)])
+
+    def _predict_one(self, audio: Audio, sample_rate: int | None, k: int) -> Prediction:
+        source, wave = self._load(audio, sample_rate, f"array[{k}]")
+        return self._prediction(source, wave, *self._run(source, wave))
+
+    def _prediction(self, source: str, wave: np.ndarray, overall, pieces, per_piece, normalization) -> Prediction:
+        labels = self.labels
+        segments = [] if len(pieces) == 1 and pieces[0] == (0, len(wave)) else [
+            Segment(round(a / SAMPLE_RATE, 3), round(b / SAMPLE_RATE, 3), labels[int(p.argmax())],
+                    dict(zip(labels, map(float, p)))) for (a, b), p in zip(pieces, per_piece)]
+        return Prediction(source=source, label=labels[int(overall.argmax())],
+                          probabilities=dict(zip(labels, map(float, overall))),
+                          duration=round(len(wave) / SAMPLE_RATE, 3), normalization=normalization, segments=segments)
+
+    def _load(self, audio: Audio, sample_rate: int | None, name: str) -> tuple[str, np.ndarray]:
+        if isinstance(audio, np.ndarray) or hasattr(audio, "numpy"):
+            return name, validate_waveform(audio, path=name, sample_rate=sample_rate or SAMPLE_RATE,
+                                           max_seconds=self.max_seconds, min_samples=self.encoder.min_samples)
+        if sample_rate is not None:
+            raise EmoadaptError(audio, "sample_rate is for waveforms; a file's own rate is read from its header")
+        return str(audio), load_audio(audio, max_seconds=self.max_seconds, min_samples=self.encoder.min_samples)
+
+    def _run(self, source: str, wave: np.ndarray, embed: bool = False):
+        """(overall [C] or [E], pieces, per-piece values, normalization) of one recording."""
+        if len(wave) <= self.window_seconds * SAMPLE_RATE:
+            pieces = [(0, len(wave))]
+        else:
+            pieces = [(a, b) for a, b in speech_segments(wave, max_seconds=self.window_seconds)
+                      if b - a >= self.encoder.min_samples]
+            if not pieces:
+                raise NoSpeech(source, f"no speech found in {len(wave) / SAMPLE_RATE:.1f} s of audio")
+        features: list = [None] * len(pieces)
+        for i, x in encode_waveforms(self.loaded, self.encoder, [wave[a:b] for a, b in pieces], self.batch_size):
+            features[i] = x
+        features, normalization = self._normalize(features, len(pieces), len(wave) / SAMPLE_RATE)
+        values = classify(self.loaded.model, features, self.batch_size, embed=embed)
+        weights = np.array([b - a for a, b in pieces], dtype=np.float64)
+        overall = (values * (weights / weights.sum())[:, None]).sum(0).astype(np.float32)
+        return overall, pieces, values, normalization
+
+    def _normalize(self, features: list[np.ndarray], pieces: int, seconds: float) -> tuple[list[np.ndarray], str]:
+        mode = self.trained_normalization
+        if mode == "global":
+            return [x.astype(np.float32) for x in features], "global (the model's training statistics)"
+        if mode == "utterance":
+            n = Normalizer("utterance")
+            return [n.normalize(x) for x in features], "utterance (each clip or segment by itself)"
+        if self._speaker is not None:
+            statistics, how = self._speaker, f"speaker (calibrated from {self._speaker_clips} clip(s))"
+        else:
+            statistics = array_statistics(features)
+            how = (f"speaker (uncalibrated: this recording's own {pieces} segment(s), "
+                   f"{seconds:.1f} s, as the reference)")
+        n = Normalizer("speaker", {"": "s"}, {"s": statistics})
+        return [n.normalize(x, "") for x in features], how

