@@ -437,3 +437,24 @@ def test_label_map_errors_name_the_file_and_the_fix(tmp_path):
         apply_label_map(ravdess, tmp_path / "binary.csv")
     with pytest.raises(CorpusError, match="no such label map.*shared7"):
         apply_label_map(ravdess, "shared8")
+
+
+def test_merge_writes_one_corpus_with_prefixed_ids_and_united_folds(tmp_path, capsys):
+    from emoadapt import cli
+    from emoadapt.corpora import merge_corpora
+    ravdess = load_corpus(make_ravdess(tmp_path / "ravdess", actors=6), label_map="shared7")
+    emovo = load_corpus(make_emovo(tmp_path / "emovo"), label_map="shared7")
+    merged = merge_corpora([ravdess, emovo])
+    assert len(merged.rows) == len(ravdess.rows) + len(emovo.rows) == 6 * 7 + 6 * 7 * 2
+    assert merged.rows[0].id == "ravdess/" + ravdess.rows[0].id and merged.rows[0].speaker == "ravdess:Actor_01"
+    test1 = merged.folds.split(1, val_fraction=0).test
+    assert {merged.folds.group(i) for i in test1} == {"ravdess:Actor_01", "emovo:f2"}  # EmoBox's folds of each
+    with pytest.raises(CorpusError, match="both called 'ravdess'"):
+        merge_corpora([ravdess, ravdess])
+    code = cli.main(["merge", str(ravdess.root), str(emovo.root), "--label-map", "shared7",
+                     "--out", str(tmp_path / "both")])
+    assert code == 0 and "6 folds" in capsys.readouterr().out
+    back = load_corpus(tmp_path / "both")
+    assert sorted(back.labels) == sorted(merged.labels) and len(back.rows) == len(merged.rows)
+    assert back.folds.assignments == merged.folds.assignments
+    assert {u.extras["corpus"] for u in back.rows} == {"ravdess", "emovo"}

@@ -202,6 +202,16 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from .corpora import load_corpus, merge_corpora, summarize, write_manifest
+    corpora = [load_corpus(c, label_map=args.label_map) for c in args.corpora]
+    merged = merge_corpora(corpora, name=Path(args.out).name)
+    path = write_manifest(merged.rows, Path(args.out) / "manifest.csv")
+    print(summarize(load_corpus(path.parent)))
+    print(f"written: {path}")
+    return 0
+
+
 def cmd_predict(args) -> int:
     from .predict import run_predict
     return run_predict(args)
@@ -269,6 +279,13 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", help="results JSON (default: <model>/evaluate-<corpus>[-fold<k>].json)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("merge", help="several corpora mapped onto one label set, written as one manifest corpus "
+                                     "(ids and speakers prefixed by corpus; fold k = every corpus's fold k)")
+    p.add_argument("corpora", nargs="+", help="corpus folders, manifests or EmoBox files (at least two)")
+    p.add_argument("--label-map", required=True, help="a packaged map (shared7) or a CSV corpus,label,to")
+    p.add_argument("--out", required=True, help="folder for manifest.csv (then: emoadapt extract OUT ...)")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("predict", help="recognise emotion in audio files, folders, globs or a manifest with a model "
                                        "folder; long recordings become a timeline of speech segments")

@@ -4,10 +4,10 @@ from .base import Corpus
 from .emobox import write_emobox
 from .emobox import load as read_emobox
 from .splits import Folds, Split, read_folds, write_folds
-from .labelmap import LabelMap, apply_label_map, packaged_label_maps, read_label_map
+from .labelmap import LabelMap, apply_label_map, merge_corpora, packaged_label_maps, read_label_map
 from .load import LOADERS, detect_kind, load_corpus, summarize
 from .manifest import Utterance, read_manifest, write_manifest
 
 __all__ = ["Corpus", "Folds", "LOADERS", "LabelMap", "Split", "Utterance", "apply_label_map", "detect_kind",
-           "load_corpus", "packaged_label_maps", "read_emobox", "read_label_map",
+           "load_corpus", "merge_corpora", "packaged_label_maps", "read_emobox", "read_label_map",
            "read_folds", "read_manifest", "summarize", "write_emobox", "write_folds", "write_manifest"]

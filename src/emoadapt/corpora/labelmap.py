@@ -87,3 +87,30 @@ def apply_label_map(corpus: Corpus, label_map: LabelMap | str | os.PathLike) -> 
     view = f"{corpus.view}>{label_map.name}" if corpus.view else label_map.name
     return replace(corpus, rows=rows, labels=[c for c in label_map.classes if c in present], view=view,
                    folds=corpus.folds.restrict(u.id for u in rows) if corpus.folds is not None else None)
+
+
+def merge_corpora(corpora: list[Corpus], name: str = "merged") -> Corpus:
+    """One corpus from several that share a label set (apply a label map to each first): ids become
+    ``<corpus>/<id>`` and speakers ``<corpus>:<speaker>``, so nothing collides, and fold k is the union of every
+    corpus's fold k (each corpus's folds stay speaker-independent). Folds are kept only when every corpus has them.
+    :func:`emoadapt.corpora.write_manifest` writes it as a manifest (with ``corpus`` and ``fold`` columns) that
+    ``load_corpus`` reads back."""
+    if len(corpora) < 2:
+        raise CorpusError(None, "merging needs at least two corpora")
+    names = [c.name for c in corpora]
+    if len(set(names)) != len(names):
+        raise CorpusError(None, f"two corpora are both called {sorted(n for n in names if names.count(n) > 1)[0]!r}; "
+                                "merge different corpora")
+    labels = list(dict.fromkeys(label for c in corpora for label in c.labels))
+    with_folds = all(c.folds is not None for c in corpora)
+    rows = []
+    for c in corpora:
+        for u in c.rows:
+            extras = {"corpus": c.name}
+            if with_folds:
+                extras["fold"] = c.folds.assignments[u.id]
+            rows.append(replace(u, id=f"{c.name}/{u.id}", speaker=f"{c.name}:{u.speaker}" if u.speaker else None,
+                                extras=extras))
+    from .splits import Folds
+    folds = Folds.from_rows(rows, lambda u: u.extras["fold"]) if with_folds else None
+    return Corpus(name, corpora[0].root, rows, folds, labels, "+".join(c.view or c.name for c in corpora))
