@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch is pinned here, not in pyproject.toml: users bring the build that matches their CUDA.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench model clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q -n auto --dist loadfile
+
+model: install  # the model shipped in src/emoadapt/models/default (RAVDESS + EMOVO, recipe chosen on validation)
+	$(PY) -m emoadapt.bundle
 
 bench: install
 	$(PY) bench/extract.py
