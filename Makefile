@@ -12,6 +12,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e '.[dev]'
+	@# the web page test drives Debian's headless chromium (apt); without root it is skipped, and says so
+	command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -q chromium chromium-driver >/dev/null; } \
+		|| echo "note: chromium + chromium-driver are not installed: tests/test_serve.py skips the page test"
 	touch $@
 
 install: $(VENV)/.installed

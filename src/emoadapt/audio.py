@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,7 @@ def chunk(wave: np.ndarray, chunk_samples: int) -> list[np.ndarray]:
 
 
 _VAD = None
+_VAD_LOCK = threading.Lock()
 
 
 def _vad_model():
@@ -153,11 +155,12 @@ def speech_segments(wave: np.ndarray, *, max_seconds: float = 10.0, min_speech_s
     Returns [] when there is no speech."""
     import torch
     from silero_vad import get_speech_timestamps
-    found = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), _vad_model(),
-                                  threshold=threshold, sampling_rate=SAMPLE_RATE,
-                                  min_speech_duration_ms=int(min_speech_seconds * 1000),
-                                  min_silence_duration_ms=int(min_silence_seconds * 1000),
-                                  speech_pad_ms=int(pad_seconds * 1000))
+    with _VAD_LOCK:  # the model carries state between windows: one recording at a time (the server runs threads)
+        found = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), _vad_model(),
+                                      threshold=threshold, sampling_rate=SAMPLE_RATE,
+                                      min_speech_duration_ms=int(min_speech_seconds * 1000),
+                                      min_silence_duration_ms=int(min_silence_seconds * 1000),
+                                      speech_pad_ms=int(pad_seconds * 1000))
     longest = int(max_seconds * SAMPLE_RATE)
     pieces = []
     for stretch in found:

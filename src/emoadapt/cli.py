@@ -217,6 +217,13 @@ def cmd_predict(args) -> int:
     return run_predict(args)
 
 
+def cmd_serve(args) -> int:
+    from .serve import serve
+    serve(args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds,
+          max_concurrent=args.max_concurrent, window_seconds=args.window)
+    return 0
+
+
 def cmd_cv(args) -> int:
     from .crossval import run_cv
     corpus = _corpus(args)
@@ -308,6 +315,19 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("serve", help="an HTTP server (FastAPI + uvicorn) with a web page: POST /predict, GET /health, "
+                                     "/labels, /docs")
+    p.add_argument("--model", default="default", help="a model folder, or the shipped model (default)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_positive_int, default=8000)
+    p.add_argument("--max-upload-mb", type=_positive_float, default=20.0, help="larger uploads get 413 (default 20)")
+    p.add_argument("--max-seconds", type=_positive_float, default=120.0, help="longer audio gets 413 (default 120)")
+    p.add_argument("--max-concurrent", type=_positive_int, default=2,
+                   help="recordings in work at once; more get 429 (default 2)")
+    p.add_argument("--window", type=_positive_float, default=10.0,
+                   help="longer recordings are cut into speech segments (default 10 s)")
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("cv", help="cross-validation: per fold [stage 1 ->] stage 2 -> test; mean ± std "
                                   "(resumable: finished folds are skipped)")
     corpus_flags(p)
@@ -344,9 +364,9 @@ def _resolve_data_root(flag: str | None) -> Path:
 
 
 def cmd_demo(args) -> int:
-    """The main job on the embedded default encoder (Whisper-base) over RAVDESS: check the corpus, extract
-    features once, then stage 1 -> stage 2 -> test on one fold with a CPU-sized configuration
-    (``configs/demo-cpu.json``: a narrower adapter and few epochs, so it is not a result of the method)."""
+    """The main job on the embedded default encoder (Whisper-base) over RAVDESS: the shipped model labels the clips
+    of an actor it never heard, then features are extracted once and one fold is trained and tested with a fast
+    recipe (``stats`` by default; ``--recipe full`` runs the method with the CPU-sized ``demo-cpu`` config)."""
     from .corpora import load_corpus, summarize
     from .encoders import load_encoder
     from .extraction import extract
@@ -354,6 +374,8 @@ def cmd_demo(args) -> int:
     corpus_dir = root / "ravdess" if (root / "ravdess").is_dir() else root
     corpus = load_corpus(corpus_dir)
     print(summarize(corpus))
+    if not args.extract_only:
+        _demo_shipped_model(corpus, args)
     if args.limit:  # a quick check: clips spread evenly over the corpus, so every fold keeps its speakers
         step = max(1, len(corpus.rows) // args.limit)
         rows = corpus.rows[::step][: args.limit]
@@ -362,7 +384,7 @@ def cmd_demo(args) -> int:
     encoder = load_encoder(args.encoder, **_encoder_options(args))
     # one store per corpus x encoder setting: a store refuses to mix encoders, so the folder name says which
     store = Path(args.workdir) / "features" / f"{corpus.name}-{encoder.name}{'-pad30' if args.pad_to_30s else ''}"
-    print(f"\n[1/2] extracting {len(rows)} clips with {encoder.fingerprint} into {store}")
+    print(f"\n[2/3] extracting {len(rows)} clips with {encoder.fingerprint} into {store}", flush=True)
     report = extract(rows, encoder, store, batch_size=args.batch_size, progress=not args.no_progress)
     print(report)
     if report.failures:
@@ -374,19 +396,48 @@ def cmd_demo(args) -> int:
     from .crossval import run_cv
     config_file = args.config or "demo-cpu"
     config = load_config(config_file, args.overrides)
-    run_dir = Path(args.workdir) / f"cv-{corpus.name}-{encoder.name}-fold{args.fold}"
-    print(f"\n[2/2] fold {args.fold}: stage 1 (teacher-student on the training split) -> stage 2 -> test; "
-          f"config {config_file}; run folder {run_dir}")
-    results = run_cv(corpus, store, "full", run_dir, folds=[args.fold], config=config,
+    run_dir = Path(args.workdir) / f"cv-{corpus.name}-{encoder.name}-{args.recipe}-fold{args.fold}"
+    print(f"\n[3/3] fold {args.fold}: recipe {args.recipe} trained on the fold's training speakers, tested on its "
+          f"test speakers; config {config_file}; run folder {run_dir}", flush=True)
+    results = run_cv(corpus, store, args.recipe, run_dir, folds=[args.fold], config=config,
                      progress=not args.no_progress)
     scores = results["folds"][str(args.fold)] if "folds" in results else None
-    print(f"\nRAVDESS fold {args.fold} test ({corpus.view}, demo configuration, Whisper-base; not comparable with "
+    print(f"\nRAVDESS fold {args.fold} test ({corpus.view}, recipe {args.recipe}, Whisper-base; not comparable with "
           f"the paper's HuBERT-large IEMOCAP numbers):")
     if scores:
         print(f"  UA {scores['ua']:.2f}  WA {scores['wa']:.2f}  macro-F1 {scores['macro_f1']:.2f}")
     print(f"  results:          {run_dir / 'results.json'}")
     print(f"  confusion matrix: {run_dir / 'confusion.png'}")
     return 0
+
+
+def _demo_shipped_model(corpus, args) -> None:
+    """[1/3]: the model shipped with emoadapt labels every clip of the RAVDESS actor held out of its training."""
+    from .api import BUNDLED, Recognizer
+    from .bundle import HELD_OUT, LABEL_MAP
+    from .corpora import read_label_map
+    if not (BUNDLED / "default" / "model.json").is_file():
+        print("\n[1/3] no model is shipped in this installation (`make model` builds one): skipped")
+        return
+    actor = HELD_OUT.split(":", 1)[1]
+    clips = [u for u in corpus.rows if u.speaker == actor][: args.limit or None]
+    recognizer = Recognizer.from_pretrained("default", batch_size=args.batch_size)
+    rename = read_label_map(LABEL_MAP).rename
+    print(f"\n[1/3] the shipped model (src/emoadapt/models/default, see its MODEL_CARD.md) on the {len(clips)} clips "
+          f"of RAVDESS {actor}, whom it never heard:", flush=True)
+    right = counted = 0
+    for u, r in zip(clips, recognizer.predict_each([u.path for u in clips])):
+        if isinstance(r, Exception):
+            print(f"  {Path(u.path).name}  failed: {r}")
+            continue
+        true = rename.get(("ravdess", u.label))
+        counted += true is not None
+        right += true == r.label
+        print(f"  {Path(u.path).name}  true {u.label:<9} -> {r.label:<9} {r.probabilities[r.label]:.2f}"
+              + ("" if true is not None else "  (calm: not one of the model's classes)"))
+    if counted:
+        print(f"  {right} of {counted} right on the model's classes ({100 * right / counted:.1f} %; chance "
+              f"{100 / len(recognizer.labels):.1f} %)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -422,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--limit", type=int, help="a quick check on N clips spread evenly over the corpus")
     p.add_argument("--fold", type=int, default=1, help="the fold trained and tested (default 1)")
+    p.add_argument("--recipe", default="stats", help="the recipe of step 3 (default stats, the best fast one; "
+                                                     "full: the method, stage 1 then stage 2)")
     p.add_argument("--config", help="settings file or packaged config name (default: demo-cpu)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="one setting, e.g. stage2.epochs=2 (repeatable)")

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
 from .atomic import atomic_write, atomic_write_text
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
 METRICS = ("ua", "wa", "macro_f1", "weighted_f1")
 
@@ -37,6 +37,7 @@ def score(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -
     Classes absent from ``y_true`` are left out of UA (sklearn's recall over the present classes would otherwise
     count them as 0); they still appear in the confusion matrix.
     """
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score  # 2 s to import: not at start-up
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if len(y_true) == 0:
         raise ValueError("cannot score an empty set of predictions")

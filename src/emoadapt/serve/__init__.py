@@ -1,0 +1,162 @@
+"""`emoadapt serve`: a Recognizer behind HTTP (FastAPI + uvicorn) with a web page.
+
+    GET  /          the page: upload a file or record from the microphone; probabilities as bars, a timeline
+    POST /predict   an upload (multipart field ``file``) or the raw audio bytes as the body -> the Prediction as JSON
+    GET  /health    {"status": "ok", ...}
+    GET  /labels    the model's classes
+    GET  /docs      OpenAPI documentation (FastAPI's)
+
+Limits, each answered with a 4xx that says which and what to do: an upload larger than ``max_upload_bytes`` is
+refused from its Content-Length before a byte of the body is read (and, without a Content-Length, as soon as the
+body passes the limit): 413; audio longer than ``max_seconds``: 413; audio that cannot be decoded: 422; more than
+``max_concurrent`` recordings in work at once: 429 with Retry-After. Nothing a client sends gives a 5xx.
+"""
+
+import asyncio
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import AudioError, EmoadaptError, TooLongAudio
+
+PAGE = Path(__file__).with_name("page.html")
+
+
+class UploadLimit:
+    """ASGI middleware: POST bodies over ``limit`` bytes get 413 before they are read (declared size) or while
+    they arrive (chunked)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            return await _too_large(send, self.limit)
+        seen, started, refused = 0, False, False
+
+        async def counted_receive():
+            nonlocal seen, refused, started
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit and not started:  # answer now; the app sees the client leave
+                    refused = started = True
+                    await _too_large(send, self.limit)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            if refused:
+                return  # the 413 is already sent: whatever the app says after the disconnect is dropped
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except Exception:
+            if not refused:
+                raise
+
+
+async def _too_large(send, limit: int) -> None:
+    import json
+    body = json.dumps({"detail": f"upload too large: the limit is {limit} bytes ({limit / 2**20:.1f} MiB); send a "
+                                 f"shorter or compressed recording (FLAC, Ogg)"}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(recognizer, *, max_upload_bytes: int = 20 * 2**20, max_concurrent: int = 2):
+    """The FastAPI application around a :class:`emoadapt.api.Recognizer` (its ``max_seconds`` caps the audio)."""
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import HTMLResponse
+
+    app = FastAPI(title="emoadapt", summary="speech emotion recognition",
+                  description=f"Model {recognizer.model_dir.name}: classes {', '.join(recognizer.labels)}.")
+    busy = asyncio.Semaphore(max_concurrent)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page():
+        return PAGE.read_text(encoding="utf-8")
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "model": recognizer.model_dir.name, "labels": recognizer.labels,
+                "normalization": recognizer.trained_normalization}
+
+    @app.get("/labels")
+    def labels():
+        return {"labels": recognizer.labels}
+
+    @app.post("/predict", responses={413: {"description": "upload or audio too long"},
+                                     422: {"description": "not usable audio"}, 429: {"description": "busy"}})
+    async def predict(request: Request):
+        """The audio as a multipart upload (field ``file``) or as the raw request body (any format libsndfile reads:
+        WAV, FLAC, Ogg, MP3, ...)."""
+        if busy.locked():
+            raise HTTPException(429, f"busy: {max_concurrent} recordings are being recognised; retry in a moment",
+                                headers={"Retry-After": "1"})
+        async with busy:
+            name, data = await _audio_bytes(request)
+            if not data:
+                raise HTTPException(422, "empty upload: send an audio file as the body or as the form field 'file'")
+            suffix = Path(name).suffix if Path(name).suffix.lower() in _SUFFIXES else ""
+            with tempfile.TemporaryDirectory(prefix="emoadapt-serve-") as tmp:
+                path = Path(tmp) / f"upload{suffix}"
+                path.write_bytes(data)
+                try:
+                    result = await run_in_threadpool(recognizer.predict, path)
+                except TooLongAudio as error:
+                    raise HTTPException(413, _public(error, path, name)) from None
+                except AudioError as error:
+                    raise HTTPException(422, _public(error, path, name)) from None
+                except EmoadaptError as error:
+                    raise HTTPException(422, _public(error, path, name)) from None
+        out = result.to_dict()
+        out["source"] = name
+        out["top"] = result.top(3)
+        return out
+
+    return app
+
+
+_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff", ".oga", ".opus"}
+
+
+def _public(error: Exception, path: Path, name: str) -> str:
+    """The error's message with the server's temp path replaced by the client's file name."""
+    return str(error).replace(str(path), name)
+
+
+async def _audio_bytes(request) -> tuple[str, bytes]:
+    from fastapi import HTTPException
+    kind = request.headers.get("content-type", "")
+    if kind.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=10)
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise HTTPException(422, "a multipart upload needs the audio in the form field 'file'")
+        return upload.filename or "upload", await upload.read()
+    return request.headers.get("x-filename", "body"), await request.body()
+
+
+def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 20.0,
+          max_seconds: float = 120.0, max_concurrent: int = 2, window_seconds: float = 10.0) -> None:
+    import uvicorn
+
+    from ..api import Recognizer
+    recognizer = Recognizer.from_pretrained(model, max_seconds=max_seconds, window_seconds=window_seconds)
+    app = UploadLimit(create_app(recognizer, max_upload_bytes=int(max_upload_mb * 2**20),
+                                 max_concurrent=max_concurrent), int(max_upload_mb * 2**20))
+    print(f"emoadapt serve: model {recognizer.model_dir} ({', '.join(recognizer.labels)}) on http://{host}:{port}/",
+          flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=os.environ.get("EMOADAPT_LOG_LEVEL", "warning"))
