@@ -9,7 +9,8 @@ One run, one thread (``OMP_NUM_THREADS`` as set), the RAVDESS copy in ../shared/
   classified whole, as the window allows), seconds of compute per second of audio, median of the repeats (goal
   <= 0.03 on this CPU);
 - the head's share: the model (adapter + pooling + classifier, or the stats model) on the clip's hidden states,
-  as a fraction of the encoder's time on the same clip (goal <= 5 %).
+  as a fraction of the encoder's time on the same clip (goal <= 5 %);
+- the same head exported to ONNX (``emoadapt export``) and run by onnxruntime, its time over torch's.
 """
 from __future__ import annotations
 
@@ -77,6 +78,18 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         classify(recognizer.loaded.model, features)
         head_runs.append(time.perf_counter() - t0)
+    import tempfile
+
+    from emoadapt.export import OnnxHead, export_onnx
+    with tempfile.TemporaryDirectory() as tmp:  # the head as ONNX, timed on the same normalised hidden states
+        report = export_onnx(recognizer.model_dir, Path(tmp) / "head.onnx")
+        onnx_head = OnnxHead(report["path"])
+        classify(onnx_head, features)
+        onnx_runs = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            classify(onnx_head, features)
+            onnx_runs.append(time.perf_counter() - t0)
     rtf = statistics.median(runs) / args.seconds
     head = statistics.median(head_runs) / statistics.median(encoder_runs)
     result = {
@@ -86,6 +99,9 @@ def main(argv=None) -> int:
         "predict_seconds": [round(r, 4) for r in runs], "real_time_factor": round(rtf, 4),
         "encoder_seconds": [round(r, 4) for r in encoder_runs], "head_seconds": [round(r, 5) for r in head_runs],
         "head_over_encoder": round(head, 4),
+        "onnx_head_seconds": [round(r, 5) for r in onnx_runs],
+        "onnx_over_torch_head": round(statistics.median(onnx_runs) / statistics.median(head_runs), 3),
+        "onnx_max_abs_difference": report["max_abs_difference"],
         "goals": {"real_time_factor": {"goal": GOAL_RTF, "met": rtf <= GOAL_RTF},
                   "head_over_encoder": {"goal": GOAL_HEAD, "met": head <= GOAL_HEAD}},
         "threads": os.environ.get("OMP_NUM_THREADS", "all"), "machine": machine_info(), "commit": git_commit(),
@@ -96,6 +112,8 @@ def main(argv=None) -> int:
     print(f"  real-time factor on a {args.seconds:g} s clip: {rtf:.4f}  (goal <= {GOAL_RTF}: "
           f"{'MET' if rtf <= GOAL_RTF else 'NOT MET'})")
     print(f"  head / encoder time: {head:.4f}  (goal <= {GOAL_HEAD}: {'MET' if head <= GOAL_HEAD else 'NOT MET'})")
+    print(f"  head time, ONNX (onnxruntime) / torch: {result['onnx_over_torch_head']}  (max abs difference "
+          f"{report['max_abs_difference']:.1e})")
     out = args.out or str(REPO / "docs" / "bench_predict.json")
     Path(out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"  written to {out}")

@@ -62,11 +62,20 @@ class Prediction:
 
 class Recognizer:
     def __init__(self, model_dir: str | os.PathLike, *, encoder=None, window_seconds: float = 10.0,
-                 max_seconds: float = 1200.0, batch_size: int = 8):
+                 max_seconds: float = 1200.0, batch_size: int = 8, backend: str = "torch",
+                 onnx: str | os.PathLike | None = None):
         if window_seconds <= 0 or max_seconds <= 0 or batch_size < 1:
             raise EmoadaptError(None, "window_seconds and max_seconds must be > 0 and batch_size >= 1")
+        if backend not in ("torch", "onnx"):
+            raise EmoadaptError(None, f"backend {backend!r}: choose torch or onnx")
         self.loaded = load_classifier(model_dir)
         self.model_dir = Path(model_dir)
+        self.backend, self.head = backend, self.loaded.model
+        if backend == "onnx":  # the head from `emoadapt export` (default: model.onnx in the model folder)
+            from .checkpoints import read_classifier
+            from .export import OnnxHead
+            self.head = OnnxHead(onnx or read_classifier(model_dir)[0] / "model.onnx")
+            self.head.check_matches(self.loaded.info)
         self.encoder = model_encoder(self.loaded, encoder)
         self.window_seconds, self.max_seconds, self.batch_size = window_seconds, max_seconds, batch_size
         self.trained_normalization = model_normalization(self.loaded)
@@ -138,7 +147,7 @@ class Recognizer:
                     features[i] = x
                 normalized, how = zip(*(self._normalize([x], 1, len(loaded[k][1]) / SAMPLE_RATE)
                                         for k, x in zip(short, features)))
-                values = classify(self.loaded.model, [f[0] for f in normalized], self.batch_size)
+                values = classify(self.head, [f[0] for f in normalized], self.batch_size)
                 clips = {k: (v, h) for k, v, h in zip(short, values, how)}
             for k in sorted(loaded):
                 item = loaded[k]
@@ -194,7 +203,7 @@ class Recognizer:
         for i, x in encode_waveforms(self.loaded, self.encoder, [wave[a:b] for a, b in pieces], self.batch_size):
             features[i] = x
         features, normalization = self._normalize(features, len(pieces), len(wave) / SAMPLE_RATE)
-        values = classify(self.loaded.model, features, self.batch_size, embed=embed)
+        values = classify(self.head, features, self.batch_size, embed=embed)
         weights = np.array([b - a for a, b in pieces], dtype=np.float64)
         overall = (values * (weights / weights.sum())[:, None]).sum(0).astype(np.float32)
         return overall, pieces, values, normalization

@@ -217,6 +217,14 @@ def cmd_predict(args) -> int:
     return run_predict(args)
 
 
+def cmd_export(args) -> int:
+    from .export import export_onnx
+    report = export_onnx(args.model, args.out)
+    print(f"written: {report['path']} ({report['bytes'] / 2**20:.1f} MiB; classes {', '.join(report['labels'])}); "
+          f"onnxruntime vs torch on a padded test batch: max abs difference {report['max_abs_difference']:.2e}")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from .serve import serve
     serve(args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds,
@@ -313,7 +321,16 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--max-seconds", type=_positive_float, default=1200.0,
                    help="longer recordings are refused (default 1200)")
     p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="onnx: the model's head from `emoadapt export` run by onnxruntime (the encoder stays torch)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="a model folder's head (adapter + pooling + classifier, or the stats model) as "
+                                      "ONNX with a dynamic time axis and the labels in its metadata")
+    p.add_argument("--model", required=True, help="a model folder (or its finetune run folder)")
+    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument("--out", help="the file (default: model.onnx in the model folder)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="an HTTP server (FastAPI + uvicorn) with a web page: POST /predict, GET /health, "
                                      "/labels, /docs")

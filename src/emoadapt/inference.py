@@ -83,14 +83,20 @@ def encode_waveforms(loaded: LoadedModel, encoder, waveforms: Sequence[np.ndarra
 def classify(model: torch.nn.Module, features: Sequence[np.ndarray], batch_size: int = 8, *,
              embed: bool = False) -> np.ndarray:
     """Class probabilities ``[N, C]`` (or, with ``embed``, the utterance vectors ``[N, E]`` the last layer sees) of
-    hidden states ``[L+1, T, D]`` already normalised as the model expects, batched by length."""
+    hidden states ``[L+1, T, D]`` already normalised as the model expects, batched by length. ``model``: a torch
+    model, or an exported head (:class:`emoadapt.export.OnnxHead`: numpy in, probabilities out)."""
+    exported = not isinstance(model, torch.nn.Module)
+    if exported and embed:
+        raise EmoadaptError(None, "embeddings need the torch backend (an exported head gives probabilities only)")
     order = sorted(range(len(features)), key=lambda i: features[i].shape[1])
     out = None
     for start in range(0, len(order), batch_size):
         chosen = order[start: start + batch_size]
         batch = collate([{"hidden_states": torch.from_numpy(np.asarray(features[i], np.float32)), "label": -1,
                           "index": i} for i in chosen])
-        if embed:
+        if exported:
+            values = model(batch["hidden_states"].numpy(), batch["padding_mask"].numpy())
+        elif embed:
             values = model.embed(batch["hidden_states"], batch["padding_mask"]).float().numpy()
         else:
             values = F.softmax(model(batch["hidden_states"], batch["padding_mask"]).float(), -1).numpy()

@@ -64,7 +64,7 @@ def run_predict(args) -> int:
     if not inputs:
         raise EmoadaptError(None, "nothing to predict: give audio files, folders, globs or a manifest")
     recognizer = Recognizer.from_pretrained(args.model, window_seconds=args.window, max_seconds=args.max_seconds,
-                                            batch_size=args.batch_size)
+                                            batch_size=args.batch_size, backend=args.backend)
     if args.calibrate and args.group_by:
         raise EmoadaptError(None, "give either --calibrate clips (one speaker) or --group-by speaker, not both")
     groups: list[tuple[str | None, list[int]]] = [(None, list(range(len(inputs))))]
