@@ -168,4 +168,8 @@ all=(features stage1-pool ravdess-stats ravdess-superb ravdess-emobox ravdess-ad
 if [[ ${1:-} == --list ]]; then printf '%s\n' "${all[@]}"; exit 0; fi
 if (( $# )); then rows=("$@"); else rows=("${all[@]}"); fi
 for r in "${rows[@]}"; do row "$r"; done
-"${emoadapt[@]}" compare "$out"/*-s[0-9]
+runs=()
+for run in "$out"/*-s[0-9]; do  # cross-validation runs (the cross-corpus rows are single models: their JSON is apart)
+    [[ -f $run/results.json && $(basename "$run") != cross-* ]] && runs+=("$run")
+done
+"${emoadapt[@]}" compare "${runs[@]}"
