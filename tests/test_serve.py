@@ -31,7 +31,7 @@ def server(trained):
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "emoadapt.cli", "serve", "--model", str(models["global"]),
                                 "--port", str(port), "--max-upload-mb", "0.5", "--max-seconds", "5",
-                                "--max-concurrent", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                "--max-concurrent", "1", "--queue-seconds", "0.05"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120

@@ -228,7 +228,7 @@ def cmd_export(args) -> int:
 def cmd_serve(args) -> int:
     from .serve import serve
     serve(args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds,
-          max_concurrent=args.max_concurrent, window_seconds=args.window)
+          max_concurrent=args.max_concurrent, window_seconds=args.window, queue_seconds=args.queue_seconds)
     return 0
 
 
@@ -340,7 +340,9 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--max-upload-mb", type=_positive_float, default=20.0, help="larger uploads get 413 (default 20)")
     p.add_argument("--max-seconds", type=_positive_float, default=120.0, help="longer audio gets 413 (default 120)")
     p.add_argument("--max-concurrent", type=_positive_int, default=2,
-                   help="recordings in work at once; more get 429 (default 2)")
+                   help="recordings in work at once; others wait --queue-seconds, then get 429 (default 2)")
+    p.add_argument("--queue-seconds", type=_positive_float, default=10.0,
+                   help="how long a request waits for a free slot before 429 (default 10)")
     p.add_argument("--window", type=_positive_float, default=10.0,
                    help="longer recordings are cut into speech segments (default 10 s)")
     p.set_defaults(func=cmd_serve)

@@ -9,7 +9,8 @@
 Limits, each answered with a 4xx that says which and what to do: an upload larger than ``max_upload_bytes`` is
 refused from its Content-Length before a byte of the body is read (and, without a Content-Length, as soon as the
 body passes the limit): 413; audio longer than ``max_seconds``: 413; audio that cannot be decoded: 422; more than
-``max_concurrent`` recordings in work at once: 429 with Retry-After. Nothing a client sends gives a 5xx.
+``max_concurrent`` recordings in work at once: the others wait up to ``queue_seconds`` for a slot, then get 429 with
+Retry-After. Nothing a client sends gives a 5xx.
 """
 
 import asyncio
@@ -74,7 +75,8 @@ async def _too_large(send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(recognizer, *, max_upload_bytes: int = 20 * 2**20, max_concurrent: int = 2):
+def create_app(recognizer, *, max_upload_bytes: int = 20 * 2**20, max_concurrent: int = 2,
+               queue_seconds: float = 10.0):
     """The FastAPI application around a :class:`emoadapt.api.Recognizer` (its ``max_seconds`` caps the audio)."""
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.concurrency import run_in_threadpool
@@ -102,13 +104,15 @@ def create_app(recognizer, *, max_upload_bytes: int = 20 * 2**20, max_concurrent
     async def predict(request: Request):
         """The audio as a multipart upload (field ``file``) or as the raw request body (any format libsndfile reads:
         WAV, FLAC, Ogg, MP3, ...)."""
-        if busy.locked():
-            raise HTTPException(429, f"busy: {max_concurrent} recordings are being recognised; retry in a moment",
-                                headers={"Retry-After": "1"})
-        async with busy:
-            name, data = await _audio_bytes(request)
-            if not data:
-                raise HTTPException(422, "empty upload: send an audio file as the body or as the form field 'file'")
+        name, data = await _audio_bytes(request)
+        if not data:
+            raise HTTPException(422, "empty upload: send an audio file as the body or as the form field 'file'")
+        try:  # wait for a free slot a little, then say busy
+            await asyncio.wait_for(busy.acquire(), timeout=queue_seconds)
+        except asyncio.TimeoutError:
+            raise HTTPException(429, f"busy: {max_concurrent} recordings were being recognised for {queue_seconds:g} s; "
+                                     f"retry in a moment", headers={"Retry-After": "2"}) from None
+        try:
             suffix = Path(name).suffix if Path(name).suffix.lower() in _SUFFIXES else ""
             with tempfile.TemporaryDirectory(prefix="emoadapt-serve-") as tmp:
                 path = Path(tmp) / f"upload{suffix}"
@@ -121,6 +125,8 @@ def create_app(recognizer, *, max_upload_bytes: int = 20 * 2**20, max_concurrent
                     raise HTTPException(422, _public(error, path, name)) from None
                 except EmoadaptError as error:
                     raise HTTPException(422, _public(error, path, name)) from None
+        finally:
+            busy.release()
         out = result.to_dict()
         out["source"] = name
         out["top"] = result.top(3)
@@ -150,13 +156,15 @@ async def _audio_bytes(request) -> tuple[str, bytes]:
 
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 20.0,
-          max_seconds: float = 120.0, max_concurrent: int = 2, window_seconds: float = 10.0) -> None:
+          max_seconds: float = 120.0, max_concurrent: int = 2, window_seconds: float = 10.0,
+          queue_seconds: float = 10.0) -> None:
     import uvicorn
 
     from ..api import Recognizer
     recognizer = Recognizer.from_pretrained(model, max_seconds=max_seconds, window_seconds=window_seconds)
     app = UploadLimit(create_app(recognizer, max_upload_bytes=int(max_upload_mb * 2**20),
-                                 max_concurrent=max_concurrent), int(max_upload_mb * 2**20))
+                                 max_concurrent=max_concurrent, queue_seconds=queue_seconds),
+                       int(max_upload_mb * 2**20))
     print(f"emoadapt serve: model {recognizer.model_dir} ({', '.join(recognizer.labels)}) on http://{host}:{port}/",
           flush=True)
     uvicorn.run(app, host=host, port=port, log_level=os.environ.get("EMOADAPT_LOG_LEVEL", "warning"))
