@@ -55,7 +55,8 @@ def test_speaker_calibration_matches_evaluate_on_the_speakers_own_clips(trained)
     clips = [u for u in corpus.rows if u.speaker == "Actor_11"]
     uncalibrated = recognizer.predict(clips[0].path)
     assert "uncalibrated" in uncalibrated.normalization
-    recognizer.calibrate([u.path for u in clips])
+    with pytest.warns(UserWarning, match="calibrating from 8 clip"):  # fewer than 10: weak, and it says so
+        recognizer.calibrate([u.path for u in clips])
     for u, r in zip(clips, recognizer.predict([u.path for u in clips])):
         assert r.normalization == "speaker (calibrated from 8 clip(s))"
         assert np.allclose([r.probabilities[c] for c in corpus.labels], expected[u.id], atol=2e-4), u.id
@@ -105,8 +106,10 @@ def test_predict_command_tables_json_csv_manifests_and_failures(trained, tmp_pat
     manifest.write_text("path,speaker\n" + "".join(f"{u.path},{u.speaker}\n" for u in test))
     code = cli.main(["predict", str(manifest), "--model", str(models["speaker"]), "--group-by", "speaker",
                      "--json"])
-    report = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
     assert code == 0 and len(report["predictions"]) == 16
+    assert "warning (speaker Actor_01): calibrating from 8 clip(s)" in captured.err
     assert {p["normalization"] for p in report["predictions"]} == {"speaker (calibrated from 8 clip(s))"}
     code = cli.main(["predict", test[0].path, "--model", str(models["global"]), "--calibrate", test[1].path])
     assert code == 2 and "calibration clips do not apply" in capsys.readouterr().err

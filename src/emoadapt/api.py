@@ -20,6 +20,7 @@ the statistics of :meth:`Recognizer.calibrate`'s clips when given, otherwise the
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence, Union
@@ -34,6 +35,7 @@ from .inference import classify, encode_waveforms, load_classifier, model_encode
 
 Audio = Union[str, os.PathLike, np.ndarray]
 BUNDLED = Path(__file__).parent / "models"  # models shipped inside the package, by name
+FEW_CLIPS = 10  # calibration below this many clips is weak (docs/RESULTS.md, the calibration curve)
 
 
 @dataclass
@@ -111,6 +113,10 @@ class Recognizer:
             raise EmoadaptError(None, "calibrate needs at least one clip of the speaker")
         features = [x for _, x in encode_waveforms(self.loaded, self.encoder, waves, self.batch_size)]
         self._speaker, self._speaker_clips = array_statistics(features), len(waves)
+        if len(waves) < FEW_CLIPS:
+            warnings.warn(f"calibrating from {len(waves)} clip(s): with fewer than {FEW_CLIPS} clips of varied speech "
+                          "the reference carries those clips' own emotion (docs/RESULTS.md: one clip is worse than "
+                          "no calibration, five still clearly below all of a speaker's clips)", stacklevel=2)
         return self
 
     def reset_calibration(self) -> None:

@@ -69,7 +69,7 @@ def run_predict(args) -> int:
         raise EmoadaptError(None, "give either --calibrate clips (one speaker) or --group-by speaker, not both")
     groups: list[tuple[str | None, list[int]]] = [(None, list(range(len(inputs))))]
     if args.calibrate:
-        recognizer.calibrate(expand_inputs_paths(args.calibrate))
+        calibrate(recognizer, expand_inputs_paths(args.calibrate), "--calibrate")
     elif args.group_by:
         unknown = [i.path for i in inputs if i.speaker is None]
         if unknown:
@@ -82,7 +82,7 @@ def run_predict(args) -> int:
     results: list = [None] * len(inputs)
     for speaker, members in groups:
         if speaker is not None:  # each speaker's own clips are its reference (their audio, never labels)
-            recognizer.calibrate([inputs[k].path for k in members])
+            calibrate(recognizer, [inputs[k].path for k in members], f"speaker {speaker}")
         for k, result in zip(members, recognizer.predict_each([inputs[k].path for k in members])):
             results[k] = result
     failed = [(inputs[k], r) for k, r in enumerate(results) if isinstance(r, Exception)]
@@ -103,6 +103,16 @@ def run_predict(args) -> int:
         print(f"{len(failed)} of {len(inputs)} inputs failed (listed above); the others were predicted",
               file=sys.stderr)
     return 1 if failed else 0
+
+
+def calibrate(recognizer, clips: list[str], who: str) -> None:
+    """Recognizer.calibrate, its warning (too few clips) printed as one line on stderr."""
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        recognizer.calibrate(clips)
+    for w in caught:
+        print(f"warning ({who}): {w.message}", file=sys.stderr)
 
 
 def expand_inputs_paths(specs: list[str]) -> list[str]:
