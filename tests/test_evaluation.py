@@ -94,6 +94,17 @@ def test_compare_pools_seeds_of_the_same_settings_only(tmp_path):
     d = paired_difference(rows[2], rows[0])
     assert d == {"mean": pytest.approx(-5.0), "std": pytest.approx(0.0), "pairs": 3, "better": 0, "worse": 3}
     assert "adapter-lr: -20.00 ± 8.16 over 3 pairs (better in 0, worse in 3)" in paired_table(rows, 0)
+    # a run recorded before a setting existed pools with a newer run that keeps it at its default; a results file
+    # copied out of its folder (docs/results/<run>.json) is named by its file
+    a2 = _cv_results(tmp_path / "adapter-s2", "adapter", 2, [61, 71, 81])
+    recorded = json.loads((a2 / "results.json").read_text())
+    recorded["config"]["stage2"]["mixup_alpha"] = 0.0
+    (tmp_path / "adapter-s2.json").write_text(json.dumps(recorded))
+    (pooled3,) = compare_runs([a0, a1, tmp_path / "adapter-s2.json"])
+    assert pooled3["seeds"] == [0, 1, 2] and pooled3["runs"][2] == str(tmp_path / "adapter-s2")
+    recorded["config"]["stage2"]["mixup_alpha"] = 0.4
+    (tmp_path / "adapter-mixup-s2.json").write_text(json.dumps(recorded))
+    assert len(compare_runs([a0, tmp_path / "adapter-mixup-s2.json"])) == 2
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "results.json").write_text("{}")
     with pytest.raises(ValueError, match="junk.*not a cross-validation results file"):

@@ -110,6 +110,16 @@ class RunConfig:
         return plain_json(asdict(self))
 
 
+def with_defaults(recorded: dict) -> dict:
+    """A config dict recorded by a run, with every setting added to emoadapt since then at its default (so that an
+    older run and a newer one with the same settings compare equal)."""
+    def merge(defaults, values):
+        if not isinstance(defaults, dict) or not isinstance(values, dict):
+            return values
+        return {**defaults, **{k: merge(defaults.get(k), v) if k in defaults else v for k, v in values.items()}}
+    return merge(RunConfig().to_dict(), recorded)
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = (),
                 base: RunConfig | None = None) -> RunConfig:
     """``base`` (default: the defaults), then a JSON/YAML file (after the files it extends), then

@@ -80,15 +80,17 @@ class CrossValidationReport:
 
 
 def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
-    """Cross-validation runs (folders with ``results.json``) grouped by everything but the seed — corpus, view,
-    recipe, config, shared stage-1 adapter — one row per group: mean ± std over every (fold, seed) score, the std
-    of the per-seed means, and the mean validation UA (the number settings are chosen on; never the test)."""
+    """Cross-validation runs (folders with ``results.json``, or such files, e.g. ``docs/results/<run>.json``) grouped
+    by everything but the seed — corpus, view, recipe, config (settings added since a run at their defaults), shared
+    stage-1 adapter — one row per group: mean ± std over every (fold, seed) score, the std of the per-seed means,
+    and the mean validation UA (the number settings are chosen on; never the test)."""
+    from .config import with_defaults
     groups: dict[str, dict] = {}
     paths = [Path(run) / "results.json" if Path(run).is_dir() else Path(run) for run in run_dirs]
     for path in dict.fromkeys(p.resolve() for p in paths):  # a run named twice (overlapping globs) counts once
         try:
             r = json.loads(path.read_text())
-            protocol, config = r["protocol"], dict(r["config"])
+            protocol, config = r["protocol"], with_defaults(r["config"])
         except (OSError, ValueError, KeyError) as error:
             raise ValueError(f"{path}: not a cross-validation results file ({error})") from None
         seed = config.pop("seed", r.get("seed"))
@@ -100,7 +102,7 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
                                     "protocol": protocol_name(protocol)})
         if seed in g["scores"]:
             raise ValueError(f"{path}: two runs with the same settings and seed {seed}")
-        g["runs"].append(str(path.parent))
+        g["runs"].append(str(path.parent) if path.name == "results.json" else str(path.with_suffix("")))
         g["scores"][seed] = r["folds"]  # fold -> its scores (ua, wa, ...) and best_val_ua
         g["val_ua"] += [v.get("best_val_ua") for v in r["folds"].values() if v.get("best_val_ua") is not None]
     rows = []
