@@ -13,6 +13,7 @@ import logging
 import math
 import random
 import signal
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -96,13 +97,33 @@ def warmup_cosine(optimizer, total_steps: int, warmup_fraction: float, final_fra
     return {"scheduler": scheduler, "interval": "step", "frequency": 1}
 
 
+class EpochLines(pl.Callback):
+    """Progress for a log file (stderr is not a terminal): one line per epoch with its losses and validation UA,
+    instead of Lightning's bar redrawn every step."""
+
+    def on_train_epoch_start(self, trainer, module):
+        self.t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, module):
+        # on_train_epoch_end runs after validation: val_ua of this epoch is there
+        shown = {k: float(v) for k, v in trainer.callback_metrics.items()
+                 if k.endswith("_epoch") or k in ("val_ua", "val_loss")}
+        values = ", ".join(f"{k.removesuffix('_epoch')} {v:.3g}" for k, v in sorted(shown.items()))
+        if trainer.is_global_zero:
+            print(f"  epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {values} "
+                  f"({time.perf_counter() - self.t0:.0f} s)", file=sys.stderr, flush=True)
+
+
 def make_trainer(out_dir: Path, tc: TrainerConfig, *, max_epochs: int, grad_clip: float, callbacks: list,
                  validate: bool, progress: bool) -> pl.Trainer:
     from .checkpoints import SafetensorsCheckpointIO
+    lines = progress and not sys.stderr.isatty()
+    if lines:
+        callbacks = [*callbacks, EpochLines()]
     return pl.Trainer(
         default_root_dir=out_dir, max_epochs=max_epochs, accelerator=tc.accelerator, devices=tc.devices,
         strategy=tc.strategy, precision=tc.precision, gradient_clip_val=grad_clip or None, callbacks=callbacks,
-        logger=CSVLogger(out_dir, name="", version="logs"), enable_progress_bar=progress,
+        logger=CSVLogger(out_dir, name="", version="logs"), enable_progress_bar=progress and not lines,
         enable_model_summary=False, deterministic=tc.deterministic, num_sanity_val_steps=0,
         use_distributed_sampler=False,  # ShuffleSampler shards by rank itself; evaluation sees every utterance
         plugins=[SafetensorsCheckpointIO()], log_every_n_steps=tc.log_every_n_steps,
