@@ -947,3 +947,13 @@ def test_regularised_stage2_learns_and_reloads(data, tmp_path):
     assert results["scores"]["ua"] > 70, results["scores"]
     model = load_model(tmp_path / "model").model
     assert model.config.time_mask_prob == 0.3 and model.mask_embedding.shape == (32,) and not model.training
+
+
+def test_progress_in_a_log_file_is_one_line_per_epoch(data, tmp_path, capfd):
+    """stderr is not a terminal here (pytest captures it): no redrawn bar, one plain line per epoch."""
+    corpus, store = data
+    finetune(corpus, store, 1, tmp_path, config=tiny_config("stage2.epochs=2"), progress=True)
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip().startswith("epoch ")]
+    assert [line.split(":")[0].strip() for line in lines] == ["epoch 1/2", "epoch 2/2"], err[-2000:]
+    assert "val_ua" in lines[0] and "\r" not in err
