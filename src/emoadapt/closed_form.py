@@ -37,7 +37,8 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, c: float) -> tuple[StandardScaler
     return scaler, LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(x), y)
 
 
-def choose_and_fit(train: tuple, val: tuple, labels, c_grid) -> tuple[StandardScaler, LogisticRegression, dict]:
+def choose_and_fit(train: tuple, val: tuple, labels, c_grid, log=None) -> tuple[StandardScaler, LogisticRegression,
+                                                                                 dict]:
     """C with the best validation UA (ties: the stronger regularisation), then refitted on training + validation.
     Without validation utterances the middle of the grid is used, and the record says so."""
     (x_train, y_train), (x_val, y_val) = train, val
@@ -47,6 +48,8 @@ def choose_and_fit(train: tuple, val: tuple, labels, c_grid) -> tuple[StandardSc
         for c in grid:
             scaler, model = fit_logistic(x_train, y_train, c)
             val_ua[c] = score(y_val.tolist(), model.predict(scaler.transform(x_val)).tolist(), labels).ua
+            if log:
+                log(f"  C={c:g}: validation UA {val_ua[c]:.2f}")
         best = max(grid, key=lambda c: (val_ua[c], -c))
     else:
         val_ua, best = {}, grid[len(grid) // 2]
@@ -71,14 +74,17 @@ def load_logistic(model, scaler: StandardScaler, logistic: LogisticRegression) -
     model.head.bias.copy_(torch.as_tensor(bias))
 
 
-def fit_closed_form(model, data, batch_size: int) -> dict:
+def fit_closed_form(model, data, batch_size: int, log=None) -> dict:
     """Fit ``model`` (a closed-form recipe, e.g. StatsClassifier) on a fold (``FoldData``); returns what the fold's
-    results record (``best_val_ua``: the chosen C's validation UA)."""
+    results record (``best_val_ua``: the chosen C's validation UA). ``log``: a function for progress lines."""
     t0 = time.perf_counter()
     model.eval()
     train = pooled_features(model, data.train, batch_size)  # evaluation loader: whole utterances, never crops
     val = pooled_features(model, data.val, batch_size)
-    scaler, logistic, chosen = choose_and_fit(train, val, data.labels, model.config.c_grid)
+    if log:
+        log(f"  statistics of {len(data.train)} training and {len(data.val)} validation utterances "
+            f"({time.perf_counter() - t0:.0f} s); choosing C on validation")
+    scaler, logistic, chosen = choose_and_fit(train, val, data.labels, model.config.c_grid, log)
     load_logistic(model, scaler, logistic)
     best_val = chosen["val_ua"].get(str(chosen["C"]))
     return {"best_val_ua": best_val, "best_epoch": None, "epochs_run": 0, "world_size": 1,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
@@ -200,7 +201,8 @@ def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.
         return json.loads(done.read_text())  # finished before
     if getattr(RECIPES[recipe].model, "fitted_in_closed_form", False):
         model, build = build_classifier(recipe, config, encoder, len(corpus.labels))
-        trained = fit_closed_form(model, data, config.stage2.batch_size)
+        trained = fit_closed_form(model, data, config.stage2.batch_size,
+                                  log=(lambda line: print(line, file=sys.stderr, flush=True)) if progress else None)
         trainer = None
     else:
         model, build, trained, trainer = _train_by_gradient(data, recipe, config, encoder, out_dir, init_model,
