@@ -61,3 +61,22 @@ def test_a_missing_damaged_or_foreign_onnx_file_is_refused(trained, tmp_path):
     assert report["labels"] == corpus.labels and report["max_abs_difference"] < 1e-5
     with pytest.raises(EmoadaptError, match="exported from another model"):
         OnnxHead(tmp_path / "speaker.onnx").check_matches({"labels": ["x", "y"], "encoder": {}})
+
+
+def test_the_whisper_encoder_exports_too_and_predict_runs_it(trained, tmp_path, capsys):
+    from emoadapt import Recognizer
+    corpus, _, models, encoder = trained
+    folder = tmp_path / "model"
+    shutil.copytree(models["global"], folder)
+    assert cli.main(["export", "--model", str(folder), "--encoder"]) == 0
+    printed = capsys.readouterr().out
+    difference = float(printed.split("audio: max abs difference ")[1].split()[0])
+    largest = float(printed.split("(values up to ")[1].split(")")[0])
+    assert (folder / "encoder.onnx").is_file() and difference < 1e-4 * largest, printed
+    clips = [u.path for u in corpus.rows[:4]]
+    from emoadapt.encoders import load_encoder
+    onnx_side = Recognizer.from_pretrained(folder, encoder=load_encoder("whisper-tiny.en"), backend="onnx")
+    assert onnx_side.encoder.onnx is not None
+    torch_side = Recognizer.from_pretrained(folder, encoder=encoder)
+    for a, b in zip(torch_side.predict(clips), onnx_side.predict(clips)):
+        assert a.label == b.label and abs(a.probabilities[a.label] - b.probabilities[a.label]) < 1e-2

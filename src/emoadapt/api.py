@@ -72,13 +72,16 @@ class Recognizer:
             raise EmoadaptError(None, f"backend {backend!r}: choose torch or onnx")
         self.loaded = load_classifier(model_dir)
         self.model_dir = Path(model_dir)
+        self.encoder = model_encoder(self.loaded, encoder)
         self.backend, self.head = backend, self.loaded.model
         if backend == "onnx":  # the head from `emoadapt export` (default: model.onnx in the model folder)
             from .checkpoints import read_classifier
             from .export import OnnxHead
-            self.head = OnnxHead(onnx or read_classifier(model_dir)[0] / "model.onnx")
+            head = Path(onnx or read_classifier(model_dir)[0] / "model.onnx")
+            self.head = OnnxHead(head)
             self.head.check_matches(self.loaded.info)
-        self.encoder = model_encoder(self.loaded, encoder)
+            if (head.parent / "encoder.onnx").is_file() and hasattr(self.encoder, "use_onnx"):
+                self.encoder.use_onnx(head.parent / "encoder.onnx")  # `export --encoder` made one beside it
         self.window_seconds, self.max_seconds, self.batch_size = window_seconds, max_seconds, batch_size
         self.trained_normalization = model_normalization(self.loaded)
         self._speaker: tuple[np.ndarray, np.ndarray] | None = None

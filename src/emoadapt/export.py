@@ -4,7 +4,8 @@
 
 batch and frames are dynamic. The inputs are what :func:`emoadapt.inference.encode_waveforms` gives, normalised as
 the model's training inputs were (its ``normalization`` metadata): the frozen encoder is not part of the file (it is
-the shared Whisper / HuBERT model the user already has; exporting it was not attempted). The metadata holds the
+the shared Whisper / HuBERT model the user already has; ``--encoder`` also exports an unpadded Whisper encoder,
+:func:`export_encoder_onnx`). The metadata holds the
 labels, the normalisation, the encoder's name, fingerprint and layers, and the source model's sha256, so a runtime
 needs nothing else. Exported with torch's ``torch.export``-based exporter (``dynamo=True``); onnxruntime runs it.
 """
@@ -80,6 +81,50 @@ def parity(wrapped: torch.nn.Module, path: Path, layers: int, dim: int, seed: in
     mask[2, 20:] = True
     head = OnnxHead(path)
     return float(np.abs(head(x.numpy(), mask.numpy()) - wrapped(x, mask).numpy()).max())
+
+
+class _UnpaddedWhisper(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, log_mel):
+        return self.net.forward_unpadded(log_mel)
+
+
+def export_encoder_onnx(encoder, out: str | os.PathLike) -> dict:
+    """A Whisper encoder's network (unpadded) as ONNX: ``log_mel [1, n_mels, M]`` -> ``hidden_states [L+1, 1, T,
+    D]`` for M up to 3000 (30 s); the log-mel stays in torch. Other encoders are refused."""
+    import logging
+    import warnings
+
+    from .encoders.whisper import WhisperEncoder
+    if not isinstance(encoder, WhisperEncoder) or encoder.pad_to_30s:
+        raise EmoadaptError(None, f"only the unpadded Whisper encoders export to ONNX here, not {encoder!r}")
+    out = Path(out)
+    wave = torch.from_numpy(np.random.default_rng(0).standard_normal(48000).astype(np.float32) * 0.1)
+    mel, _ = encoder.mel([wave])
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), torch.inference_mode(False):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(_UnpaddedWhisper(encoder.net), (mel,), input_names=["log_mel"],
+                                    output_names=["hidden_states"], dynamo=True, verbose=False,
+                                    dynamic_shapes=({2: torch.export.Dim("mel_frames", min=4, max=3000)},))
+    proto = program.model_proto
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "encoder", json.dumps({"name": encoder.name, "fingerprint": encoder.fingerprint})
+    import onnx
+    atomic_write(out, lambda tmp: onnx.save(proto, str(tmp)))
+    check = np.random.default_rng(1).standard_normal(5 * 16000).astype(np.float32) * 0.1
+    reference = encoder.encode([check])[0]
+    encoder.use_onnx(out)
+    try:
+        exported = encoder.encode([check])[0]
+    finally:
+        encoder.onnx = None
+    return {"path": str(out), "bytes": out.stat().st_size,
+            "max_abs_difference": float((exported - reference).abs().max()),
+            "max_abs_value": float(reference.abs().max())}
 
 
 class OnnxHead:

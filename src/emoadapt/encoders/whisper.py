@@ -151,9 +151,18 @@ class WhisperEncoderNet(nn.Module):
 
     def forward(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> list[torch.Tensor]:
         """mel ``(B, n_mels, M)`` (zero beyond each length) -> L+1 hidden states ``(B, T, D)``, T = ceil(M / 2)."""
+        ragged = bool((mel_lengths != mel.shape[-1]).any())
+        return self.states(mel, mel_lengths if ragged else None)
+
+    def forward_unpadded(self, mel: torch.Tensor) -> torch.Tensor:
+        """Utterances of one length (no padding) -> ``(L+1, B, T, D)``: no data-dependent branch, so it exports."""
+        return torch.stack(self.states(mel, None))
+
+    def states(self, mel: torch.Tensor, mel_lengths: torch.Tensor | None) -> list[torch.Tensor]:
+        """The forward pass; ``mel_lengths`` None: every utterance fills the batch."""
         M = mel.shape[-1]
         x = F.gelu(self.conv(self.conv1, mel))                           # (B, D, M)
-        ragged = bool((mel_lengths != M).any())
+        ragged = mel_lengths is not None
         if ragged:  # conv2 must see zeros past each end, as its own zero padding gives one utterance alone
             x = x * (torch.arange(M, device=x.device) < mel_lengths[:, None])[:, None, :]
         x = F.gelu(self.conv(self.conv2, x)).transpose(1, 2)             # (B, T, D)
@@ -244,6 +253,7 @@ class WhisperEncoder:
         self.options = {"pad_to_30s": self.pad_to_30s}
         self.weights_sha256 = weights_sha256
         self.fingerprint = f"{label or name}:{weights_sha256[:16]}:pad30={int(self.pad_to_30s)}"
+        self.onnx = None  # an onnxruntime session of the network (use_onnx), else torch
 
     def __repr__(self) -> str:
         return f"WhisperEncoder({self.fingerprint}, {self.num_layers + 1} states x {self.dim}-d)"
@@ -284,8 +294,28 @@ class WhisperEncoder:
             chunks[owner].append(states)
         return [torch.cat(c, dim=1) for c in chunks]
 
+    def use_onnx(self, path: str | Path) -> None:
+        """Run the network in onnxruntime from an export of it (:func:`emoadapt.export.export_encoder_onnx`), one
+        utterance at a time; the log-mel stays in torch."""
+        import json
+
+        import onnxruntime as ort
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        made_from = json.loads(session.get_modelmeta().custom_metadata_map.get("encoder", "{}")).get("fingerprint")
+        if made_from != self.fingerprint or self.pad_to_30s:
+            raise EncoderError(path, f"this encoder export was made from {made_from!r}, not {self.fingerprint!r} "
+                                     "(unpadded); export it again")
+        self.onnx = session
+
     def _forward(self, waves: list[torch.Tensor]) -> list[torch.Tensor]:
         frames = [self.num_frames(len(w)) for w in waves]
+        if self.onnx is not None:
+            out = []
+            for w, t in zip(waves, frames):
+                mel, _ = self.mel([w.to(self.device)])
+                states = torch.from_numpy(self.onnx.run(None, {"log_mel": mel.cpu().numpy()})[0])
+                out.append(states[:, 0, :t].float())
+            return out
         waves = [w.to(self.device) for w in waves]
         if self.pad_to_30s:
             waves = [F.pad(w, (0, CHUNK_SAMPLES - len(w))) for w in waves]
