@@ -12,7 +12,9 @@ One run, one thread (``OMP_NUM_THREADS`` as set), the RAVDESS copy in ../shared/
   as a fraction of the encoder's time on the same clip (goal <= 5 %);
 - the same head exported to ONNX (``emoadapt export``) and run by onnxruntime, its time over torch's;
 - the real-time factor again with ``--backend onnx`` after ``export --encoder`` (the Whisper network in onnxruntime
-  too; the log-mel stays in torch).
+  too; the log-mel stays in torch);
+- segment context: 16 clips of RAVDESS Actor_01 joined with 2 s of silence, cut by the voice-activity detector with
+  0.1 s and with the default context either side: how many segments are labelled unlike the same clip alone.
 """
 from __future__ import annotations
 
@@ -105,6 +107,18 @@ def main(argv=None) -> int:
     rtf_onnx = statistics.median(onnx_predict) / args.seconds
     rtf = statistics.median(runs) / args.seconds
     head = statistics.median(head_runs) / statistics.median(encoder_runs)
+    # segment context: 16 clips of one actor joined with 2 s of silence between them, cut by the VAD; how many
+    # segments get another label than the same clip alone, with tight and with the default context
+    clips = sorted(folder.glob("Actor_01/*"))
+    clips = clips[:8] + clips[-8:]
+    alone = [p.label for p in recognizer.predict(clips)]
+    joined = np.concatenate([np.concatenate([load_audio(c), np.zeros(2 * SAMPLE_RATE, np.float32)]) for c in clips])
+    segment_changes = {}
+    for pad in (0.1, recognizer.segment_pad_seconds):
+        cutter = Recognizer.from_pretrained(args.model, window_seconds=args.seconds, segment_pad_seconds=pad)
+        labels = [s.label for s in cutter.predict(joined).segments]
+        segment_changes[str(pad)] = (sum(a != b for a, b in zip(alone, labels)) if len(labels) == len(alone)
+                                     else f"{len(labels)} segments for {len(alone)} clips")
     result = {
         "model": str(recognizer.model_dir), "recipe": recognizer.loaded.info["build"]["recipe"],
         "encoder": recognizer.encoder.fingerprint, "clip_seconds": args.seconds,
@@ -112,6 +126,7 @@ def main(argv=None) -> int:
         "predict_seconds": [round(r, 4) for r in runs], "real_time_factor": round(rtf, 4),
         "encoder_seconds": [round(r, 4) for r in encoder_runs], "head_seconds": [round(r, 5) for r in head_runs],
         "head_over_encoder": round(head, 4),
+        "segments_labelled_unlike_the_clip_alone_by_pad_seconds": segment_changes,
         "onnx_head_seconds": [round(r, 5) for r in onnx_runs],
         "onnx_over_torch_head": round(statistics.median(onnx_runs) / statistics.median(head_runs), 3),
         "onnx_max_abs_difference": report["max_abs_difference"],
@@ -129,6 +144,8 @@ def main(argv=None) -> int:
     print(f"  real-time factor on a {args.seconds:g} s clip: {rtf:.4f}  (goal <= {GOAL_RTF}: "
           f"{'MET' if rtf <= GOAL_RTF else 'NOT MET'})")
     print(f"  head / encoder time: {head:.4f}  (goal <= {GOAL_HEAD}: {'MET' if head <= GOAL_HEAD else 'NOT MET'})")
+    print(f"  16 clips joined into one recording, segments labelled unlike the clip alone, by context kept: "
+          f"{segment_changes}")
     print(f"  head time, ONNX (onnxruntime) / torch: {result['onnx_over_torch_head']}  (max abs difference "
           f"{report['max_abs_difference']:.1e})")
     print(f"  real-time factor with --backend onnx (encoder network and head in onnxruntime): {rtf_onnx:.4f}  "
