@@ -76,7 +76,7 @@ def main(argv=None) -> int:
         recognizer.predict(clip)
         runs.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        (_, hidden), = list(encode_waveforms(recognizer.loaded, recognizer.encoder, [clip]))
+        (hidden,) = encode_waveforms(recognizer.loaded, recognizer.encoder, [clip])
         encoder_runs.append(time.perf_counter() - t0)
         features, _ = recognizer._normalize([hidden], 1, args.seconds)
         t0 = time.perf_counter()

@@ -28,10 +28,10 @@ from typing import Sequence, Union
 import numpy as np
 
 from .audio import SAMPLE_RATE, load_audio, speech_segments, validate_waveform
-from .data import Normalizer
 from .errors import EmoadaptError, NoSpeech
 from .features import array_statistics
-from .inference import classify, encode_waveforms, load_classifier, model_encoder, model_normalization
+from .inference import (classify, encode_waveforms, load_classifier, model_encoder, model_normalization,
+                        waveform_normalizer)
 
 Audio = Union[str, os.PathLike, np.ndarray]
 BUNDLED = Path(__file__).parent / "models"  # models shipped inside the package, by name
@@ -69,12 +69,12 @@ class Recognizer:
         if window_seconds <= 0 or max_seconds <= 0 or batch_size < 1 or segment_pad_seconds < 0:
             raise EmoadaptError(None, "window_seconds and max_seconds must be > 0, batch_size >= 1 and "
                                       "segment_pad_seconds >= 0")
+        if backend not in ("torch", "onnx"):
+            raise EmoadaptError(None, f"backend {backend!r}: choose torch or onnx")
         # the context kept around each speech segment: the corpora's clips have about a second of silence around
         # the sentence, and the models learned from that; segments cut tight to the speech are labelled differently
         # (16 of 16 RAVDESS clips joined into one recording changed label at 0.1 s, 3 of 16 at 1 s)
         self.segment_pad_seconds = segment_pad_seconds
-        if backend not in ("torch", "onnx"):
-            raise EmoadaptError(None, f"backend {backend!r}: choose torch or onnx")
         self.loaded = load_classifier(model_dir)
         self.model_dir = Path(model_dir)
         self.encoder = model_encoder(self.loaded, encoder)
@@ -119,7 +119,7 @@ class Recognizer:
         waves = [self._load(clip, sample_rate, f"calibration clip {k}")[1] for k, clip in enumerate(clips)]
         if not waves:
             raise EmoadaptError(None, "calibrate needs at least one clip of the speaker")
-        features = [x for _, x in encode_waveforms(self.loaded, self.encoder, waves, self.batch_size)]
+        features = encode_waveforms(self.loaded, self.encoder, waves, self.batch_size)
         self._speaker, self._speaker_clips = array_statistics(features), len(waves)
         if len(waves) < FEW_CLIPS:
             warnings.warn(f"calibrating from {len(waves)} clip(s): with fewer than {FEW_CLIPS} clips of varied speech "
@@ -156,9 +156,7 @@ class Recognizer:
                      if not isinstance(v, Exception) and len(v[1]) <= self.window_seconds * SAMPLE_RATE]
             clips = {}
             if short:
-                features: list = [None] * len(short)
-                for i, x in encode_waveforms(self.loaded, self.encoder, [loaded[k][1] for k in short], self.batch_size):
-                    features[i] = x
+                features = encode_waveforms(self.loaded, self.encoder, [loaded[k][1] for k in short], self.batch_size)
                 normalized, how = zip(*(self._normalize([x], 1, len(loaded[k][1]) / SAMPLE_RATE)
                                         for k, x in zip(short, features)))
                 values = classify(self.head, [f[0] for f in normalized], self.batch_size)
@@ -214,9 +212,7 @@ class Recognizer:
                       if b - a >= self.encoder.min_samples]
             if not pieces:
                 raise NoSpeech(source, f"no speech found in {len(wave) / SAMPLE_RATE:.1f} s of audio")
-        features: list = [None] * len(pieces)
-        for i, x in encode_waveforms(self.loaded, self.encoder, [wave[a:b] for a, b in pieces], self.batch_size):
-            features[i] = x
+        features = encode_waveforms(self.loaded, self.encoder, [wave[a:b] for a, b in pieces], self.batch_size)
         features, normalization = self._normalize(features, len(pieces), len(wave) / SAMPLE_RATE)
         values = classify(self.head, features, self.batch_size, embed=embed)
         weights = np.array([b - a for a, b in pieces], dtype=np.float64)
@@ -224,17 +220,14 @@ class Recognizer:
         return overall, pieces, values, normalization
 
     def _normalize(self, features: list[np.ndarray], pieces: int, seconds: float) -> tuple[list[np.ndarray], str]:
-        mode = self.trained_normalization
-        if mode == "global":
-            return [x.astype(np.float32) for x in features], "global (the model's training statistics)"
-        if mode == "utterance":
-            n = Normalizer("utterance")
-            return [n.normalize(x) for x in features], "utterance (each clip or segment by itself)"
-        if self._speaker is not None:
+        mode, statistics = self.trained_normalization, None
+        how = {"global": "global (the model's training statistics)",
+               "utterance": "utterance (each clip or segment by itself)"}.get(mode)
+        if mode == "speaker" and self._speaker is not None:
             statistics, how = self._speaker, f"speaker (calibrated from {self._speaker_clips} clip(s))"
-        else:
+        elif mode == "speaker":
             statistics = array_statistics(features)
             how = (f"speaker (uncalibrated: this recording's own {pieces} segment(s), "
                    f"{seconds:.1f} s, as the reference)")
-        n = Normalizer("speaker", {"": "s"}, {"s": statistics})
-        return [n.normalize(x, "") for x in features], how
+        normalizer = waveform_normalizer(self.loaded, statistics)
+        return [x.astype(np.float32) if normalizer is None else normalizer.normalize(x) for x in features], how

@@ -41,7 +41,7 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         value = 0.0
-    if not value > 0 or value != value or value == float("inf"):
+    if not 0 < value < float("inf"):  # NaN fails the comparison too
         raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
     return value
 
@@ -330,7 +330,8 @@ def _add_training_parsers(sub) -> None:
                    help="longer recordings are refused (default 1200)")
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                   help="onnx: the model's head from `emoadapt export` run by onnxruntime (the encoder stays torch)")
+                   help="onnx: the model's head from `emoadapt export` run by onnxruntime (and the encoder too when "
+                        "`export --encoder` wrote encoder.onnx beside it)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="a model folder's head (adapter + pooling + classifier, or the stats model) as "

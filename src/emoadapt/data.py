@@ -222,7 +222,7 @@ def split_fold(corpus: Corpus, store: FeatureStore, fold: int | None, config) ->
     None: all speakers train or validate, no test."""
     folds = corpus.folds
     if folds is None and fold is None:  # no test fold wanted: the speakers are all that matters
-        folds = Folds.from_rows(corpus.rows, lambda u: 0)
+        folds = _one_fold(corpus)
     if folds is None:
         raise CorpusError(corpus.root, f"corpus {corpus.name} has no folds; give it a folds.csv (path,speaker,fold)")
     split = folds.split(fold, val_fraction=config.val_fraction, seed=config.seed)
@@ -258,13 +258,24 @@ class Normalizer:
                  statistics: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, eps: float = 1e-5):
         self.mode, self.speaker_of, self.eps = mode, dict(speaker_of or {}), eps
         self._by_speaker = {s: self._pair(m, d) for s, (m, d) in (statistics or {}).items()}
+        self.everyone = None  # one_speaker: the statistics of every utterance
 
     def _pair(self, mean, std) -> tuple[np.ndarray, np.ndarray]:
         """(mean, 1 / sqrt(std² + eps)) as float32 [L+1, 1, D], ready to broadcast over frames."""
         inv_std = 1.0 / np.sqrt(np.square(std) + self.eps)
         return np.asarray(mean, np.float32)[:, None], inv_std.astype(np.float32)[:, None]
 
+    @classmethod
+    def one_speaker(cls, statistics: tuple[np.ndarray, np.ndarray]) -> Normalizer:
+        """Every utterance standardised with these (mean, std) [L+1, D]: one speaker's, e.g. from calibration
+        clips."""
+        normalizer = cls("speaker", statistics={"": statistics})
+        normalizer.everyone = normalizer._by_speaker[""]
+        return normalizer
+
     def statistics(self, utt_id: str | None, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.everyone is not None:
+            return self.everyone
         speaker = self.speaker_of.get(utt_id) if self.mode == "speaker" else None
         if speaker is not None:
             return self._by_speaker[speaker]
@@ -279,10 +290,12 @@ class Normalizer:
 def speaker_group(corpus: Corpus):
     """utterance id -> the unit that never crosses train / validation / test: its speaker (the utterance itself when
     no speaker is known), as the folds group them."""
-    if corpus.folds is not None:
-        return corpus.folds.group
-    speaker = {u.id: u.speaker for u in corpus.rows}
-    return lambda i: speaker.get(i) or f"utterance:{i}"
+    return (corpus.folds or _one_fold(corpus)).group
+
+
+def _one_fold(corpus: Corpus) -> Folds:
+    """Every utterance in one fold: for a corpus without folds, where only its speakers matter."""
+    return Folds.from_rows(corpus.rows, lambda u: 0)
 
 
 def make_normalizer(config, corpus: Corpus, store: FeatureStore, test_ids: Iterable[str] = ()) -> Normalizer | None:

@@ -5,9 +5,9 @@
 batch and frames are dynamic. The inputs are what :func:`emoadapt.inference.encode_waveforms` gives, normalised as
 the model's training inputs were (its ``normalization`` metadata): the frozen encoder is not part of the file (it is
 the shared Whisper / HuBERT model the user already has; ``--encoder`` also exports an unpadded Whisper encoder,
-:func:`export_encoder_onnx`). The metadata holds the
-labels, the normalisation, the encoder's name, fingerprint and layers, and the source model's sha256, so a runtime
-needs nothing else. Exported with torch's ``torch.export``-based exporter (``dynamo=True``); onnxruntime runs it.
+:func:`export_encoder_onnx`). The metadata holds the labels, the normalisation, the encoder's name, fingerprint and
+layers, and the source model's sha256, so a runtime needs nothing else. Exported with torch's ``torch.export``-based
+exporter (``dynamo=True``); onnxruntime runs it.
 """
 from __future__ import annotations
 
@@ -37,8 +37,6 @@ class _Probabilities(torch.nn.Module):
 def export_onnx(model_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> dict:
     """Write the ONNX file (default ``<model folder>/model.onnx``) and return what was written, with the largest
     absolute difference from torch on a padded test batch (checked here, with onnxruntime)."""
-    import onnx
-
     from .checkpoints import read_classifier
     folder, _ = read_classifier(model_dir)
     loaded = load_classifier(folder)
@@ -49,26 +47,35 @@ def export_onnx(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
     example[1][1, 60:] = True
     batch, frames = torch.export.Dim("batch"), torch.export.Dim("frames", min=2)
     wrapped = _Probabilities(loaded.model.eval())
+    _write_onnx(wrapped, example, list(INPUTS), [OUTPUT], ({0: batch, 2: frames}, {0: batch, 1: frames}), out, {
+        "labels": json.dumps(loaded.info["labels"]), "normalization": model_normalization(loaded),
+        "encoder": json.dumps({k: encoder.get(k) for k in ("name", "fingerprint", "layers", "options")}),
+        "recipe": build["recipe"], "source_sha256": str(loaded.info.get("sha256", "")),
+        "producer": "emoadapt export"})
+    difference = parity(wrapped, out, layers, dim)
+    return {"path": str(out), "bytes": out.stat().st_size, "labels": loaded.info["labels"],
+            "max_abs_difference": difference, "source": str(folder)}
+
+
+def _write_onnx(module: torch.nn.Module, example: tuple, inputs: list[str], outputs: list[str], dynamic_shapes,
+                out: Path, metadata: dict[str, str]) -> None:
+    """``module`` through torch's ``torch.export``-based exporter, ``metadata`` into the file, checked, written
+    atomically."""
     import logging
     import warnings
+
+    import onnx
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed": irrelevant here
     with warnings.catch_warnings(), torch.inference_mode(False):
         warnings.simplefilter("ignore")  # the exporter's notes on axis names and on the graph
-        program = torch.onnx.export(wrapped, example, input_names=list(INPUTS), output_names=[OUTPUT], dynamo=True,
-                                    dynamic_shapes=({0: batch, 2: frames}, {0: batch, 1: frames}), verbose=False)
+        program = torch.onnx.export(module, example, input_names=inputs, output_names=outputs, dynamo=True,
+                                    dynamic_shapes=dynamic_shapes, verbose=False)
     proto = program.model_proto
-    metadata = {"labels": json.dumps(loaded.info["labels"]), "normalization": model_normalization(loaded),
-                "encoder": json.dumps({k: encoder.get(k) for k in ("name", "fingerprint", "layers", "options")}),
-                "recipe": build["recipe"], "source_sha256": str(loaded.info.get("sha256", "")),
-                "producer": "emoadapt export"}
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(proto)
     atomic_write(out, lambda tmp: onnx.save(proto, str(tmp)))
-    difference = parity(wrapped, out, layers, dim)
-    return {"path": str(out), "bytes": out.stat().st_size, "labels": loaded.info["labels"],
-            "max_abs_difference": difference, "source": str(folder)}
 
 
 @torch.inference_mode()
@@ -95,26 +102,15 @@ class _UnpaddedWhisper(torch.nn.Module):
 def export_encoder_onnx(encoder, out: str | os.PathLike) -> dict:
     """A Whisper encoder's network (unpadded) as ONNX: ``log_mel [1, n_mels, M]`` -> ``hidden_states [L+1, 1, T,
     D]`` for M up to 3000 (30 s); the log-mel stays in torch. Other encoders are refused."""
-    import logging
-    import warnings
-
     from .encoders.whisper import WhisperEncoder
     if not isinstance(encoder, WhisperEncoder) or encoder.pad_to_30s:
         raise EmoadaptError(None, f"only the unpadded Whisper encoders export to ONNX here, not {encoder!r}")
     out = Path(out)
     wave = torch.from_numpy(np.random.default_rng(0).standard_normal(48000).astype(np.float32) * 0.1)
     mel, _ = encoder.mel([wave])
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), torch.inference_mode(False):
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(_UnpaddedWhisper(encoder.net), (mel,), input_names=["log_mel"],
-                                    output_names=["hidden_states"], dynamo=True, verbose=False,
-                                    dynamic_shapes=({2: torch.export.Dim("mel_frames", min=4, max=3000)},))
-    proto = program.model_proto
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "encoder", json.dumps({"name": encoder.name, "fingerprint": encoder.fingerprint})
-    import onnx
-    atomic_write(out, lambda tmp: onnx.save(proto, str(tmp)))
+    _write_onnx(_UnpaddedWhisper(encoder.net), (mel,), ["log_mel"], ["hidden_states"],
+                ({2: torch.export.Dim("mel_frames", min=4, max=3000)},), out,
+                {"encoder": json.dumps({"name": encoder.name, "fingerprint": encoder.fingerprint})})
     check = np.random.default_rng(1).standard_normal(5 * 16000).astype(np.float32) * 0.1
     reference = encoder.encode([check])[0]
     encoder.use_onnx(out)

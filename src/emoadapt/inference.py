@@ -66,17 +66,36 @@ def model_normalization(loaded: LoadedModel) -> str:
     return (loaded.info.get("config") or {}).get("normalize", "global")
 
 
+def waveform_normalizer(loaded: LoadedModel, statistics: tuple[np.ndarray, np.ndarray] | None = None
+                        ) -> Normalizer | None:
+    """How hidden states of new audio are normalised for this model, as its training inputs were: not at all
+    (``global``), each by itself (``utterance``), or with a speaker's (mean, std) ``statistics`` (``speaker``:
+    required then)."""
+    normalize = model_normalization(loaded)
+    if normalize == "global":
+        return None
+    if normalize == "utterance":
+        return Normalizer("utterance")
+    if statistics is None:
+        raise EmoadaptError(None, "this model was trained on speaker-normalised features: give the speaker's "
+                                  "statistics from calibration clips (Recognizer.calibrate, predict --calibrate)")
+    return Normalizer.one_speaker(statistics)
+
+
 @torch.inference_mode()
-def encode_waveforms(loaded: LoadedModel, encoder, waveforms: Sequence[np.ndarray], batch_size: int = 8):
-    """Yield ``(index, hidden states)`` for each 16 kHz waveform, batched by length: the model's layers of the
-    encoder's output, rounded through fp16 as a feature store keeps them, as float16 ``[L+1, T, D]``."""
+def encode_waveforms(loaded: LoadedModel, encoder, waveforms: Sequence[np.ndarray],
+                     batch_size: int = 8) -> list[np.ndarray]:
+    """The hidden states of each 16 kHz waveform, in input order (encoded in batches of similar length): the model's
+    layers of the encoder's output, rounded through fp16 as a feature store keeps them, as float16 ``[L+1, T, D]``."""
     trained = loaded.info.get("encoder") or {}
     layers = trained.get("layers") or list(range(encoder.num_layers + 1))
     order = sorted(range(len(waveforms)), key=lambda i: len(waveforms[i]))
+    out: list = [None] * len(waveforms)
     for start in range(0, len(order), batch_size):
         chosen = order[start: start + batch_size]
         for h, i in zip(encoder.encode([waveforms[i] for i in chosen]), chosen):
-            yield i, h[layers].half().numpy()
+            out[i] = h[layers].half().numpy()
+    return out
 
 
 @torch.inference_mode()
@@ -111,18 +130,10 @@ def predict_waveforms(loaded: LoadedModel, waveforms: Sequence[np.ndarray], *, e
     """Class probabilities ``[N, C]`` for 16 kHz mono float32 waveforms (:func:`emoadapt.audio.load_audio`), each
     as it would be scored from stored features. ``statistics``: a speaker's (mean, std) ``[L+1, D]`` from
     calibration clips, for a model trained on speaker-normalised features (required by such a model)."""
-    normalize = model_normalization(loaded)
-    if normalize == "speaker" and statistics is None:
-        raise EmoadaptError(None, "this model was trained on speaker-normalised features: give the speaker's "
-                                  "statistics from calibration clips (Recognizer.calibrate, predict --calibrate)")
-    normalizer = Normalizer("utterance") if normalize == "utterance" else None
-    if normalize == "speaker":
-        normalizer = Normalizer("speaker", {"": "speaker"}, {"speaker": statistics})
-    encoder = model_encoder(loaded, encoder)
-    features: list = [None] * len(waveforms)
-    for i, x in encode_waveforms(loaded, encoder, waveforms, batch_size):
-        features[i] = x.astype(np.float32) if normalizer is None else normalizer.normalize(x, "")
-    return classify(loaded.model, features, batch_size)
+    normalizer = waveform_normalizer(loaded, statistics)
+    features = encode_waveforms(loaded, model_encoder(loaded, encoder), waveforms, batch_size)
+    return classify(loaded.model, [x if normalizer is None else normalizer.normalize(x) for x in features],
+                    batch_size)
 
 
 def _model_config(folder: Path) -> RunConfig:

@@ -6,11 +6,11 @@ import csv
 import glob
 import io
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .corpora import read_manifest
 from .corpora.base import AUDIO_EXTENSIONS, audio_files
 from .errors import CorpusError, EmoadaptError
 
@@ -33,7 +33,7 @@ def expand_inputs(specs: list[str]) -> list[Input]:
                 raise CorpusError(path, f"no audio files in this folder ({', '.join(sorted(AUDIO_EXTENSIONS))})")
             found += [Input(str(f)) for f in files]
         elif path.suffix.lower() == ".csv" and path.is_file():
-            found += read_manifest_inputs(path)
+            found += [Input(u.path, u.speaker) for u in read_manifest(path, labelled=False)]
         elif not path.exists() and glob.has_magic(spec):
             matches = sorted(glob.glob(spec, recursive=True))
             if not matches:
@@ -42,20 +42,6 @@ def expand_inputs(specs: list[str]) -> list[Input]:
         else:
             found.append(Input(spec))  # a missing or unreadable file is reported with the predictions
     return found
-
-
-def read_manifest_inputs(path: Path) -> list[Input]:
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or "path" not in reader.fieldnames:
-                raise CorpusError(path, f"a manifest needs a 'path' column; found {reader.fieldnames or 'none'}")
-            rows = list(reader)
-    except UnicodeDecodeError:
-        raise CorpusError(path, "not a text CSV file (it is not UTF-8)") from None
-    root = path.parent
-    return [Input(str(root / row["path"]) if not os.path.isabs(row["path"]) else row["path"],
-                  (row.get("speaker") or "").strip() or None) for row in rows if (row.get("path") or "").strip()]
 
 
 def run_predict(args) -> int:

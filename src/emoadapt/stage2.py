@@ -168,9 +168,10 @@ def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.
              callbacks: Sequence = ()) -> dict:
     """Stage 2 on one fold: train on its training speakers, pick the epoch with the best validation UA, test.
     Returns the results dict. ``fold`` None: every speaker of the corpus trains or validates and nothing is tested
-    (a model to apply to other corpora or to use; its ``scores`` are None). ``init``: a stage-1 run folder whose teacher initialises the adapter; refused when
-    it saw any of the fold's test utterances or speakers. ``normalizer``: this fold's speaker or utterance
-    normalisation when the caller built it already (:func:`emoadapt.data.make_normalizer`; built here otherwise)."""
+    (a model to apply to other corpora or to use; its ``scores`` are None). ``init``: a stage-1 run folder whose
+    teacher initialises the adapter; refused when it saw any of the fold's test utterances or speakers.
+    ``normalizer``: this fold's speaker or utterance normalisation when the caller built it already
+    (:func:`emoadapt.data.make_normalizer`; built here otherwise)."""
     out_dir = Path(out_dir)
     done = out_dir / "results.json"
     config = config or RunConfig()
@@ -208,12 +209,12 @@ def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.
         model, build, trained, trainer = _train_by_gradient(data, recipe, config, encoder, out_dir, init_model,
                                                             progress, callbacks)
     init_info = trained.pop("init", None)
-    testing = len(data.test) > 0
-    if testing:
+    scores = predictions = None
+    if len(data.test):
         predictions = predict(model, data.test, config.stage2.batch_size)
         scores = asdict(score([it[2] for it in data.test.items], predictions.argmax(1).tolist(), corpus.labels))
     results = {
-        "fold": fold, "recipe": recipe, "scores": scores if testing else None, **trained,
+        "fold": fold, "recipe": recipe, "scores": scores, **trained,
         "split": {k: len(v) for k, v in data.split.items()}, "skipped_utterances": data.split["skipped"],
         "speakers": {k: data.speakers(k) for k in ("train", "val", "test")},
         "init": init_info, "encoder": encoder, "seed": config.seed,
@@ -224,7 +225,7 @@ def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.
                    extra={"stage": 2, "fold": fold, "best_val_ua": trained["best_val_ua"],
                           "best_epoch": trained["best_epoch"], "init": init_info,
                           "corpus": {"name": corpus.name, "view": corpus.view}})
-        if testing:
+        if predictions is not None:
             write_predictions(out_dir / "predictions.csv", data.test, predictions, corpus.labels)
         write_json(results, done)
     if trainer is not None:
