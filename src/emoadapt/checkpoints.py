@@ -46,7 +46,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .atomic import atomic_write
-from .errors import CheckpointError
+from .errors import CheckpointError, TrainingError
 from .leakage import Seen, write_seen
 from .model import AdapterConfig, WAPTransformer, build_model
 
@@ -82,6 +82,10 @@ def save_model(model: nn.Module, folder: str | os.PathLike, *, kind: str, build:
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / WEIGHTS
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise TrainingError(folder, f"the trained weights hold NaN or infinite values ({bad[0]}): training diverged "
+                                    f"or its inputs were damaged; the model was not saved")
     atomic_write(weights, lambda tmp: save_file(state, str(tmp), metadata={"format": MODEL_FORMAT}))
     if seen is not None:
         extra = {**(extra or {}), "seen": write_seen(folder, seen)}
@@ -154,27 +158,80 @@ def load_model(folder: str | os.PathLike) -> LoadedModel:
     if info.get("sha256") and _sha256(weights) != info["sha256"]:
         raise CheckpointError(weights, f"the weights do not match {CONFIG} (sha256 differs): the folder was "
                                        f"partly overwritten; re-run the training command")
-    build = info["build"]
-    try:
-        if info["kind"] == "adapter":
-            known = {f.name for f in fields(AdapterConfig)}
-            config = AdapterConfig(**{k: v for k, v in build["adapter_config"].items() if k in known})
-            model = WAPTransformer(config)
-        else:
-            model = build_model(build["recipe"], build["input_layers"], build["input_dim"], build["num_classes"],
-                                **build.get("options", {}))
-    except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(folder / CONFIG, f"cannot rebuild the model from its description ({error})") from None
-    state = _read_tensors(weights)
-    missing, unexpected = _compare_keys(model.state_dict(), state)
+    shapes = _tensor_shapes(weights)
+    _check_sizes(info, shapes, folder / CONFIG)
+    with torch.device("meta"):  # the described network without allocating it: its shapes are checked first
+        described = _build(info, folder)
+    missing, unexpected = _compare_keys(described.state_dict(), shapes)
     if missing or unexpected:
         raise CheckpointError(weights, f"weights do not fit the described model (missing {missing[:3]}, "
                                        f"unexpected {unexpected[:3]})")
+    wrong = [k for k, v in described.state_dict().items() if tuple(v.shape) != shapes[k]]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(folder / CONFIG, f"{CONFIG} describes {k} as {tuple(described.state_dict()[k].shape)} "
+                                               f"but the weights hold {shapes[k]}: the description does not match "
+                                               f"its weights")
+    model = _build(info, folder)
+    state = _read_tensors(weights)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
         raise CheckpointError(weights, f"weights do not fit the described model ({str(error).splitlines()[-1]})") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(weights, f"non-finite values (NaN or inf) in {bad[0]}: the model is unusable; "
+                                       f"re-train it")
     return LoadedModel(model.eval(), info)
+
+
+def _build(info: dict, folder: Path) -> nn.Module:
+    build = info["build"]
+    try:
+        if info["kind"] == "adapter":
+            known = {f.name for f in fields(AdapterConfig)}
+            return WAPTransformer(AdapterConfig(**{k: v for k, v in build["adapter_config"].items() if k in known}))
+        return build_model(build["recipe"], build["input_layers"], build["input_dim"], build["num_classes"],
+                           **build.get("options", {}))
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+        raise CheckpointError(folder / CONFIG, f"cannot rebuild the model from its description ({error})") from None
+
+
+def _check_sizes(info: dict, shapes: dict[str, tuple], path: Path) -> None:
+    """Before anything is built: no size in the description may exceed what its weights could hold (the largest
+    dimension of any weight, or the number of weights for counts such as layers). A description edited to a
+    million layers is refused here instead of allocating until the machine runs out of memory."""
+    limit = max([len(shapes), *(d for shape in shapes.values() for d in shape)], default=0)
+
+    def sizes(node, where):
+        if isinstance(node, bool) or node is None:
+            return
+        if isinstance(node, int):
+            yield where, node
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                yield from sizes(v, f"{where}.{k}")
+        elif isinstance(node, (list, tuple)):
+            yield f"{where} (length)", len(node)
+            for k, v in enumerate(node):
+                yield from sizes(v, f"{where}[{k}]")
+
+    if not isinstance(info.get("build"), dict):
+        raise CheckpointError(path, "no 'build' description of the network; re-train or re-save the model")
+    for where, value in sizes(info["build"], "build"):
+        if value < 0 or value > limit:
+            raise CheckpointError(path, f"{where} = {value} is not a size its weights can have (they hold "
+                                        f"{len(shapes)} tensors, the largest dimension {limit}); the description "
+                                        f"was edited or belongs to other weights")
+
+
+def _tensor_shapes(path: Path) -> dict[str, tuple]:
+    """Names and shapes from the safetensors header only (no tensor is read)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(path, f"unreadable safetensors file ({error})") from None
 
 
 def _compare_keys(expected: dict, got: dict) -> tuple[list[str], list[str]]:

@@ -1,14 +1,15 @@
-"""The `emoadapt` command. Each verb parses its flags and calls one function of the Python API; user errors
-(`EmoadaptError`) are printed on one line and exit with status 2, never as a traceback."""
+"""The `emoadapt` command. Each verb parses its flags and calls one function of the Python API; every failure is
+printed on one line with a distinct exit code (see :func:`main`), never as a traceback unless ``--debug``."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import os
 import sys
+import traceback
 from pathlib import Path
 
-from .errors import CorpusError, EmoadaptError
+from .errors import EXIT_INTERRUPTED, CorpusError, EmoadaptError, describe_failure
 from .paths import ENV_VAR, default_data_root
 
 
@@ -34,6 +35,23 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
     return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not whole numbers separated by commas, e.g. 0,6,12") from None
 
 
 def _positive_float(text: str) -> float:
@@ -76,10 +94,27 @@ def _encoder_options(args) -> dict:
 
 
 def _device(args) -> str:
-    """Under torchrun each rank takes its own GPU: plain "cuda" becomes cuda:$LOCAL_RANK."""
-    if args.device == "cuda" and "LOCAL_RANK" in os.environ:
-        return f"cuda:{os.environ['LOCAL_RANK']}"
-    return args.device
+    """A device torch has here, checked before anything loads. Under torchrun each rank takes its own GPU: plain
+    "cuda" becomes cuda:$LOCAL_RANK."""
+    import torch
+    device = args.device
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise EmoadaptError(None, f"--device {device!r} is not a torch device; use cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EmoadaptError(None, f"--device {device}: this torch build has no CUDA or no GPU is visible; use "
+                                      f"--device cpu, or install the torch build for your CUDA")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise EmoadaptError(None, f"--device {device}: only {torch.cuda.device_count()} GPUs are visible")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise EmoadaptError(None, f"--device {device}: MPS is not available here; use --device cpu")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise EmoadaptError(None, f"--device {device}: emoadapt runs on cpu, cuda or mps")
+    return device
 
 
 def cmd_corpus(args) -> int:
@@ -93,15 +128,17 @@ def cmd_corpus(args) -> int:
 def cmd_extract(args) -> int:
     from .encoders import load_encoder
     from .extraction import extract
-    corpus = _corpus(args)
+    corpus = _corpus(args, strict=False)  # a missing or empty file is listed and skipped, never blocks the rest
+    for problem in corpus.problems:
+        print(f"emoadapt extract: skipped: {problem}", file=sys.stderr)
     rows = corpus.rows[: args.limit] if args.limit else corpus.rows
     encoder = load_encoder(args.encoder, device=_device(args), **_encoder_options(args))
-    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    layers = args.layers or None
     report = extract(rows, encoder, args.store, layers=layers, batch_size=args.batch_size,
                      rank=args.rank, world_size=args.world_size, retry_failed=args.retry_failed,
                      progress=not args.no_progress)
     print(report)
-    return 1 if getattr(report, "failures", None) else 0
+    return 1 if report.failures or corpus.problems else 0
 
 
 # --- training verbs (pretrain, finetune, evaluate, cv): thin wrappers over stage1, stage2, inference, crossval --
@@ -116,19 +153,19 @@ def _add_training_args(parser: argparse.ArgumentParser, *, stage1: bool, stage2:
                    help="global (default): the model's standardisation only; speaker: each speaker's features with the "
                         "speaker's own statistics first (test speakers' from their unlabeled audio: a different "
                         "protocol, see calibration.clips / calibration.only_label); utterance: each utterance's own")
-    g.add_argument("--batch-size", type=int, help="batch size of both stages (default 32)")
+    g.add_argument("--batch-size", type=_positive_int, help="batch size of both stages (default 32)")
     if stage1:
-        g.add_argument("--pretrain-epochs", type=int, help="stage-1 epochs (pretrain.epochs, default 100)")
+        g.add_argument("--pretrain-epochs", type=_positive_int, help="stage-1 epochs (pretrain.epochs, default 100)")
         g.add_argument("--no-mask-loss", action="store_true", help="ablation: switch off L_mask (pretrain.mask_weight=0)")
         g.add_argument("--no-sd-loss", action="store_true", help="ablation: switch off L_sd (pretrain.sd_weight=0)")
         g.add_argument("--no-la-loss", action="store_true", help="ablation: switch off L_la (pretrain.la_weight=0)")
     if stage2:
-        g.add_argument("--epochs", type=int, help="stage-2 epochs (stage2.epochs, default 40)")
+        g.add_argument("--epochs", type=_positive_int, help="stage-2 epochs (stage2.epochs, default 40)")
         g.add_argument("--lr", type=float, help="stage-2 adapter learning rate (stage2.lr, default 1e-4)")
     g.add_argument("--accelerator", help="cpu, gpu or auto (trainer.accelerator)")
     g.add_argument("--devices", help="devices per node, e.g. 2 with --strategy ddp (trainer.devices)")
     g.add_argument("--strategy", help="Lightning strategy: auto, ddp, ... (trainer.strategy)")
-    g.add_argument("--num-workers", type=int, help="DataLoader workers (trainer.num_workers, default 0)")
+    g.add_argument("--num-workers", type=_non_negative_int, help="DataLoader workers (trainer.num_workers, default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -299,7 +336,7 @@ def _add_training_parsers(sub) -> None:
     corpus_flags(p)
     p.add_argument("--store", required=True, help="feature store of the corpus (same encoder as the model's)")
     p.add_argument("--fold", type=int, help="only this fold's test utterances (default: all)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--out", help="results JSON (default: <model>/evaluate-<corpus>[-fold<k>].json)")
     p.set_defaults(func=cmd_evaluate)
 
@@ -377,7 +414,7 @@ def _add_training_parsers(sub) -> None:
     p = sub.add_parser("compare", help="table of cross-validation runs: mean ± std over folds (and seeds: runs "
                                        "that differ only in the seed are pooled)")
     p.add_argument("runs", nargs="+", help="cv run folders (or their results.json)")
-    p.add_argument("--baseline", type=int, help="also print every row's UA minus that of table row N (1 = first), "
+    p.add_argument("--baseline", type=_positive_int, help="also print every row's UA minus that of table row N (1 = first), "
                                                 "paired by seed and fold")
     p.add_argument("--json", help="also write the rows as JSON here")
     p.set_defaults(func=cmd_compare)
@@ -411,7 +448,7 @@ def cmd_demo(args) -> int:
         rows = corpus.rows[::step][: args.limit]
         corpus = dataclasses.replace(corpus, rows=rows, folds=corpus.folds.restrict(r.id for r in rows))
     rows = corpus.rows
-    encoder = load_encoder(args.encoder, **_encoder_options(args))
+    encoder = load_encoder(args.encoder, device=_device(args), **_encoder_options(args))
     # one store per corpus x encoder setting: a store refuses to mix encoders, so the folder name says which
     store = Path(args.workdir) / "features" / f"{corpus.name}-{encoder.name}{'-pad30' if args.pad_to_30s else ''}"
     print(f"\n[2/3] extracting {len(rows)} clips with {encoder.fingerprint} into {store}", flush=True)
@@ -483,12 +520,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_corpus_args(p)
     _add_encoder_args(p)
     p.add_argument("--store", required=True, help="feature store folder (created, or resumed if it exists)")
-    p.add_argument("--layers", help="comma-separated hidden-state indices to keep (default: all)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--limit", type=int, help="only the first N utterances (quick checks)")
-    p.add_argument("--rank", type=int, help="this process's share when extraction is split over processes, nodes "
+    p.add_argument("--layers", type=_int_list, help="comma-separated hidden-state indices to keep (default: all)")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--limit", type=_positive_int, help="only the first N utterances (quick checks)")
+    p.add_argument("--rank", type=_non_negative_int, help="this process's share when extraction is split over processes, nodes "
                                             "or GPUs (default: torchrun's RANK, else 0)")
-    p.add_argument("--world-size", type=int, help="number of processes sharing the work (default: torchrun's "
+    p.add_argument("--world-size", type=_positive_int, help="number of processes sharing the work (default: torchrun's "
                                                   "WORLD_SIZE, else 1)")
     p.add_argument("--retry-failed", action="store_true", help="retry files that failed before on unchanged audio")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -500,8 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help=f"data root holding ravdess/ (default: ${ENV_VAR}, else ../shared/data)")
     p.add_argument("--workdir", default="runs/demo", help="where the demo writes (default runs/demo)")
     _add_encoder_args(p)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--limit", type=int, help="a quick check on N clips spread evenly over the corpus")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--limit", type=_positive_int, help="a quick check on N clips spread evenly over the corpus")
     p.add_argument("--fold", type=int, default=1, help="the fold trained and tested (default 1)")
     p.add_argument("--recipe", default="stats", help="the recipe of step 3 (default stats, the best fast one; "
                                                      "full: the method, stage 1 then stage 2)")
@@ -515,15 +552,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Exit codes: 0 done; 1 done, but some inputs failed (each listed); 2 refused: bad arguments, bad input or an
+    environment that cannot do the work (disk full, no permission, no CUDA), with one line saying what to do;
+    3 internal error (a bug: ``--debug`` or ``EMOADAPT_DEBUG=1`` shows the traceback); 130 interrupted."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("EMOADAPT_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    args = build_parser().parse_args(argv)  # argparse exits 2 on bad arguments itself
     try:
         return args.func(args)
-    except EmoadaptError as error:
-        print(f"emoadapt {args.command}: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"emoadapt {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as error:  # noqa: BLE001 - the one place every failure becomes a line and an exit code
+        if debug:
+            traceback.print_exc()
+        code, message = describe_failure(error)
+        print(f"emoadapt {args.command}: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from .data import FeatureDataset, eval_loader
+from .errors import TrainingError
 from .evaluation import score
 
 
@@ -84,6 +85,10 @@ def fit_closed_form(model, data, batch_size: int, log=None) -> dict:
     if log:
         log(f"  statistics of {len(data.train)} training and {len(data.val)} validation utterances "
             f"({time.perf_counter() - t0:.0f} s); choosing C on validation")
+    for name, (features, _) in (("training", train), ("validation", val)):
+        if not np.isfinite(features).all():
+            raise TrainingError(None, f"the pooled statistics of the {name} utterances hold NaN or infinite values; "
+                                      f"check the features (emoadapt extract CORPUS --store S --verify)")
     scaler, logistic, chosen = choose_and_fit(train, val, data.labels, model.config.c_grid, log)
     load_logistic(model, scaler, logistic)
     best_val = chosen["val_ua"].get(str(chosen["C"]))

@@ -15,6 +15,7 @@ import os
 import sys
 import time
 import uuid
+import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +28,8 @@ import torch
 from .atomic import atomic_write, atomic_write_text, fsync_file
 from .encoders.base import SAMPLE_RATE
 from .errors import AudioError, EncoderError, FeatureStoreError, StoreMismatch, TooShortAudio
-from .features import DTYPE, FORMAT, INDEX_PART, VERSION, Failure, FeatureStore, file_stat, read_meta
+from .features import (DTYPE, FORMAT, INDEX_PART, VERSION, Failure, FeatureStore, file_crc32, file_stat,
+                       read_meta)
 
 # meta keys that must agree before a run may write into an existing store
 _BINDING_KEYS = ("format", "version", "encoder", "fingerprint", "options", "num_hidden_states", "layers", "dim",
@@ -136,24 +138,27 @@ def extract(rows: Iterable, encoder, root: str | os.PathLike, *, layers: Sequenc
             path = group[0].path
             stat = file_stat(path)
             try:
+                stat = stat and (*stat, file_crc32(path))  # the audio's identity, for is_current after a copy
                 wave = load_audio(path, min_samples=encoder.min_samples)
                 if len(wave) < encoder.min_samples or encoder.num_frames(len(wave)) < 1:
                     raise TooShortAudio(path, f"{len(wave)} samples, the encoder needs at least "
                                               f"{encoder.min_samples} to produce one frame")
                 out.append((group, stat, wave, None))
-            except AudioError as error:
-                out.append((group, stat, None, str(error)))
+            except (AudioError, OSError) as error:
+                out.append((group, stat, None, str(error) if isinstance(error, AudioError)
+                            else f"{path}: {error.strerror or error}"))
             except Exception as error:  # an unexpected decoder failure must not end a 100k-file run
                 out.append((group, stat, None, f"{path}: unexpected {type(error).__name__}: {error}"))
         return out
 
     def commit(decoded, hidden):  # background thread: fp16 cast, write, fsync, rename (index part last)
         ok = [d for d in decoded if d[2] is not None]
-        failures = [Failure(row.id, str(row.path), error, *(stat or (None, None)))
+        failures = [Failure(row.id, str(row.path), error, *(stat or (None, None))[:2])
                     for group, stat, _, error in decoded if error is not None for row in group]
         part = writer.commit([(group, stat) for group, stat, _, _ in ok], hidden, keep, failures)
+        failures = part["failures_added"]
         store._add_part(part)
-        report.extracted += sum(len(group) for group, *_ in ok)
+        report.extracted += len(part["entries"])
         report.audio_seconds += sum(len(wave) for _, _, wave, _ in ok) / SAMPLE_RATE
         report.shards += part["shard"] is not None
         report.failures.extend(failures)
@@ -205,8 +210,7 @@ def _group_state(store: FeatureStore, group: list, retry_failed: bool) -> list[F
     stat = file_stat(group[0].path)
     failures = []
     for row in group:
-        e = store._entries.get(row.id)
-        if e is not None and stat == (e.size, e.mtime_ns):
+        if store.is_current(row):
             continue
         standing = store._failures.get(row.id)
         if standing and not retry_failed and stat == (standing.size, standing.mtime_ns):
@@ -256,7 +260,7 @@ class _ShardWriter:
 
         ``encoded`` is [(group of rows sharing one audio, audio stat)], aligned with ``hidden``."""
         name = f"r{self.rank}-{self.seq:06d}"
-        entries = []
+        entries, failures = [], list(failures)
         if hidden:
             sizes = [len(keep) * h.shape[1] for h in hidden]
             data = np.empty((sum(sizes), hidden[0].shape[2]), dtype=DTYPE)
@@ -264,19 +268,29 @@ class _ShardWriter:
             for (group, stat), h, n in zip(encoded, hidden, sizes):
                 h = h.detach() if len(keep) == h.shape[0] else h.detach()[keep]
                 # the fp16 cast happens in this copy (torch's is ~10x faster than numpy's; both round to nearest)
-                torch.from_numpy(data[offset: offset + n]).copy_(h.reshape(n, -1))
-                size, mtime_ns = stat or (-1, -1)  # unknown stat: never "current", redone next run
+                block = torch.from_numpy(data[offset: offset + n])
+                block.copy_(h.reshape(n, -1))
+                size, mtime_ns, crc = stat or (-1, -1, None)  # unknown stat: never "current", redone next run
+                if not torch.isfinite(block).all():  # NaN from the encoder, or beyond fp16's range: never stored
+                    failures += [Failure(row.id, str(row.path), f"{row.path}: the encoder returned NaN or infinite "
+                                         f"values (or values beyond float16's range) for this audio", size, mtime_ns)
+                                 for row in group]
+                    continue
                 entries += [{"id": row.id, "path": str(row.path), "offset": offset, "frames": int(h.shape[1]),
-                             "size": size, "mtime_ns": mtime_ns} for row in group]
+                             "size": size, "mtime_ns": mtime_ns, "crc32": crc} for row in group]
                 offset += n
+            data = data[:offset]
+        checksum = {}
+        if entries:
+            checksum = {"rows": int(data.shape[0]), "crc32": zlib.crc32(memoryview(data).cast("B"))}
             atomic_write(self.dir / f"{name}.npy", lambda tmp: np.save(tmp, data))
         part = {"version": VERSION, "rank": self.rank, "seq": self.seq, "committed_ns": time.time_ns(),
-                "shard": f"{name}.npy" if entries else None, "entries": entries,
+                "shard": f"{name}.npy" if entries else None, **checksum, "entries": entries,
                 "failures": [{"id": f.id, "path": f.path, "error": f.error, "size": f.size, "mtime_ns": f.mtime_ns}
                              for f in failures]}
         atomic_write(self.dir / f"{name}.json", lambda tmp: tmp.write_text(json.dumps(part)))  # the commit
         self.seq += 1
-        return part
+        return {**part, "failures_added": failures}
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -7,19 +7,25 @@ Layout of a store folder::
 
     meta.json                  encoder name, fingerprint, options, stored layers, dim, frame rate, dtype, version
     shards/r{rank}-{seq}.npy   one batch of utterances: a 2-D fp16 array [rows, D]
-    shards/r{rank}-{seq}.json  that batch's index part: per utterance id, path, offset, frames, audio size + mtime
+    shards/r{rank}-{seq}.json  that batch's index part: per utterance id, path, offset, frames, audio size + mtime +
+                               CRC-32; the shard's row count and CRC-32
     failures.jsonl             utterances that could not be read (id, path, error), rewritten after each run
 
 One utterance is the contiguous block of rows ``offset : offset + n_layers * frames`` of its shard, in
 ``[layer, frame, dim]`` order, so :meth:`FeatureStore.get` returns a zero-copy ``[n_layers, T, D]`` view (the
 same layout the encoder returns) without reading any other utterance. Readers only see committed index parts
 (the ``.json`` part is renamed into place last), so a store is never seen half-written.
+
+Integrity: a shard is checked against its CRC-32 the first time a process opens it (damage on disk, not tampering:
+model weights carry SHA-256), and an entry is only used while its audio is the file it was computed from (same size
+and mtime, or, after a copy or ``touch``, the same CRC-32 of its bytes). ``verify_store`` checks everything at once.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +34,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .errors import FeatureStoreError, MissingFeatures
+from .errors import DamagedStore, FeatureStoreError, MissingFeatures
 
 FORMAT = "emoadapt-feature-store"
 VERSION = 1
@@ -47,6 +53,7 @@ class Entry:
     size: int          # audio file size in bytes when extracted
     mtime_ns: int      # audio file mtime when extracted
     committed_ns: int  # when its index part was committed (newest wins when an id appears twice)
+    crc32: int | None = None  # of the audio file's bytes (stores written before it: None)
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,7 @@ class FeatureStore:
             raise FeatureStoreError(self.root, "a feature store is a folder, but this is a file")
         self.max_open_shards = max_open_shards
         self._open: OrderedDict[str, np.ndarray] = OrderedDict()  # shard name -> memmap, least recently used first
+        self._shards: dict[str, dict] = {}  # shard name -> {"rows", "crc32"} from its index part
         self.refresh()
 
     # --- index ---------------------------------------------------------------------------------------------
@@ -79,6 +87,7 @@ class FeatureStore:
         self.meta = read_meta(self.root)
         self._entries: dict[str, Entry] = {}
         self._failures: dict[str, Failure] = {}
+        self._shards = {}
         self._open.clear()
         parts = []
         for path in self.shard_dir.glob("r*-*.json") if self.shard_dir.is_dir() else ():
@@ -89,9 +98,11 @@ class FeatureStore:
 
     def _add_part(self, part: dict) -> None:
         """Apply one committed index part; parts arrive oldest first, so a later entry or failure of an id wins."""
+        if part["shard"] is not None:
+            self._shards[part["shard"]] = {"rows": part.get("rows"), "crc32": part.get("crc32")}
         for e in part["entries"]:
             self._entries[e["id"]] = Entry(e["id"], e["path"], part["shard"], e["offset"], e["frames"], e["size"],
-                                           e["mtime_ns"], part["committed_ns"])
+                                           e["mtime_ns"], part["committed_ns"], e.get("crc32"))
             self._failures.pop(e["id"], None)
         for f in part["failures"]:
             self._failures[f["id"]] = Failure(f["id"], f["path"], f["error"], f.get("size"), f.get("mtime_ns"))
@@ -130,12 +141,13 @@ class FeatureStore:
         return sorted(self._failures.values(), key=lambda f: f.id)
 
     def is_current(self, utt) -> bool:
-        """True when ``utt`` (an Utterance) is stored and its audio file still has the size and mtime it had then."""
+        """True when ``utt`` (an Utterance) is stored and its audio file is still the one its features came from."""
         e = self._entries.get(utt.id)
-        if e is None:
-            return False
-        stat = file_stat(utt.path)
-        return stat is not None and stat == (e.size, e.mtime_ns)
+        return e is not None and audio_matches(utt.path, e.size, e.mtime_ns, e.crc32)
+
+    def stale(self, utterances) -> list:
+        """The stored utterances among ``utterances`` whose audio changed since extraction (never to be used)."""
+        return [u for u in utterances if u.id in self._entries and not self.is_current(u)]
 
     # --- frames --------------------------------------------------------------------------------------------
     def get(self, utt_id: str) -> np.ndarray:
@@ -166,13 +178,11 @@ class FeatureStore:
             self._open.move_to_end(name)
             return shard
         path = self.shard_dir / name
-        try:
-            shard = np.load(path, mmap_mode="r")
-        except FileNotFoundError:
-            raise FeatureStoreError(path, "shard file is missing although the index lists it; "
-                                          "delete its .json part and re-run extract") from None
-        except ValueError as error:
-            raise FeatureStoreError(path, f"shard file is unreadable ({error})") from None
+        problem = shard_problem(path, **self._shards.get(name, {}))
+        if problem:
+            raise DamagedStore(path, f"{problem}; run `emoadapt extract CORPUS --store {self.root} --repair` to "
+                                     f"re-compute the damaged batches")
+        shard = np.load(path, mmap_mode="r")
         self._open[name] = shard
         while len(self._open) > self.max_open_shards:
             self._open.popitem(last=False)
@@ -183,6 +193,132 @@ class FeatureStore:
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.root)!r}, {len(self)} utterances, {self.meta.get('fingerprint')})"
+
+
+_verified: set[tuple[str, int, int]] = set()  # (shard path, size, mtime) checked by this process
+
+
+def shard_problem(path: Path, rows: int | None = None, crc32: int | None = None) -> str | None:
+    """What is wrong with a shard file (None: nothing). Reads it whole once per process: its CRC-32 (~1.5 GB/s;
+    stores written before checksums have none) and that every value is finite."""
+    try:
+        shard = np.load(path, mmap_mode="r")
+    except FileNotFoundError:
+        return "shard file is missing although the index lists it"
+    except (ValueError, OSError) as error:
+        return f"shard file is unreadable ({error})"
+    if shard.ndim != 2 or shard.dtype != DTYPE or (rows is not None and shard.shape[0] != rows):
+        return f"shard has shape {shard.shape} {shard.dtype}, its index part says {rows} rows of {np.dtype(DTYPE)}"
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key in _verified:
+        return None
+    if crc32 is not None and zlib.crc32(memoryview(np.ascontiguousarray(shard)).cast("B")) != crc32:
+        return "shard bytes do not match their checksum (the file was damaged after it was written)"
+    if not np.isfinite(shard).all():  # extraction never stores these: only a store without checksums gets here
+        return "shard holds NaN or infinite values"
+    _verified.add(key)
+    return None
+
+
+def audio_matches(path, size: int, mtime_ns: int, crc32: int | None) -> bool:
+    """Is the file at ``path`` the audio that had this size, mtime and CRC-32? The stat decides when it agrees;
+    a copied or touched file (new mtime, same size) is read and its CRC-32 decides."""
+    stat = file_stat(path)
+    if stat is None or stat[0] != size:
+        return False
+    if stat[1] == mtime_ns:
+        return True
+    return crc32 is not None and file_crc32(path) == crc32
+
+
+def file_crc32(path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+@dataclass
+class StoreReport:
+    """What ``verify_store`` found: damaged index parts / shards and the ids they held, stale entries."""
+    root: str
+    parts: int = 0
+    damaged: list[tuple[str, str, list[str]]] = None   # (index part file, problem, ids it held)
+    stale: list[str] = None                            # ids whose audio changed since extraction
+    unchecked: int = 0                                 # shards written before checksums
+
+    def __post_init__(self):
+        self.damaged, self.stale = self.damaged or [], self.stale or []
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged and not self.stale
+
+    def __str__(self) -> str:
+        lines = [f"feature store {self.root}: {self.parts} batches checked, {len(self.damaged)} damaged, "
+                 f"{len(self.stale)} utterances whose audio changed"
+                 + (f", {self.unchecked} shards without a checksum (older store)" if self.unchecked else "")]
+        for part, problem, ids in self.damaged:
+            lines.append(f"  damaged: {part}: {problem} ({len(ids)} utterances)")
+        if self.stale:
+            lines.append(f"  audio changed: {', '.join(self.stale[:5])}" + (" ..." if len(self.stale) > 5 else ""))
+        return "\n".join(lines)
+
+
+def verify_store(root: str | os.PathLike, utterances=()) -> StoreReport:
+    """Check every index part, shard (checksum, shape, offsets) and, for ``utterances`` given (corpus rows),
+    that their audio is still what was extracted. Damaged parts are reported, not raised."""
+    root = Path(root)
+    read_meta(root)
+    report = StoreReport(str(root))
+    shard_dir = root / "shards"
+    newest: dict[str, tuple[int, str, dict]] = {}  # id -> (committed_ns, part, entry)
+    for path in sorted(shard_dir.glob("r*-*.json")) if shard_dir.is_dir() else ():
+        if not INDEX_PART.match(path.name):
+            continue
+        report.parts += 1
+        try:
+            part = read_part(path)
+        except FeatureStoreError as error:
+            report.damaged.append((path.name, error.reason, []))
+            continue
+        ids = [e["id"] for e in part["entries"]]
+        if part["shard"] is None:
+            continue
+        report.unchecked += part.get("crc32") is None
+        problem = shard_problem(shard_dir / part["shard"], part.get("rows"), part.get("crc32"))
+        if problem is None:
+            rows = np.load(shard_dir / part["shard"], mmap_mode="r").shape[0]
+            n_layers = len(read_meta(root).get("layers", []))
+            if any(e["offset"] < 0 or e["frames"] < 1 or e["offset"] + n_layers * e["frames"] > rows
+                   for e in part["entries"]):
+                problem = "an entry points outside its shard"
+        if problem:
+            report.damaged.append((path.name, problem, ids))
+        for e in part["entries"]:
+            if e["id"] not in newest or newest[e["id"]][0] <= part["committed_ns"]:
+                newest[e["id"]] = (part["committed_ns"], path.name, e)
+    for u in utterances:
+        found = newest.get(u.id)
+        if found and not audio_matches(u.path, found[2]["size"], found[2]["mtime_ns"], found[2].get("crc32")):
+            report.stale.append(u.id)
+    return report
+
+
+def remove_parts(root: str | os.PathLike, parts: Iterable[str]) -> None:
+    """Drop damaged batches: the index part first (it is the commit), then its shard; extract re-computes them."""
+    shard_dir = Path(root) / "shards"
+    for name in parts:
+        part_path = shard_dir / name
+        shard = None
+        try:
+            shard = json.loads(part_path.read_text()).get("shard")
+        except (OSError, ValueError, AttributeError):
+            pass
+        part_path.unlink(missing_ok=True)
+        (shard_dir / (shard or Path(name).with_suffix(".npy").name)).unlink(missing_ok=True)
 
 
 def frame_statistics(utterances: Iterable[tuple[FeatureStore, str]]) -> tuple[np.ndarray, np.ndarray]:

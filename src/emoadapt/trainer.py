@@ -11,7 +11,9 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
+import re
 import signal
 import sys
 import time
@@ -23,7 +25,7 @@ import torch
 
 from .config import RunConfig, TrainerConfig
 from .model import cosine_schedule
-from .errors import EmoadaptError
+from .errors import EmoadaptError, TrainingError
 from .evaluation import write_json
 
 try:
@@ -114,12 +116,28 @@ class EpochLines(pl.Callback):
                   f"({time.perf_counter() - self.t0:.0f} s)", file=sys.stderr, flush=True)
 
 
+class StopOnNonFinite(pl.Callback):
+    """A NaN or infinite training loss ends the run with a clear error instead of training (and saving) a model of
+    NaNs; the last checkpoint of a finite epoch stays as it was."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss.detach()).all():
+            raise TrainingError(self.out_dir, f"the training loss became {float(loss.detach()):.3g} at epoch "
+                                              f"{trainer.current_epoch + 1}, step {trainer.global_step}: training "
+                                              f"diverged (try a lower learning rate) or the features hold damaged "
+                                              f"values (check them: emoadapt extract CORPUS --store S --verify); "
+                                              f"nothing of this epoch was saved")
+
+
 def make_trainer(out_dir: Path, tc: TrainerConfig, *, max_epochs: int, grad_clip: float, callbacks: list,
                  validate: bool, progress: bool) -> pl.Trainer:
     from .checkpoints import SafetensorsCheckpointIO
     lines = progress and not sys.stderr.isatty()
-    if lines:
-        callbacks = [*callbacks, EpochLines()]
+    callbacks = [StopOnNonFinite(out_dir), *callbacks, *([EpochLines()] if lines else [])]
     return pl.Trainer(
         default_root_dir=out_dir, max_epochs=max_epochs, accelerator=tc.accelerator, devices=tc.devices,
         strategy=tc.strategy, precision=tc.precision, gradient_clip_val=grad_clip or None, callbacks=callbacks,
@@ -152,8 +170,10 @@ def is_global_zero() -> bool:
 
 
 def claim_run_dir(out_dir: Path, record: dict) -> None:
-    """Write the run's config.json, or check that an existing one (a resumed run) has the same settings."""
+    """Write the run's config.json, or check that an existing one (a resumed run) has the same settings and clear
+    the temp files a killed attempt left (:func:`remove_stale_temp_files`)."""
     path = out_dir / "config.json"
+    resumed = False
     if path.is_file():
         try:
             old = json.loads(path.read_text())
@@ -172,9 +192,41 @@ def claim_run_dir(out_dir: Path, record: dict) -> None:
                 raise EmoadaptError(out_dir, f"this run folder holds a run with other settings ({shown}"
                                              f"{' ...' if len(diffs) > 4 else ''}); use another --out, or the same "
                                              f"settings to resume it")
-            return
+            resumed = True
     if is_global_zero():
-        write_json(record, path)
+        if resumed:
+            remove_stale_temp_files(out_dir)
+        else:
+            write_json(record, path)
+
+
+# emoadapt.atomic's temp names: .<final name>.<pid>.<8 hex>.tmp<suffix>
+_TEMP_FILE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp")
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete the temp files that writes cut short by a kill left in a run folder (SIGKILL skips atomic_write's
+    clean-up; a checkpoint's is as large as the checkpoint), when the process that wrote them is gone. A resumed
+    run's folder then holds what an uninterrupted run's holds."""
+    removed = []
+    for path in Path(folder).rglob(".*.tmp*"):
+        m = _TEMP_FILE.match(path.name)
+        if m and path.is_file() and not _process_alive(int(m.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: alive
+        return True
+    return True
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -5,7 +5,6 @@ in ``splits.py``. Nothing here decodes audio: loading a corpus is a walk over na
 """
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Callable, Iterable
 
 from ..errors import CorpusError
 from .splits import Folds, folds_for
-from .manifest import Utterance
+from .manifest import Utterance, read_table
 
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff"})
 
@@ -85,11 +84,18 @@ def check_files(rows: list[Utterance], problems: Problems, *, labelled: bool) ->
 
 
 # --- files and names --------------------------------------------------------------------------------------------
-def audio_files(folder: Path, *, recursive: bool = True) -> list[Path]:
-    """Audio files under ``folder``, sorted; hidden files and folders (macOS ``._x.wav`` twins) are skipped."""
+def audio_files(folder: Path, *, recursive: bool = True, links: list[str] | None = None) -> list[Path]:
+    """Audio files under ``folder``, sorted; hidden files and folders (macOS ``._x.wav`` twins) are skipped.
+
+    Links to folders inside it are never followed (one could leave the corpus, loop back into itself, or file
+    another label's clips under this one); they are appended to ``links`` so the caller can report them. Links to
+    files are kept: building a corpus out of file links is common."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        linked = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        if links is not None:
+            links += [relative_id(Path(dirpath, d), folder) for d in linked if not d.startswith(".")]
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in linked) if recursive else []
         found += [Path(dirpath, f) for f in filenames
                   if not f.startswith(".") and Path(f).suffix.lower() in AUDIO_EXTENSIONS]
     return sorted(found)
@@ -156,8 +162,7 @@ def merge_manifest(rows: list[Utterance], root: Path, words: View, problems: Pro
     path = root / "manifest.csv"
     if not path.is_file():
         return rows
-    with open(path, newline="", encoding="utf-8") as f:
-        table = {r.get("path", ""): r for r in csv.DictReader(f)}
+    table = {r.get("path", ""): r for r in read_table(path, "manifest")[0]}
     merged, disagree = [], []
     for u in rows:
         r = table.get(u.id)

@@ -8,14 +8,13 @@ Views: ``6class`` (default) and ``4class`` = neutral, happy, angry, sad.
 """
 from __future__ import annotations
 
-import csv
 import re
 from functools import partial
 from pathlib import Path
 
 from .base import Corpus, audio_files, load_named_files, relative_id
 from .splits import round_robin_speakers
-from .manifest import Utterance, normalise_gender
+from .manifest import Utterance, normalise_gender, read_table
 
 NAME = re.compile(r"^(\d{4})_([A-Z]{3})_(ANG|DIS|FEA|HAP|NEU|SAD)_([A-Z]{1,2})$")
 VIEWS = {
@@ -42,8 +41,8 @@ def audio_folder(path: Path) -> Path:
 def read_genders(path: Path) -> dict[str, str]:
     for table in (path / "VideoDemographics.csv", path.parent / "VideoDemographics.csv"):
         if table.is_file():
-            with open(table, newline="", encoding="utf-8-sig") as f:
-                return {r["ActorID"].strip(): normalise_gender(r.get("Sex")) for r in csv.DictReader(f)}
+            return {(r.get("ActorID") or "").strip(): normalise_gender(r.get("Sex"))
+                    for r in read_table(table, "demographics table")[0]}
     return {}
 
 

@@ -9,13 +9,12 @@
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from ..errors import CorpusError
 from .base import Corpus, Problems, audio_files, check_files, relative_id
 from .splits import Folds, folds_for
-from .manifest import Utterance, read_manifest
+from .manifest import Utterance, read_manifest, read_table
 
 
 def manifest_of(path: Path) -> Path | None:
@@ -28,8 +27,7 @@ def manifest_of(path: Path) -> Path | None:
 def has_labels(path: Path) -> bool:
     """A manifest is labelled if it has a 'label' column with at least one value (write_manifest of unlabeled
     rows leaves the column empty)."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        return any(r.get("label") for r in csv.DictReader(f))
+    return any(r.get("label") for r in read_table(path, "manifest")[0])
 
 
 def is_label_folders(path: Path) -> bool:
@@ -73,8 +71,9 @@ def load_csv(path: Path, *, view: str | None = None, strict: bool = True) -> Cor
 
 def load_folders(path: Path, *, view: str | None = None, strict: bool = True) -> Corpus:
     _no_view("folders", view)
-    problems = Problems(path, strict)
-    files = audio_files(path)
+    problems, links = Problems(path, strict), []
+    files = audio_files(path, links=links)
+    problems.add("links to folders, not followed (they may leave the corpus or loop)", links)
     if not files:
         raise CorpusError(path, "no audio files found")
     loose = [relative_id(f, path) for f in files if f.parent == path]
@@ -92,12 +91,13 @@ def load_unlabeled(path: Path, *, view: str | None = None, strict: bool = True) 
     if table is not None:
         root, name, rows = table.parent, (table.parent.name if table.name == "manifest.csv" else table.stem), \
             read_manifest(table, labelled=False)
-    else:
-        files = audio_files(path)
+    problems, links = Problems(table or path, strict), []
+    if table is None:
+        files = audio_files(path, links=links)
+        problems.add("links to folders, not followed (they may leave the corpus or loop)", links)
         if not files:
             raise CorpusError(path, "no audio files found")
         root, name = path, path.name
         rows = [Utterance(id=relative_id(f, path), path=str(f), label=None, speaker=None) for f in files]
-    problems = Problems(table or path, strict)
     rows = check_files(rows, problems, labelled=False)
     return Corpus(name, root, rows, None, [], None, problems.finish())

@@ -7,13 +7,13 @@ RAVDESS and EMOVO share); any other path is read as a map file. Cross-corpus tes
 """
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import CorpusError
 from .base import Corpus, preview
+from .manifest import read_table
 
 PACKAGED_MAPS = Path(__file__).parent / "label_maps"
 COLUMNS = ("corpus", "label", "to")
@@ -42,16 +42,9 @@ def read_label_map(name_or_path: str | os.PathLike) -> LabelMap:
     if not path.is_file():
         raise CorpusError(path, f"no such label map; give a CSV file with columns {','.join(COLUMNS)} or one of "
                                 f"the packaged maps: {', '.join(packaged_label_maps())}")
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None or not set(COLUMNS) <= set(reader.fieldnames):
-                raise CorpusError(path, f"a label map needs the columns {','.join(COLUMNS)}; "
-                                        f"found {reader.fieldnames or 'none'}")
-            rows = list(reader)
-    except UnicodeDecodeError:
-        raise CorpusError(path, "not a text CSV file (it is not UTF-8); a label map is a CSV of "
-                                f"{','.join(COLUMNS)}") from None
+    rows, columns = read_table(path, f"label map ({','.join(COLUMNS)})")
+    if not set(COLUMNS) <= set(columns):
+        raise CorpusError(path, f"a label map needs the columns {','.join(COLUMNS)}; found {columns or 'none'}")
     rename, classes = {}, []
     for n, row in enumerate(rows, start=2):
         corpus, label, to = ((row.get(k) or "").strip() for k in COLUMNS)

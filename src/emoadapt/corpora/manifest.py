@@ -20,6 +20,23 @@ class Utterance:
     extras: dict = field(default_factory=dict, compare=False)  # corpus-specific columns (intensity, session ...)
 
 
+def read_table(path: str | os.PathLike, what: str) -> tuple[list[dict[str, str]], list[str]]:
+    """(rows, columns) of a CSV a user gives (manifest, folds, label map, demographics): every way it can be
+    unreadable (missing, not UTF-8 text, broken quoting, NUL bytes) is a CorpusError naming the file and ``what``."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            return rows, list(reader.fieldnames or [])
+    except UnicodeDecodeError:
+        raise CorpusError(path, f"not a text CSV file (it is not UTF-8); a {what} is a CSV file") from None
+    except csv.Error as e:
+        raise CorpusError(path, f"not a readable CSV file ({e}); a {what} is a CSV file") from None
+    except OSError as e:
+        raise CorpusError(path, f"cannot read the {what} ({e.strerror or e})") from None
+
+
 # --- manifest CSV: path,label[,speaker,gender,duration,...]; any other column is kept in extras ----------------
 COLUMNS = ("id", "path", "label", "speaker", "gender", "duration")
 
@@ -35,12 +52,7 @@ def read_manifest(path: str | os.PathLike, *, labelled: bool = True) -> list[Utt
     the path as written. ``duration_s`` is read as ``duration``. With labelled=False labels are dropped.
     Does not touch the audio (load_corpus checks that the files exist)."""
     path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            table, columns = list(reader), reader.fieldnames or []
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise CorpusError(path, f"cannot read manifest CSV ({e})") from None
+    table, columns = read_table(path, "manifest")
     if "path" not in columns:
         raise CorpusError(path, f"a manifest needs a 'path' column; found {columns}")
     known = {"id", "path", "label", "speaker", "gender", "duration", "duration_s"}

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from ..errors import CorpusError
-from .manifest import Utterance
+from .manifest import Utterance, read_table
 
 if TYPE_CHECKING:
     from .base import Problems
@@ -173,11 +173,7 @@ def folds_for(root: Path, rows: list[Utterance], default: Callable[[list[Utteran
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            table = list(csv.DictReader(f))
-    except OSError as e:
-        raise CorpusError(path, f"cannot read fold file ({e.strerror or e})") from None
+    table, _ = read_table(path, "fold file")
     columns = set(table[0]) if table else set()
     if "fold" not in columns or not columns & {"path", "speaker"}:
         raise CorpusError(path, f"a fold file needs columns path,speaker,fold or speaker,fold; found {sorted(columns)}")
