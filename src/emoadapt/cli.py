@@ -132,6 +132,16 @@ def cmd_extract(args) -> int:
     for problem in corpus.problems:
         print(f"emoadapt extract: skipped: {problem}", file=sys.stderr)
     rows = corpus.rows[: args.limit] if args.limit else corpus.rows
+    if args.verify or args.repair:
+        from .features import remove_parts, verify_store
+        if not Path(args.store, "meta.json").is_file():
+            raise EmoadaptError(args.store, "no feature store here to verify")
+        found = verify_store(args.store, rows)
+        print(found)
+        if not args.repair:
+            return 0 if found.ok else 1
+        # damaged batches are dropped; extraction below then re-computes them and every changed audio file
+        remove_parts(args.store, [part for part, _, _ in found.damaged])
     encoder = load_encoder(args.encoder, device=_device(args), **_encoder_options(args))
     layers = args.layers or None
     report = extract(rows, encoder, args.store, layers=layers, batch_size=args.batch_size,
@@ -528,6 +538,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-size", type=_positive_int, help="number of processes sharing the work (default: torchrun's "
                                                   "WORLD_SIZE, else 1)")
     p.add_argument("--retry-failed", action="store_true", help="retry files that failed before on unchanged audio")
+    p.add_argument("--verify", action="store_true", help="check the store instead of extracting: every shard's "
+                   "checksum and values, and that each clip's audio is the one its features came from; exit 1 when "
+                   "anything is damaged or stale")
+    p.add_argument("--repair", action="store_true", help="verify, then re-compute only the damaged batches and the "
+                   "clips whose audio changed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_extract)
 

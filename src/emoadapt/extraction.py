@@ -28,7 +28,7 @@ import torch
 from .atomic import atomic_write, atomic_write_text, fsync_file
 from .encoders.base import SAMPLE_RATE
 from .errors import AudioError, EncoderError, FeatureStoreError, StoreMismatch, TooShortAudio
-from .features import (DTYPE, FORMAT, INDEX_PART, VERSION, Failure, FeatureStore, file_crc32, file_stat,
+from .features import (DTYPE, FORMAT, INDEX_PART, VERSION, Failure, FeatureStore, audio_identity, file_stat,
                        read_meta)
 
 # meta keys that must agree before a run may write into an existing store
@@ -136,9 +136,8 @@ def extract(rows: Iterable, encoder, root: str | os.PathLike, *, layers: Sequenc
         out = []
         for group in batch:
             path = group[0].path
-            stat = file_stat(path)
+            stat = audio_identity(path)  # before decoding: a file replaced meanwhile is not mistaken for this one
             try:
-                stat = stat and (*stat, file_crc32(path))  # the audio's identity, for is_current after a copy
                 wave = load_audio(path, min_samples=encoder.min_samples)
                 if len(wave) < encoder.min_samples or encoder.num_frames(len(wave)) < 1:
                     raise TooShortAudio(path, f"{len(wave)} samples, the encoder needs at least "
@@ -153,7 +152,7 @@ def extract(rows: Iterable, encoder, root: str | os.PathLike, *, layers: Sequenc
 
     def commit(decoded, hidden):  # background thread: fp16 cast, write, fsync, rename (index part last)
         ok = [d for d in decoded if d[2] is not None]
-        failures = [Failure(row.id, str(row.path), error, *(stat or (None, None))[:2])
+        failures = [Failure(row.id, str(row.path), error, *((stat["size"], stat["mtime_ns"]) if stat else (None,) * 2))
                     for group, stat, _, error in decoded if error is not None for row in group]
         part = writer.commit([(group, stat) for group, stat, _, _ in ok], hidden, keep, failures)
         failures = part["failures_added"]
@@ -258,7 +257,7 @@ class _ShardWriter:
     def commit(self, encoded, hidden, keep, failures) -> dict:
         """Write one batch: its shard (when anything was encoded), then its index part, which commits it.
 
-        ``encoded`` is [(group of rows sharing one audio, audio stat)], aligned with ``hidden``."""
+        ``encoded`` is [(group of rows sharing one audio, its audio_identity)], aligned with ``hidden``."""
         name = f"r{self.rank}-{self.seq:06d}"
         entries, failures = [], list(failures)
         if hidden:
@@ -270,14 +269,15 @@ class _ShardWriter:
                 # the fp16 cast happens in this copy (torch's is ~10x faster than numpy's; both round to nearest)
                 block = torch.from_numpy(data[offset: offset + n])
                 block.copy_(h.reshape(n, -1))
-                size, mtime_ns, crc = stat or (-1, -1, None)  # unknown stat: never "current", redone next run
+                stat = stat or {"size": -1, "mtime_ns": -1, "inode": None, "crc32": None}  # never "current"
+                size, mtime_ns = stat["size"], stat["mtime_ns"]
                 if not torch.isfinite(block).all():  # NaN from the encoder, or beyond fp16's range: never stored
                     failures += [Failure(row.id, str(row.path), f"{row.path}: the encoder returned NaN or infinite "
                                          f"values (or values beyond float16's range) for this audio", size, mtime_ns)
                                  for row in group]
                     continue
                 entries += [{"id": row.id, "path": str(row.path), "offset": offset, "frames": int(h.shape[1]),
-                             "size": size, "mtime_ns": mtime_ns, "crc32": crc} for row in group]
+                             **stat} for row in group]
                 offset += n
             data = data[:offset]
         checksum = {}

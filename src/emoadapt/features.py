@@ -54,6 +54,7 @@ class Entry:
     mtime_ns: int      # audio file mtime when extracted
     committed_ns: int  # when its index part was committed (newest wins when an id appears twice)
     crc32: int | None = None  # of the audio file's bytes (stores written before it: None)
+    inode: int | None = None  # so that two files swapped by rename (same size, same mtime) are told apart
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class FeatureStore:
             self._shards[part["shard"]] = {"rows": part.get("rows"), "crc32": part.get("crc32")}
         for e in part["entries"]:
             self._entries[e["id"]] = Entry(e["id"], e["path"], part["shard"], e["offset"], e["frames"], e["size"],
-                                           e["mtime_ns"], part["committed_ns"], e.get("crc32"))
+                                           e["mtime_ns"], part["committed_ns"], e.get("crc32"), e.get("inode"))
             self._failures.pop(e["id"], None)
         for f in part["failures"]:
             self._failures[f["id"]] = Failure(f["id"], f["path"], f["error"], f.get("size"), f.get("mtime_ns"))
@@ -143,7 +144,7 @@ class FeatureStore:
     def is_current(self, utt) -> bool:
         """True when ``utt`` (an Utterance) is stored and its audio file is still the one its features came from."""
         e = self._entries.get(utt.id)
-        return e is not None and audio_matches(utt.path, e.size, e.mtime_ns, e.crc32)
+        return e is not None and audio_matches(utt.path, e.size, e.mtime_ns, e.crc32, e.inode)
 
     def stale(self, utterances) -> list:
         """The stored utterances among ``utterances`` whose audio changed since extraction (never to be used)."""
@@ -221,13 +222,26 @@ def shard_problem(path: Path, rows: int | None = None, crc32: int | None = None)
     return None
 
 
-def audio_matches(path, size: int, mtime_ns: int, crc32: int | None) -> bool:
-    """Is the file at ``path`` the audio that had this size, mtime and CRC-32? The stat decides when it agrees;
-    a copied or touched file (new mtime, same size) is read and its CRC-32 decides."""
-    stat = file_stat(path)
-    if stat is None or stat[0] != size:
+def audio_identity(path) -> dict | None:
+    """What tells this audio file from any other: size, mtime, inode and the CRC-32 of its bytes (None: no file)."""
+    try:
+        st = os.stat(path)
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "crc32": file_crc32(path)}
+    except OSError:
+        return None
+
+
+def audio_matches(path, size: int, mtime_ns: int, crc32: int | None, inode: int | None = None) -> bool:
+    """Is the file at ``path`` the audio that had this size, mtime, inode and CRC-32? The stat decides when all
+    of it agrees; otherwise (a copy, a ``touch``, files swapped by rename) the file is read and its CRC-32 decides.
+    A moved corpus is thus re-read once per command; its features stay valid."""
+    try:
+        st = os.stat(path)
+    except OSError:
         return False
-    if stat[1] == mtime_ns:
+    if st.st_size != size:
+        return False
+    if st.st_mtime_ns == mtime_ns and inode in (None, st.st_ino):
         return True
     return crc32 is not None and file_crc32(path) == crc32
 
@@ -302,7 +316,8 @@ def verify_store(root: str | os.PathLike, utterances=()) -> StoreReport:
                 newest[e["id"]] = (part["committed_ns"], path.name, e)
     for u in utterances:
         found = newest.get(u.id)
-        if found and not audio_matches(u.path, found[2]["size"], found[2]["mtime_ns"], found[2].get("crc32")):
+        if found and not audio_matches(u.path, found[2]["size"], found[2]["mtime_ns"], found[2].get("crc32"),
+                                       found[2].get("inode")):
             report.stale.append(u.id)
     return report
 

@@ -14,6 +14,7 @@ Retry-After. Nothing a client sends gives a 5xx.
 """
 
 import asyncio
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -184,6 +185,7 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, max_upload_m
     import uvicorn
 
     from ..api import Recognizer
+    listening = _listen(host, port)  # first: a taken port is refused before the model loads
     _bounded_malloc()  # before uvicorn starts its thread pool
     recognizer = Recognizer.from_pretrained(model, max_seconds=max_seconds, window_seconds=window_seconds)
     app = UploadLimit(create_app(recognizer, max_upload_bytes=int(max_upload_mb * 2**20),
@@ -191,4 +193,28 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, max_upload_m
                        int(max_upload_mb * 2**20))
     print(f"emoadapt serve: model {recognizer.model_dir} ({', '.join(recognizer.labels)}) on http://{host}:{port}/",
           flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=os.environ.get("EMOADAPT_LOG_LEVEL", "warning"))
+    config = uvicorn.Config(app, host=host, port=port, log_level=os.environ.get("EMOADAPT_LOG_LEVEL", "warning"))
+    uvicorn.Server(config).run(sockets=[listening])
+
+
+def _listen(host: str, port: int):
+    """The server's socket, bound here so that a taken port or an address this machine does not have is one clear
+    error (uvicorn would log it and exit with its own status)."""
+    import socket
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise EmoadaptError(None, f"--host {host!r}: not an address of this machine ({error.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        reason = ("is already in use: stop what listens there or choose another --port"
+                  if error.errno == errno.EADDRINUSE else f"cannot be listened on ({error.strerror})")
+        raise EmoadaptError(None, f"{host}:{port} {reason}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
