@@ -28,7 +28,7 @@ from typing import Sequence, Union
 import numpy as np
 
 from .audio import SAMPLE_RATE, load_audio, speech_segments, validate_waveform
-from .errors import EmoadaptError, NoSpeech
+from .errors import AudioError, EmoadaptError, NoSpeech
 from .features import array_statistics
 from .inference import (classify, encode_waveforms, load_classifier, model_encoder, model_normalization,
                         waveform_normalizer)
@@ -196,8 +196,12 @@ class Recognizer:
 
     def _load(self, audio: Audio, sample_rate: int | None, name: str) -> tuple[str, np.ndarray]:
         if isinstance(audio, np.ndarray) or hasattr(audio, "numpy"):
-            return name, validate_waveform(audio, path=name, sample_rate=sample_rate or SAMPLE_RATE,
-                                           max_seconds=self.max_seconds, min_samples=self.encoder.min_samples)
+            return name, validate_waveform(audio, path=name, sample_rate=SAMPLE_RATE if sample_rate is None
+                                           else sample_rate, max_seconds=self.max_seconds,
+                                           min_samples=self.encoder.min_samples)
+        if not isinstance(audio, (str, os.PathLike)):
+            raise AudioError(name, f"a {type(audio).__name__} is not audio: give a file path, a 1-D numpy array or "
+                                   f"tensor of samples, or a list of those")
         if sample_rate is not None:
             raise EmoadaptError(audio, "sample_rate is for waveforms; a file's own rate is read from its header")
         return str(audio), load_audio(audio, max_seconds=self.max_seconds, min_samples=self.encoder.min_samples)

@@ -330,7 +330,12 @@ def _resample(path, x: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 # --- checks shared by files and in-memory waveforms -----------------------------------------------------------
+MAX_FLOAT_PEAK = 64.0  # clipped or hot float recordings exceed 1 a little; 16-bit PCM as float reaches ~3e4
+
+
 def _check_sample_rate(path, sample_rate) -> None:
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float, np.integer, np.floating)):
+        raise BadSampleRate(path, f"sample rate {sample_rate!r} is not a number of samples per second")
     if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
         raise BadSampleRate(path, f"sample rate {sample_rate} Hz is outside the plausible range "
                                   f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz; the header (or the rate passed) is wrong")
@@ -363,4 +368,9 @@ def _as_mono_float32(wave, path) -> np.ndarray:
         return (x / float(2 ** (8 * x.dtype.itemsize - 1))).astype(np.float32)
     if not np.issubdtype(x.dtype, np.floating):
         raise AudioError(path, f"expected float (or signed integer PCM) samples, got dtype {x.dtype}")
-    return x.astype(np.float32, copy=False)
+    x = x.astype(np.float32, copy=False)
+    peak = float(np.nanmax(np.abs(x), initial=0.0, where=np.isfinite(x)))
+    if peak > MAX_FLOAT_PEAK:  # float audio is [-1, 1]; far beyond it, integer PCM was cast without scaling
+        raise AudioError(path, f"float samples reach {peak:.3g}, but float audio lies in [-1, 1]; if these are "
+                               f"integer PCM values, divide by 32768 (16-bit) first")
+    return x

@@ -100,7 +100,8 @@ class FeatureStore:
     def _add_part(self, part: dict) -> None:
         """Apply one committed index part; parts arrive oldest first, so a later entry or failure of an id wins."""
         if part["shard"] is not None:
-            self._shards[part["shard"]] = {"rows": part.get("rows"), "crc32": part.get("crc32")}
+            self._shards[part["shard"]] = {"rows": part.get("rows"), "crc32": part.get("crc32"),
+                                           "layout": layout_problem(part, len(self.layers))}
         for e in part["entries"]:
             self._entries[e["id"]] = Entry(e["id"], e["path"], part["shard"], e["offset"], e["frames"], e["size"],
                                            e["mtime_ns"], part["committed_ns"], e.get("crc32"), e.get("inode"))
@@ -199,9 +200,25 @@ class FeatureStore:
 _verified: set[tuple[str, int, int]] = set()  # (shard path, size, mtime) checked by this process
 
 
-def shard_problem(path: Path, rows: int | None = None, crc32: int | None = None) -> str | None:
-    """What is wrong with a shard file (None: nothing). Reads it whole once per process: its CRC-32 (~1.5 GB/s;
-    stores written before checksums have none) and that every value is finite."""
+def layout_problem(part: dict, n_layers: int) -> str | None:
+    """An index part's entries must tile its shard exactly, in order (ids sharing one audio share one block): an
+    edited offset or frame count is caught before any frame is read. Parts of older stores have no row count."""
+    if part.get("rows") is None:
+        return None
+    position = 0
+    for offset, frames in sorted({(e["offset"], e["frames"]) for e in part["entries"]}):
+        if offset != position or frames < 1:
+            return f"its index part places an utterance at row {offset} (expected {position})"
+        position += n_layers * frames
+    return None if position == part["rows"] else f"its index part covers {position} of {part['rows']} rows"
+
+
+def shard_problem(path: Path, rows: int | None = None, crc32: int | None = None,
+                  layout: str | None = None) -> str | None:
+    """What is wrong with a shard file (None: nothing). Reads it whole once per process: its CRC-32 (~1.5 GB/s on
+    one core), or, for stores written before checksums, that every value is finite."""
+    if layout:
+        return layout
     try:
         shard = np.load(path, mmap_mode="r")
     except FileNotFoundError:
@@ -214,9 +231,10 @@ def shard_problem(path: Path, rows: int | None = None, crc32: int | None = None)
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key in _verified:
         return None
-    if crc32 is not None and zlib.crc32(memoryview(np.ascontiguousarray(shard)).cast("B")) != crc32:
-        return "shard bytes do not match their checksum (the file was damaged after it was written)"
-    if not np.isfinite(shard).all():  # extraction never stores these: only a store without checksums gets here
+    if crc32 is not None:  # extraction stores finite values only, so matching bytes are finite too
+        if zlib.crc32(memoryview(np.ascontiguousarray(shard)).cast("B")) != crc32:
+            return "shard bytes do not match their checksum (the file was damaged after it was written)"
+    elif not np.isfinite(shard).all():  # a store written before checksums: at least no NaN or inf
         return "shard holds NaN or infinite values"
     _verified.add(key)
     return None
@@ -302,10 +320,11 @@ def verify_store(root: str | os.PathLike, utterances=()) -> StoreReport:
         if part["shard"] is None:
             continue
         report.unchecked += part.get("crc32") is None
-        problem = shard_problem(shard_dir / part["shard"], part.get("rows"), part.get("crc32"))
+        n_layers = len(read_meta(root).get("layers", []))
+        problem = shard_problem(shard_dir / part["shard"], part.get("rows"), part.get("crc32"),
+                                layout_problem(part, n_layers))
         if problem is None:
             rows = np.load(shard_dir / part["shard"], mmap_mode="r").shape[0]
-            n_layers = len(read_meta(root).get("layers", []))
             if any(e["offset"] < 0 or e["frames"] < 1 or e["offset"] + n_layers * e["frames"] > rows
                    for e in part["entries"]):
                 problem = "an entry points outside its shard"
