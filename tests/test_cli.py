@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 
-from emoadapt import cli, paths
+from emoadapt import cli, demo, paths
 from emoadapt.features import FeatureStore
 
 from conftest import TINY
@@ -71,7 +71,7 @@ def test_extract_refuses_another_encoder_in_the_same_store(tmp_path, capsys):
 
 def test_demo_without_data_explains_what_to_pass(monkeypatch, capsys):
     monkeypatch.setattr(paths, "default_data_root", lambda: None)
-    monkeypatch.setattr(cli, "default_data_root", lambda: None)
+    monkeypatch.setattr(demo, "default_data_root", lambda: None)
     assert cli.main(["demo"]) == 2
     err = capsys.readouterr().err
     assert "--data" in err and paths.ENV_VAR in err

@@ -154,9 +154,45 @@ CASES = {
     "empty audio": (lambda w: ["predict", manifest(w, b"", "e.wav"), "--model", w.model], 1, ["e.wav"]),
     "nan audio": (lambda w: ["predict", nan_wav(w), "--model", w.model], 1, ["nan.wav"]),
     "top-k 0": (lambda w: ["predict", w.clip(), "--model", w.model, "--top-k", 0], 2, ["--top-k"]),
+    "calibrating a model without speaker normalisation": (lambda w: ["predict", w.clip(), "--model", w.model,
+                                                                     "--calibrate", w.clip()], 2, ["normalize=global"]),
+    "group by speaker without speakers": (lambda w: ["predict", manifest(w, f"path\n{w.clip()}\n"), "--model",
+                                                     w.model, "--group-by", "speaker"], 2, ["speaker"]),
+    "negative window": (lambda w: ["predict", w.clip(), "--model", w.model, "--window", "-3"], 2, ["--window"]),
+    "onnx backend without an export": (lambda w: ["predict", w.clip(), "--model", w.model, "--backend", "onnx"],
+                                       2, ["export"]),
+    # other verbs
+    "export into a missing folder": (lambda w: ["export", "--model", w.model, "--out", w.tmp / "no" / "dir" / "m.onnx"],
+                                     0, []),
+    "export of a stage-1 folder": (lambda w: ["export", "--model", w.store], 2, ["model.json"]),
+    "evaluate with a store of another encoder": (lambda w: ["evaluate", "--model", w.model, "--corpus", w.corpus,
+                                                            "--store", other_store(w)], 2, ["fingerprint"]),
+    "compare a missing run": (lambda w: ["compare", w.tmp / "norun"], 2, ["norun"]),
+    "finetune from a non-stage-1 folder": (lambda w: training(w)[:-1] + ["--recipe", "adapter", "--init", w.model,
+                                                                          "--no-progress"], 2, ["adapter"]),
+    "cv stage 1 that is no run": (lambda w: ["cv", "--corpus", w.corpus, "--store", w.store, "--recipe", "full",
+                                             "--out", w.tmp / "cv", "--stage1", w.tmp], 2, ["model.json"]),
+    "pretrain on a folder that is no store": (lambda w: ["pretrain", "--store", w.corpus, "--out", w.tmp / "p"],
+                                              2, ["store"]),
+    "merge with a missing corpus": (lambda w: ["merge", w.corpus, w.tmp / "nocorpus", "--label-map", "shared7",
+                                             "--out", w.tmp / "m"],
+                                    2, ["nocorpus"]),
+    "serve an unknown model": (lambda w: ["serve", "--model", w.tmp / "nomodel", "--port", "8799"], 2, ["nomodel"]),
+    "demo without data": (lambda w: ["demo", "--data", w.tmp / "nodata", "--workdir", w.tmp / "d"], 2, ["nodata"]),
     "no audio in a folder": (lambda w: ["predict", (w.tmp / "void").mkdir() or w.tmp / "void", "--model", w.model],
                              2, ["void"]),
 }
+
+
+def other_store(w: World) -> Path:
+    """A store claiming another encoder (its meta.json edited): features that do not fit the model."""
+    store = w.tmp / "other-store"
+    shutil.copytree(w.store, store)
+    meta = json.loads((store / "meta.json").read_text())
+    meta["fingerprint"] = meta["fingerprint"] + "-other"
+    meta["encoder"] = "hf:facebook/hubert-large-ll60k"
+    (store / "meta.json").write_text(json.dumps(meta))
+    return store
 
 
 def truncate(path: Path) -> None:
