@@ -21,6 +21,10 @@ def atomic_write(final: str | os.PathLike, write: Callable[[Path], object]) -> P
         write(tmp)
         fsync_file(tmp)
         os.replace(tmp, final)
+    except OSError as error:  # name the file the user asked for, not the hidden temp file (disk full, no permission)
+        if error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(final)) from error
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(final.parent)

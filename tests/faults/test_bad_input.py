@@ -242,3 +242,24 @@ def test_bad_input_gets_one_line_and_its_exit_code(kind, world, capsys):
         err = err.strip().splitlines()[-1]
         assert err.startswith("emoadapt"), err
     assert all(word in err for word in words), f"{kind}: {words} not all in {err!r}"
+
+
+def test_a_bug_is_exit_3_and_debug_shows_its_traceback(world, capsys, monkeypatch):
+    import emoadapt.corpora
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+    monkeypatch.setattr(emoadapt.corpora, "summarize", broken)
+    code, err = run(["corpus", world.corpus], capsys)
+    assert code == 3 and "internal error (KeyError" in err and "--debug" in err
+    assert main(["--debug", "corpus", str(world.corpus)]) == 3
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_disk_full_is_one_line_saying_what_is_kept(world, capsys, monkeypatch):
+    import errno
+    import emoadapt.atomic
+    def full(path):  # where a full disk shows up for a buffered write: flushing it to the device
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(emoadapt.atomic, "fsync_file", full)
+    code, err = run(training(world), capsys)
+    assert code == 2 and "no space left on the disk" in err and "everything finished so far is kept" in err
