@@ -27,7 +27,7 @@ import os
 import re
 import zlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -277,12 +277,9 @@ class StoreReport:
     """What ``verify_store`` found: damaged index parts / shards and the ids they held, stale entries."""
     root: str
     parts: int = 0
-    damaged: list[tuple[str, str, list[str]]] = None   # (index part file, problem, ids it held)
-    stale: list[str] = None                            # ids whose audio changed since extraction
-    unchecked: int = 0                                 # shards written before checksums
-
-    def __post_init__(self):
-        self.damaged, self.stale = self.damaged or [], self.stale or []
+    damaged: list[tuple[str, str, list[str]]] = field(default_factory=list)  # (index part, problem, its ids)
+    stale: list[str] = field(default_factory=list)  # ids whose audio changed since extraction
+    unchecked: int = 0                               # shards written before checksums
 
     @property
     def ok(self) -> bool:
@@ -303,7 +300,7 @@ def verify_store(root: str | os.PathLike, utterances=()) -> StoreReport:
     """Check every index part, shard (checksum, shape, offsets) and, for ``utterances`` given (corpus rows),
     that their audio is still what was extracted. Damaged parts are reported, not raised."""
     root = Path(root)
-    read_meta(root)
+    n_layers = len(read_meta(root).get("layers", []))
     report = StoreReport(str(root))
     shard_dir = root / "shards"
     newest: dict[str, tuple[int, str, dict]] = {}  # id -> (committed_ns, part, entry)
@@ -320,7 +317,6 @@ def verify_store(root: str | os.PathLike, utterances=()) -> StoreReport:
         if part["shard"] is None:
             continue
         report.unchecked += part.get("crc32") is None
-        n_layers = len(read_meta(root).get("layers", []))
         problem = shard_problem(shard_dir / part["shard"], part.get("rows"), part.get("crc32"),
                                 layout_problem(part, n_layers))
         if problem is None:
