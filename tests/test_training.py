@@ -379,7 +379,7 @@ def test_waveforms_get_the_probabilities_of_their_stored_features(data, finetune
     per_utterance = out.parent / "per-utterance"
     args = cli.build_parser().parse_args(["finetune", "--corpus", "c", "--store", "s", "--fold", "1", "--out", "o",
                                           "--normalize", "utterance"])
-    assert cli._run_config(args).normalize == "utterance"
+    assert cli.commands._run_config(args).normalize == "utterance"
     finetune(corpus, store_path, 1, per_utterance, config=tiny_config("normalize=utterance", "stage2.epochs=1"),
              progress=False)
     loaded = inference.load_classifier(per_utterance)

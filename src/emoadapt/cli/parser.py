@@ -1,15 +1,10 @@
-"""The `emoadapt` command. Each verb parses its flags and calls one function of the Python API; every failure is
-printed on one line with a distinct exit code (see :func:`main`), never as a traceback unless ``--debug``."""
+"""The `emoadapt` command line: every verb's flags, their types and help. The parser knows no behaviour: each
+verb names its command (``args.command``), which :mod:`emoadapt.cli.commands` runs."""
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-import traceback
-from pathlib import Path
 
-from .errors import EXIT_INTERRUPTED, EmoadaptError, describe_failure
-from .paths import ENV_VAR
+from ..paths import ENV_VAR
 
 
 def _add_corpus_args(parser: argparse.ArgumentParser, *, positional: bool = True, required: bool = True) -> None:
@@ -72,13 +67,8 @@ def _fold_or_all(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"{text!r} is neither a fold number nor 'all'") from None
 
 
-def _corpus(args, strict: bool = True):
-    from .corpora import load_corpus
-    return load_corpus(args.corpus, kind=args.kind, view=args.view, strict=strict, label_map=args.label_map)
-
-
 def _add_encoder_args(parser: argparse.ArgumentParser) -> None:
-    from .encoders import DEFAULT_ENCODER
+    from ..encoders import DEFAULT_ENCODER
     parser.add_argument("--encoder", default=DEFAULT_ENCODER,
                         help=f"whisper-base (default, embedded), whisper-tiny.en, a CTranslate2 Whisper folder, or "
                              f"hf:<folder or hub id> for HuBERT/wav2vec2/WavLM/data2vec-audio (default {DEFAULT_ENCODER})")
@@ -88,69 +78,6 @@ def _add_encoder_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device for the encoder (cpu, cuda, cuda:1 ...)")
 
 
-def _encoder_options(args) -> dict:
-    return {"pad_to_30s": True} if args.pad_to_30s else {}
-
-
-def _device(args) -> str:
-    """A device torch has here, checked before anything loads. Under torchrun each rank takes its own GPU: plain
-    "cuda" becomes cuda:$LOCAL_RANK."""
-    import torch
-    device = args.device
-    if device == "cuda" and "LOCAL_RANK" in os.environ:
-        device = f"cuda:{os.environ['LOCAL_RANK']}"
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise EmoadaptError(None, f"--device {device!r} is not a torch device; use cpu, cuda, cuda:N or mps") from None
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise EmoadaptError(None, f"--device {device}: this torch build has no CUDA or no GPU is visible; use "
-                                      f"--device cpu, or install the torch build for your CUDA")
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise EmoadaptError(None, f"--device {device}: only {torch.cuda.device_count()} GPUs are visible")
-    elif parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise EmoadaptError(None, f"--device {device}: MPS is not available here; use --device cpu")
-    elif parsed.type not in ("cpu", "cuda", "mps"):
-        raise EmoadaptError(None, f"--device {device}: emoadapt runs on cpu, cuda or mps")
-    return device
-
-
-def cmd_corpus(args) -> int:
-    """Loads leniently so that a broken corpus still gets its summary, with the problems listed; exits 1 if any."""
-    from .corpora import summarize
-    corpus = _corpus(args, strict=False)
-    print(summarize(corpus))
-    return 1 if corpus.problems else 0
-
-
-def cmd_extract(args) -> int:
-    from .encoders import load_encoder
-    from .extraction import extract
-    corpus = _corpus(args, strict=False)  # a missing or empty file is listed and skipped, never blocks the rest
-    for problem in corpus.problems:
-        print(f"emoadapt extract: skipped: {problem}", file=sys.stderr)
-    rows = corpus.rows[: args.limit] if args.limit else corpus.rows
-    if args.verify or args.repair:
-        from .features import remove_parts, verify_store
-        if not Path(args.store, "meta.json").is_file():
-            raise EmoadaptError(args.store, "no feature store here to verify")
-        found = verify_store(args.store, rows)
-        print(found)
-        if not args.repair:
-            return 0 if found.ok else 1
-        # damaged batches are dropped; extraction below then re-computes them and every changed audio file
-        remove_parts(args.store, [part for part, _, _ in found.damaged])
-    encoder = load_encoder(args.encoder, device=_device(args), **_encoder_options(args))
-    layers = args.layers or None
-    report = extract(rows, encoder, args.store, layers=layers, batch_size=args.batch_size,
-                     rank=args.rank, world_size=args.world_size, retry_failed=args.retry_failed,
-                     progress=not args.no_progress)
-    print(report)
-    return 1 if report.failures or corpus.problems else 0
-
-
-# --- training verbs (pretrain, finetune, evaluate, cv): thin wrappers over stage1, stage2, inference, crossval --
 def _add_training_args(parser: argparse.ArgumentParser, *, stage1: bool, stage2: bool) -> None:
     g = parser.add_argument_group("settings (defaults < --config < these flags < --set)")
     g.add_argument("--config", help="JSON or YAML file of settings: seed, val_fraction, adapter, head, pretrain, "
@@ -178,141 +105,6 @@ def _add_training_args(parser: argparse.ArgumentParser, *, stage1: bool, stage2:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _run_config(args):
-    from .config import load_config
-    flags = {"seed": args.seed, "normalize": args.normalize, "stage2.batch_size": args.batch_size, "pretrain.batch_size": args.batch_size,
-             "pretrain.epochs": getattr(args, "pretrain_epochs", None), "stage2.epochs": getattr(args, "epochs", None),
-             "stage2.lr": getattr(args, "lr", None), "trainer.accelerator": args.accelerator,
-             "trainer.devices": args.devices, "trainer.strategy": args.strategy,
-             "trainer.num_workers": args.num_workers}
-    for loss in ("mask", "sd", "la"):
-        if getattr(args, f"no_{loss}_loss", False):
-            flags[f"pretrain.{loss}_weight"] = 0
-    sets = [f"{k}={v}" for k, v in flags.items() if v is not None]
-    return load_config(args.config, [*sets, *args.overrides])
-
-
-def _folds(text: str | None) -> list[int] | None:
-    if not text:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise EmoadaptError(None, f"--folds {text!r}: expected fold numbers separated by commas, e.g. 1,2") from None
-
-
-def cmd_pretrain(args) -> int:
-    from .data import make_normalizer, open_store, split_fold, usable_ids
-    from .leakage import speakers_of
-    from .stage1 import pretrain
-    config = _run_config(args)
-    ids, speakers, normalizer = None, None, None
-    if args.fold is not None and not args.corpus:
-        raise EmoadaptError(None, "--fold needs --corpus (the fold's training speakers are taken from it)")
-    if args.corpus:
-        corpus = _corpus(args)
-        first = open_store(args.store[0])
-        chosen = (split_fold(corpus, first, args.fold, config)["train"] if args.fold is not None
-                  else usable_ids(corpus, first, [u.id for u in corpus.rows])[0])
-        ids, speakers = [chosen, *[None] * (len(args.store) - 1)], speakers_of(corpus)
-        normalizer = make_normalizer(config, corpus, first)  # --normalize speaker: the corpus names the speakers
-    adapter = pretrain(args.store, args.out, ids=ids, config=config, speakers=speakers, normalizer=normalizer,
-                       progress=not args.no_progress)
-    print(f"stage-1 teacher adapter: {adapter}")
-    return 0
-
-
-def cmd_finetune(args) -> int:
-    from .evaluation import Scores
-    from .stage2 import finetune
-    corpus = _corpus(args)
-    results = finetune(corpus, args.store, args.fold, args.out, recipe=args.recipe, config=_run_config(args),
-                       init=args.init, progress=not args.no_progress)
-    chosen = f"best val UA {results['best_val_ua']}, epoch {results['best_epoch']}"
-    if results["scores"] is None:
-        print(f"trained on every speaker of {corpus.name}, nothing tested ({chosen})")
-    else:
-        print(f"fold {args.fold} test: {Scores(**results['scores']).line()}  ({chosen})")
-    print(f"model: {Path(args.out) / 'model'}  results: {Path(args.out) / 'results.json'}")
-    return 0
-
-
-def cmd_evaluate(args) -> int:
-    from .evaluation import Scores
-    from .inference import evaluate
-    corpus = _corpus(args)
-    results = evaluate(args.model, corpus, args.store, args.fold, batch_size=args.batch_size, out=args.out)
-    print(f"{corpus.name}" + (f" fold {args.fold}" if args.fold is not None else "") +
-          f": {Scores(**results['scores']).line()}")
-    print(f"results: {results['path']}")
-    return 0
-
-
-def cmd_merge(args) -> int:
-    from .corpora import load_corpus, merge_corpora, summarize, write_manifest
-    corpora = [load_corpus(c, label_map=args.label_map) for c in args.corpora]
-    merged = merge_corpora(corpora, name=Path(args.out).name)
-    path = write_manifest(merged.rows, Path(args.out) / "manifest.csv")
-    print(summarize(load_corpus(path.parent)))
-    print(f"written: {path}")
-    return 0
-
-
-def cmd_predict(args) -> int:
-    from .predict import run_predict
-    return run_predict(args)
-
-
-def cmd_export(args) -> int:
-    from .export import export_onnx
-    report = export_onnx(args.model, args.out)
-    print(f"written: {report['path']} ({report['bytes'] / 2**20:.1f} MiB; classes {', '.join(report['labels'])}); "
-          f"onnxruntime vs torch on a padded test batch: max abs difference {report['max_abs_difference']:.2e}")
-    if args.encoder:
-        from .export import export_encoder_onnx
-        from .inference import load_classifier, model_encoder
-        encoder = export_encoder_onnx(model_encoder(load_classifier(args.model)),
-                                      Path(report["path"]).with_name("encoder.onnx"))
-        print(f"written: {encoder['path']} ({encoder['bytes'] / 2**20:.1f} MiB); onnxruntime vs torch on 5 s of "
-              f"audio: max abs difference {encoder['max_abs_difference']:.2e} (values up to "
-              f"{encoder['max_abs_value']:.0f})")
-    return 0
-
-
-def cmd_serve(args) -> int:
-    from .serve import serve
-    serve(args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds,
-          max_concurrent=args.max_concurrent, window_seconds=args.window, queue_seconds=args.queue_seconds)
-    return 0
-
-
-def cmd_cv(args) -> int:
-    from .crossval import run_cv
-    corpus = _corpus(args)
-    run_cv(corpus, args.store, args.recipe, args.out, folds=_folds(args.folds), config=_run_config(args),
-           extra_unlabeled_stores=args.unlabeled_store, stage1=args.stage1, progress=not args.no_progress)
-    print(f"results: {Path(args.out) / 'results.json'}  confusion: {Path(args.out) / 'confusion.png'}")
-    return 0
-
-
-def cmd_compare(args) -> int:
-    from .evaluation import compare_runs, compare_table, paired_table, write_json
-    try:
-        rows = compare_runs(args.runs)
-    except ValueError as error:
-        raise EmoadaptError(None, str(error)) from None
-    print(compare_table(rows))
-    if args.baseline is not None:
-        if not 1 <= args.baseline <= len(rows):
-            raise EmoadaptError(None, f"--baseline {args.baseline}: the table has rows 1 to {len(rows)}")
-        print()
-        print(paired_table(rows, args.baseline - 1))
-    if args.json:
-        write_json({"rows": rows}, args.json)
-        print(f"written: {args.json}")
-    return 0
-
-
 def _add_training_parsers(sub) -> None:
     def corpus_flags(p, required=True):
         _add_corpus_args(p, positional=False, required=required)
@@ -323,7 +115,6 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--fold", type=int, help="with --corpus: use only this fold's training speakers of the first store")
     p.add_argument("--out", required=True, help="run folder (resumed if it exists)")
     _add_training_args(p, stage1=True, stage2=False)
-    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("finetune", help="stage 2: train a classifier on one fold, pick the best-validation epoch, "
                                         "test (resumable)")
@@ -337,7 +128,6 @@ def _add_training_parsers(sub) -> None:
                                   "saw any of the fold's test utterances or speakers)")
     p.add_argument("--out", required=True, help="run folder (resumed if it exists)")
     _add_training_args(p, stage1=False, stage2=True)
-    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("evaluate", help="score a fine-tuned model on a corpus (or one fold's test speakers); refused "
                                         "when the model was trained on any of those utterances or speakers")
@@ -347,14 +137,12 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--fold", type=int, help="only this fold's test utterances (default: all)")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--out", help="results JSON (default: <model>/evaluate-<corpus>[-fold<k>].json)")
-    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("merge", help="several corpora mapped onto one label set, written as one manifest corpus "
                                      "(ids and speakers prefixed by corpus; fold k = every corpus's fold k)")
     p.add_argument("corpora", nargs="+", help="corpus folders, manifests or EmoBox files (at least two)")
     p.add_argument("--label-map", required=True, help="a packaged map (shared7) or a CSV corpus,label,to")
     p.add_argument("--out", required=True, help="folder for manifest.csv (then: emoadapt extract OUT ...)")
-    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("predict", help="recognise emotion in audio files, folders, globs or a manifest with a model "
                                        "folder; long recordings become a timeline of speech segments")
@@ -378,7 +166,6 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                    help="onnx: the model's head from `emoadapt export` run by onnxruntime (and the encoder too when "
                         "`export --encoder` wrote encoder.onnx beside it)")
-    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="a model folder's head (adapter + pooling + classifier, or the stats model) as "
                                       "ONNX with a dynamic time axis and the labels in its metadata")
@@ -387,7 +174,6 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--out", help="the file (default: model.onnx in the model folder)")
     p.add_argument("--encoder", action="store_true", help="also export the model's (unpadded Whisper) encoder "
                                                           "network as encoder.onnx beside the head")
-    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="an HTTP server (FastAPI + uvicorn) with a web page: POST /predict, GET /health, "
                                      "/labels, /docs")
@@ -402,7 +188,6 @@ def _add_training_parsers(sub) -> None:
                    help="how long a request waits for a free slot before 429 (default 10)")
     p.add_argument("--window", type=_positive_float, default=10.0,
                    help="longer recordings are cut into speech segments (default 10 s)")
-    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("cv", help="cross-validation: per fold [stage 1 ->] stage 2 -> test; mean ± std "
                                   "(resumable: finished folds are skipped)")
@@ -418,7 +203,6 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--stage1", help="recipe full: a finished `emoadapt pretrain` run on other audio (e.g. the "
                                     "unlabeled pool) used for every fold instead of pre-training per fold")
     _add_training_args(p, stage1=True, stage2=True)
-    p.set_defaults(func=cmd_cv)
 
     p = sub.add_parser("compare", help="table of cross-validation runs: mean ± std over folds (and seeds: runs "
                                        "that differ only in the seed are pooled)")
@@ -426,12 +210,6 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--baseline", type=_positive_int, help="also print every row's UA minus that of table row N (1 = first), "
                                                 "paired by seed and fold")
     p.add_argument("--json", help="also write the rows as JSON here")
-    p.set_defaults(func=cmd_compare)
-
-
-def cmd_demo(args) -> int:
-    from .demo import run_demo
-    return run_demo(args, device=_device(args), encoder_options=_encoder_options(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -441,7 +219,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("corpus", help="check a corpus and print counts per label, speaker and fold")
     _add_corpus_args(p)
-    p.set_defaults(func=cmd_corpus)
 
     p = sub.add_parser("extract", help="cache a frozen encoder's hidden states for a corpus (resumable)")
     _add_corpus_args(p)
@@ -461,7 +238,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repair", action="store_true", help="verify, then re-compute only the damaged batches and the "
                    "clips whose audio changed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_extract)
 
     _add_training_parsers(sub)
 
@@ -479,30 +255,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one setting, e.g. stage2.epochs=2 (repeatable)")
     p.add_argument("--extract-only", action="store_true", help="stop after the corpus check and feature extraction")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_demo)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 done; 1 done, but some inputs failed (each listed); 2 refused: bad arguments, bad input or an
-    environment that cannot do the work (disk full, no permission, no CUDA), with one line saying what to do;
-    3 internal error (a bug: ``--debug`` or ``EMOADAPT_DEBUG=1`` shows the traceback); 130 interrupted."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv or os.environ.get("EMOADAPT_DEBUG", "") not in ("", "0")
-    argv = [a for a in argv if a != "--debug"]
-    args = build_parser().parse_args(argv)  # argparse exits 2 on bad arguments itself
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print(f"emoadapt {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as error:  # noqa: BLE001 - the one place every failure becomes a line and an exit code
-        if debug:
-            traceback.print_exc()
-        code, message = describe_failure(error)
-        print(f"emoadapt {args.command}: {message}", file=sys.stderr)
-        return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
