@@ -4,10 +4,15 @@ A reader, or a run resumed after a kill, sees either the old file or the complet
 """
 from __future__ import annotations
 
+import errno
 import os
+import re
+import shutil
 import uuid
 from pathlib import Path
 from typing import Callable
+
+DISK_NEARLY_FULL = 64 * 2**20  # bytes free below which a failed write is taken for a full disk
 
 
 def atomic_write(final: str | os.PathLike, write: Callable[[Path], object]) -> Path:
@@ -21,14 +26,30 @@ def atomic_write(final: str | os.PathLike, write: Callable[[Path], object]) -> P
         write(tmp)
         fsync_file(tmp)
         os.replace(tmp, final)
-    except OSError as error:  # name the file the user asked for, not the hidden temp file (disk full, no permission)
-        if error.errno is None:
+    except Exception as error:
+        failure = write_failure(error, final)
+        if failure is error:
             raise
-        raise OSError(error.errno, error.strerror, str(final)) from error
+        raise failure from error
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(final.parent)
     return final
+
+
+def write_failure(error: Exception, final: Path) -> Exception:
+    """A failed write as the OSError it is, naming the file the user asked for rather than the hidden temp file.
+    Libraries report a full disk each their own way (safetensors: a SafetensorError "os error 28"; numpy: a short
+    write without an errno), so when the folder's file system has next to no space left, that is what happened."""
+    if isinstance(error, OSError) and error.errno is not None:
+        return OSError(error.errno, error.strerror, str(final))
+    try:
+        free = shutil.disk_usage(final.parent).free
+    except OSError:
+        return error
+    if free < DISK_NEARLY_FULL:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final))
+    return error
 
 
 def atomic_write_text(final: str | os.PathLike, text: str) -> Path:
@@ -52,3 +73,36 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# temp files of interrupted writes: emoadapt.atomic's (.<final name>.<pid>.<8 hex>.tmp<suffix>), and the one
+# safetensors' save_file writes through before renaming it onto that (Rust tempfile: .tmp + 6 characters)
+_ATOMIC_TEMP = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp")
+_SAFETENSORS_TEMP = re.compile(r"^\.tmp[0-9A-Za-z]{6}$")
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temp files that writes cut short by a kill left in a run folder (a SIGKILL skips every clean-up;
+    a checkpoint's temp file is as large as the checkpoint): atomic_write's when the process that wrote them is
+    gone, safetensors' always (they name no process; only one run writes into a run folder, and this is called
+    before it writes). A resumed run's folder then holds what an uninterrupted run's holds."""
+    removed = []
+    for path in Path(folder).rglob(".*"):
+        m = _ATOMIC_TEMP.match(path.name)
+        stale = (m is not None and not _process_alive(int(m.group(1)))) or _SAFETENSORS_TEMP.match(path.name)
+        if stale and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: alive
+        return True
+    return True

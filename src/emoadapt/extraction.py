@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .atomic import atomic_write, atomic_write_text, fsync_file
+from .atomic import atomic_write, atomic_write_text, fsync_file, remove_stale_temp_files
 from .encoders.base import SAMPLE_RATE
 from .errors import AudioError, EncoderError, FeatureStoreError, StoreMismatch, TooShortAudio
 from .features import (DTYPE, FORMAT, INDEX_PART, VERSION, Failure, FeatureStore, audio_identity, file_stat,
@@ -319,7 +319,8 @@ def _bind_meta(root: Path, encoder, layers: Sequence[int] | None) -> dict:
     (root / "shards").mkdir(parents=True, exist_ok=True)
     final = root / "meta.json"
     if not final.exists():
-        tmp = root / f".meta.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+        remove_stale_temp_files(root)  # a creator killed here left its temp file; atomic's naming, so it is found
+        tmp = root / f".meta.json.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.json"
         try:
             tmp.write_text(json.dumps(meta, indent=1))
             fsync_file(tmp)

@@ -233,6 +233,16 @@ def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.
     return results
 
 
+class StaysStopped(EarlyStopping):
+    """EarlyStopping that stays stopped when a run it had stopped is resumed (killed before its results were
+    written): Lightning restores the callback's state but not ``trainer.should_stop``, so the resumed run would
+    train one more epoch, which changes ``epochs_run`` and can change the chosen epoch."""
+
+    def on_train_start(self, trainer, pl_module):
+        if self.stopped_epoch or self.wait_count >= self.patience:  # set only when it stopped the run
+            trainer.should_stop = True
+
+
 def _train_by_gradient(data: FoldData, recipe: str, config: RunConfig, encoder: dict, out_dir: Path,
                        init_model: tuple[Path, dict] | None, progress: bool, callbacks: Sequence):
     """Cross-entropy with AdamW in Lightning; the epoch with the best validation UA (the last one without a
@@ -249,9 +259,12 @@ def _train_by_gradient(data: FoldData, recipe: str, config: RunConfig, encoder: 
                                    save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
             extra.append(best)
             if c.patience:
-                extra.append(EarlyStopping(monitor="val_ua", mode="max", patience=c.patience))
+                extra.append(StaysStopped(monitor="val_ua", mode="max", patience=c.patience))
+        # best before last: both save at the end of an epoch, in this order, and last.ckpt (what a re-run resumes
+        # from) must hold the best-checkpoint state that already counts this epoch's validation UA; saved the
+        # other way round, a run resumed from the epoch that set the best forgot it and picked a later epoch
         trainer = make_trainer(out_dir, config.trainer, max_epochs=c.epochs, grad_clip=c.grad_clip,
-                               callbacks=[last, *extra, *callbacks], validate=validating, progress=progress)
+                               callbacks=[*extra, last, *callbacks], validate=validating, progress=progress)
         total = c.epochs * steps_per_epoch(len(data.train), c.batch_size, trainer.world_size)
         model, build = build_classifier(recipe, config, encoder, len(data.labels))
         init_info = None

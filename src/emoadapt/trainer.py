@@ -11,9 +11,7 @@ import contextlib
 import json
 import logging
 import math
-import os
 import random
-import re
 import signal
 import sys
 import time
@@ -25,6 +23,7 @@ import torch
 
 from .config import RunConfig, TrainerConfig
 from .model import cosine_schedule
+from .atomic import remove_stale_temp_files
 from .errors import EmoadaptError, TrainingError
 from .evaluation import write_json
 
@@ -198,35 +197,6 @@ def claim_run_dir(out_dir: Path, record: dict) -> None:
             remove_stale_temp_files(out_dir)
         else:
             write_json(record, path)
-
-
-# emoadapt.atomic's temp names: .<final name>.<pid>.<8 hex>.tmp<suffix>
-_TEMP_FILE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp")
-
-
-def remove_stale_temp_files(folder: Path) -> list[Path]:
-    """Delete the temp files that writes cut short by a kill left in a run folder (SIGKILL skips atomic_write's
-    clean-up; a checkpoint's is as large as the checkpoint), when the process that wrote them is gone. A resumed
-    run's folder then holds what an uninterrupted run's holds."""
-    removed = []
-    for path in Path(folder).rglob(".*.tmp*"):
-        m = _TEMP_FILE.match(path.name)
-        if m and path.is_file() and not _process_alive(int(m.group(1))):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. another user's process: alive
-        return True
-    return True
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from emoadapt.checkpoints import _sha256, load_model
 from emoadapt.cli import main
 from emoadapt.corpora import load_corpus
-from emoadapt.errors import CheckpointError, DamagedStore, StaleFeatures
+from emoadapt.errors import CheckpointError, DamagedStore
 from emoadapt.features import FeatureStore, verify_store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
