@@ -317,6 +317,11 @@ def test_early_stopping_stops_after_patience_epochs_without_a_better_validation_
     free = finetune(corpus, store, 1, tmp_path / "no-patience", config=tiny_config("stage2.lr=1e-9",
                     "stage2.head_lr=1e-9", "stage2.epochs=4"), progress=False)
     assert len(validation_curve(tmp_path / "no-patience")) == 4 and free["best_epoch"] == 0
+    # killed after early stopping ended the run, before its results were written: the re-run stays stopped
+    shutil.rmtree(tmp_path / "model")
+    (tmp_path / "results.json").unlink()
+    again = finetune(corpus, store, 1, tmp_path, config=config, progress=False)
+    assert again["epochs_run"] == results["epochs_run"] == 3 and again["scores"] == results["scores"]
 
 
 def test_model_folder_round_trip_gives_identical_predictions(data, finetuned):
