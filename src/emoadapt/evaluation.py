@@ -91,7 +91,10 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
         try:
             r = json.loads(path.read_text())
             protocol, config = r["protocol"], with_defaults(r["config"])
-        except (OSError, ValueError, KeyError) as error:
+        except KeyError as error:
+            raise ValueError(f"{path}: not a cross-validation results file (it has no {error} field; `emoadapt cv` "
+                             f"writes one, a single finetune run does not)") from None
+        except (OSError, ValueError, TypeError) as error:
             raise ValueError(f"{path}: not a cross-validation results file ({error})") from None
         seed = config.pop("seed", r.get("seed"))
         stage1 = (r.get("shared_stage1") or {}).get("path")

@@ -149,6 +149,9 @@ CASES = {
     "audio changed since extraction": (lambda w: (replace_audio(w), training(w))[1], 2, ["changed"]),
     # results
     "truncated results.json": (lambda w: ["compare", truncated_results(w)], 2, ["results.json"]),
+    "results.json that is a list": (lambda w: ["compare", manifest(w, "[1, 2]", "results.json")], 2, ["results.json"]),
+    "a finetune result given to compare": (lambda w: ["compare", manifest(w, '{"scores": {}}', "ft.json")], 2,
+                                           ["no 'protocol' field"]),
     # audio given to predict
     "not audio": (lambda w: ["predict", manifest(w, os.urandom(2000), "x.wav"), "--model", w.model], 1, ["x.wav"]),
     "empty audio": (lambda w: ["predict", manifest(w, b"", "e.wav"), "--model", w.model], 1, ["e.wav"]),
