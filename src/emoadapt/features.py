@@ -249,10 +249,13 @@ def audio_identity(path) -> dict | None:
         return None
 
 
+_audio_crc: dict[tuple, int] = {}  # (path, size, mtime, inode) -> CRC-32 of audio read because its stat changed
+
+
 def audio_matches(path, size: int, mtime_ns: int, crc32: int | None, inode: int | None = None) -> bool:
     """Is the file at ``path`` the audio that had this size, mtime, inode and CRC-32? The stat decides when all
     of it agrees; otherwise (a copy, a ``touch``, files swapped by rename) the file is read and its CRC-32 decides.
-    A moved corpus is thus re-read once per command; its features stay valid."""
+    A moved corpus is thus read once per process; its features stay valid."""
     try:
         st = os.stat(path)
     except OSError:
@@ -261,7 +264,12 @@ def audio_matches(path, size: int, mtime_ns: int, crc32: int | None, inode: int 
         return False
     if st.st_mtime_ns == mtime_ns and inode in (None, st.st_ino):
         return True
-    return crc32 is not None and file_crc32(path) == crc32
+    if crc32 is None:
+        return False
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)  # the same file is read once per process
+    if key not in _audio_crc:
+        _audio_crc[key] = file_crc32(path)
+    return _audio_crc[key] == crc32
 
 
 def file_crc32(path) -> int:
