@@ -96,6 +96,21 @@ row() {
                 "${emoadapt[@]}" cv "${args[@]}" --recipe stats --normalize speaker --seed 0 \
                     --set calibration.only_label=neutral --out "$out/$corpus-stats-speaker-neutral-s0"
             done ;;
+        calibration-curve-all)  # the same curve with calibration.apply_to=all: training and validation speakers
+            # normalised by the same k random clips / neutral clips as the test speakers (the model learns the
+            # condition it is used in, and validation sees it)
+            for corpus in ravdess emovo; do
+                local args
+                [[ $corpus == ravdess ]] && args=("${ravdess[@]}") || args=("${emovo[@]}")
+                for k in 1 5 10; do
+                    "${emoadapt[@]}" cv "${args[@]}" --recipe stats --normalize speaker --seed 0 \
+                        --set calibration.clips=$k --set calibration.apply_to=all \
+                        --out "$out/$corpus-stats-speaker-k$k-all-s0"
+                done
+                "${emoadapt[@]}" cv "${args[@]}" --recipe stats --normalize speaker --seed 0 \
+                    --set calibration.only_label=neutral --set calibration.apply_to=all \
+                    --out "$out/$corpus-stats-speaker-neutral-all-s0"
+            done ;;
         ravdess-adapter-input-stats)  # the head also sees the input's utterance statistics beside SAP(Z)
             "${emoadapt[@]}" cv "${ravdess[@]}" --recipe adapter --seed 0 --set head.input_statistics=true \
                 --out "$out/$1-s0" ;;
@@ -163,7 +178,7 @@ row() {
 all=(features stage1-pool ravdess-stats ravdess-superb ravdess-emobox ravdess-adapter ravdess-full ravdess-no-mask ravdess-no-sd
      ravdess-no-la ravdess-full-freeze3 ravdess-full-pool-emovo ravdess-full-stage1-16ep ravdess-lr1e-4
      ravdess-superb-no-standardize emovo-stats emovo-superb emovo-emobox emovo-adapter emovo-full probes ravdess-stage1-probes
-     ravdess-stats-speaker emovo-stats-speaker ravdess-stats-utterance calibration-curve ravdess-adapter-speaker
+     ravdess-stats-speaker emovo-stats-speaker ravdess-stats-utterance calibration-curve calibration-curve-all ravdess-adapter-speaker
      emovo-adapter-speaker ravdess-adapter-input-stats stage1-pool-speaker ravdess-full-speaker emovo-full-speaker regularisation cross-corpus)
 if [[ ${1:-} == --list ]]; then printf '%s\n' "${all[@]}"; exit 0; fi
 if (( $# )); then rows=("$@"); else rows=("${all[@]}"); fi

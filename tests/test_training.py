@@ -489,6 +489,15 @@ def test_speaker_normalisation_uses_each_speakers_own_statistics(data, tmp_path)
     with pytest.raises(EmoadaptError, match="has no clip labelled 'calm'"):
         calibration_clips(test_ids, tiny_config("calibration.only_label=calm").calibration, by_id, seed=0,
                           speaker=test_speaker, where=None)
+    # apply_to=all: training speakers are normalised by their neutral clips too, like the test speakers
+    everyone = tiny_config("normalize=speaker", "calibration.only_label=neutral", "calibration.apply_to=all")
+    fold_all = FoldData(corpus, store, 1, everyone, corpus.labels, 50.0)
+    train_neutral = [u.id for u in corpus.rows if corpus.folds.group(u.id) == train_speaker and u.label == "neutral"]
+    expected = normalizer._pair(*array_statistics(store.get(i) for i in train_neutral))
+    assert all(np.allclose(a, b) for a, b in zip(fold_all.normalizer._by_speaker[train_speaker], expected))
+    from emoadapt.config import validate
+    with pytest.raises(EmoadaptError, match="calibration.apply_to='some' is out of range"):
+        validate(tiny_config("calibration.apply_to=some"))
 
 
 def test_speaker_calibrated_cv_is_its_own_protocol(data, tmp_path, capsys):

@@ -80,11 +80,14 @@ class TrainerConfig:
 
 @dataclass
 class CalibrationConfig:
-    """Which of a test speaker's clips give its statistics under ``normalize: speaker`` (training and validation
-    speakers always use all of theirs). The clips' audio is used, never their labels, except that ``only_label``
-    picks clips by label to imitate a user who records a few clips of one kind (e.g. neutral speech)."""
+    """Which of a speaker's clips give its statistics under ``normalize: speaker``. The test speakers' audio is
+    used, never their labels, except that ``only_label`` picks clips by label to imitate a user who records a few
+    clips of one kind (e.g. neutral speech). ``apply_to`` "test": only test speakers are calibrated this way
+    (training and validation speakers use all of their clips); "all": every speaker is, so that the model is trained
+    and its settings chosen on speakers normalised the way its users' will be (e.g. by their neutral clips)."""
     clips: int | None = None         # k clips drawn at random (fixed by the seed); None: all of the speaker's clips
     only_label: str | None = None    # draw only among the speaker's clips with this label, e.g. neutral
+    apply_to: str = "test"           # "test" or "all"
 
 
 @dataclass
@@ -241,10 +244,11 @@ def validate(config: RunConfig, recipe: str | None = None, *, stage1: bool = Fal
             ("trainer.num_workers", config.trainer.num_workers, config.trainer.num_workers >= 0),
             ("normalize", config.normalize, config.normalize in NORMALIZATIONS),
             ("calibration.clips", config.calibration.clips,
-             config.calibration.clips is None or config.calibration.clips >= 1)):
+             config.calibration.clips is None or config.calibration.clips >= 1),
+            ("calibration.apply_to", config.calibration.apply_to, config.calibration.apply_to in ("test", "all"))):
         if not ok:
-            problems.append(f"{key}={value!r} is out of range" + (f" (one of {', '.join(NORMALIZATIONS)})"
-                                                                   if key == "normalize" else ""))
+            choices = {"normalize": NORMALIZATIONS, "calibration.apply_to": ("test", "all")}.get(key)
+            problems.append(f"{key}={value!r} is out of range" + (f" (one of {', '.join(choices)})" if choices else ""))
     if problems:
         raise EmoadaptError(None, "invalid settings: " + "; ".join(problems))
     if recipe is not None:
@@ -288,6 +292,7 @@ def protocol_of(config: RunConfig) -> dict:
     out = {"normalize": config.normalize, "speaker_independent": not calibrated}
     if calibrated:
         out["calibration"] = {"clips": config.calibration.clips, "only_label": config.calibration.only_label,
+                              "apply_to": config.calibration.apply_to,
                               "uses": "the test speakers' unlabeled audio"
                                       + (f" (clips chosen by the label {config.calibration.only_label!r})"
                                          if config.calibration.only_label else "")}

@@ -308,7 +308,8 @@ def _one_fold(corpus: Corpus) -> Folds:
 def make_normalizer(config, corpus: Corpus, store: FeatureStore, test_ids: Iterable[str] = ()) -> Normalizer | None:
     """The normalisation ``config.normalize`` asks for (None for "global": the model's own standardisation only).
     "speaker": each speaker's statistics from all of their clips in ``store`` (their audio, never their labels),
-    except that the speakers of ``test_ids`` use the clips ``config.calibration`` draws."""
+    except that the speakers of ``test_ids`` (every speaker, with ``calibration.apply_to: all``) use the clips
+    ``config.calibration`` draws."""
     if config.normalize == "global":
         return None
     if config.normalize == "utterance":
@@ -319,10 +320,10 @@ def make_normalizer(config, corpus: Corpus, store: FeatureStore, test_ids: Itera
     for u in corpus.rows:
         if u.id in store:
             clips.setdefault(group(u.id), []).append(u.id)
-    test_speakers = {group(i) for i in test_ids}
+    calibrated = set(clips) if config.calibration.apply_to == "all" else {group(i) for i in test_ids}
     statistics = {}
     for speaker, ids in clips.items():
-        if speaker in test_speakers:
+        if speaker in calibrated:
             ids = calibration_clips(ids, config.calibration, by_id, seed=config.seed, speaker=speaker,
                                     where=corpus.root)
         statistics[speaker] = array_statistics(store.get(i) for i in ids)

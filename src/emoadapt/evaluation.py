@@ -143,7 +143,8 @@ def protocol_name(protocol: dict) -> str:
     k = calibration.get("clips")
     clips = "all clips" if k is None else f"{k} clip{'s' if k != 1 else ''}"
     label = f" labelled {calibration['only_label']}" if calibration.get("only_label") else ""
-    return f"speaker-calibrated ({clips}{label} of each test speaker, unlabeled audio)"
+    every = "; training speakers alike" if calibration.get("apply_to") == "all" else ""
+    return f"speaker-calibrated ({clips}{label} of each test speaker, unlabeled audio{every})"
 
 
 def compare_table(rows: list[dict]) -> str:
