@@ -7,7 +7,7 @@
 # ROW is features, stage1-pool, ravdess-stats, ravdess-superb, ravdess-emobox, ravdess-adapter, ravdess-full, ravdess-no-mask,
 # ravdess-no-sd, ravdess-no-la, ravdess-full-freeze3, ravdess-full-pool-emovo, ravdess-full-stage1-16ep,
 # ravdess-lr1e-4, ravdess-superb-no-standardize, emovo-stats, emovo-superb, emovo-emobox, emovo-adapter, emovo-full, probes,
-# ravdess-stage1-probes, ravdess-stats-speaker, emovo-stats-speaker, ravdess-stats-utterance, calibration-curve,
+# ravdess-stage1-probes, ravdess-stats-speaker, emovo-stats-speaker, ravdess-stats-utterance, calibration-curve, calibration-curve-all,
 # ravdess-adapter-speaker, emovo-adapter-speaker, ravdess-adapter-input-stats;
 # SEEDS="0 1 2" (default "0") repeats the adapter, full, full-freeze3 and full-pool-emovo rows over seeds.
 # Environment: DATA (default ../shared/data), WORK (default runs), EMOADAPT (the command, default `emoadapt`),

@@ -99,6 +99,6 @@ def test_results_recipe_gives_one_command_per_row(tmp_path):
     cross = commands("cross-corpus")
     assert len(cross) == 8 and all("--label-map shared7" in c for c in cross)
     assert "--fold all --recipe stats --normalize speaker" in cross[2] and "--corpus ../shared/data/emovo" in cross[3]
-    assert len(listed) == 34 and all(len(commands(r)) >= 1 for r in listed)
+    assert len(listed) == 35 and all(len(commands(r)) >= 1 for r in listed)
     bad = subprocess.run(["bash", str(script), "nope"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown row nope" in bad.stderr
