@@ -62,6 +62,23 @@ def test_speaker_calibration_matches_evaluate_on_the_speakers_own_clips(trained)
         assert np.allclose([r.probabilities[c] for c in corpus.labels], expected[u.id], atol=2e-4), u.id
 
 
+def test_a_model_trained_on_neutral_calibration_asks_for_neutral_clips(trained, tmp_path):
+    """calibration.apply_to=all with only_label=neutral: training speakers were normalised by their neutral clips,
+    so a user calibrating it is told to use neutral speech."""
+    from emoadapt import Recognizer
+    from emoadapt.config import load_config
+    from emoadapt.stage2 import finetune
+    corpus, store, _, encoder = trained
+    finetune(corpus, store, 1, tmp_path / "neutral", recipe="stats", progress=False,
+             config=load_config(None, ["normalize=speaker", "calibration.only_label=neutral",
+                                       "calibration.apply_to=all", "val_fraction=0.2"]))
+    recognizer = Recognizer.from_pretrained(tmp_path / "neutral" / "model", encoder=encoder)
+    neutral = [u.path for u in corpus.rows if u.speaker == "Actor_11" and u.label == "neutral"]
+    with pytest.warns(UserWarning, match="calibrate it with neutral speech"):
+        recognizer.calibrate(neutral)
+    assert recognizer.predict(neutral[0]).normalization.startswith("speaker (calibrated")
+
+
 def test_a_long_recording_becomes_a_timeline_of_speech_segments(trained, shared_data):
     from emoadapt import Recognizer
     _, _, models, encoder = trained

@@ -121,7 +121,11 @@ class Recognizer:
             raise EmoadaptError(None, "calibrate needs at least one clip of the speaker")
         features = encode_waveforms(self.loaded, self.encoder, waves, self.batch_size)
         self._speaker, self._speaker_clips = array_statistics(features), len(waves)
-        if len(waves) < FEW_CLIPS:
+        trained_on = ((self.loaded.info.get("config") or {}).get("calibration") or {})
+        if trained_on.get("apply_to") == "all" and trained_on.get("only_label"):
+            warnings.warn(f"this model was trained on speakers normalised by their {trained_on['only_label']!r} clips "
+                          f"only: calibrate it with {trained_on['only_label']} speech of the speaker", stacklevel=2)
+        elif len(waves) < FEW_CLIPS:
             warnings.warn(f"calibrating from {len(waves)} clip(s): with fewer than {FEW_CLIPS} clips of varied speech "
                           "the reference carries those clips' own emotion (docs/RESULTS.md: one clip is worse than "
                           "no calibration, five still clearly below all of a speaker's clips)", stacklevel=2)
