@@ -455,3 +455,24 @@ def test_real_whisper_tiny_on_ravdess(tmp_path, shared_data):
     torch.testing.assert_close(store.load_frames(rows[0].id), alone, atol=2e-2, rtol=1e-2)
     again = extract(rows, encoder, tmp_path / "store", batch_size=8, layers=[0, -1], progress=False)
     assert again.extracted == 0 and again.skipped == 20
+
+
+def test_non_finite_features_are_a_listed_failure_never_stored(tmp_path):
+    """An encoder output with NaN, or beyond float16's range (inf after the cast), is not written: that clip fails
+    with its reason, the rest of its batch is stored."""
+    rows = make_rows(tmp_path / "audio", n=6)
+
+    class Overflowing(FakeEncoder):
+        def encode(self, waveforms):
+            out = super().encode(waveforms)
+            out[0] = out[0] * 1e6  # values up to ~1e6: beyond float16's 65504
+            if len(out) > 1:
+                out[1][0, 0, 0] = float("nan")
+            return out
+
+    report = extract(rows, Overflowing(), tmp_path / "store", batch_size=3, progress=False)
+    store = FeatureStore(tmp_path / "store")
+    assert len(report.failures) == 4 and report.extracted == 2 and len(store) == 2
+    assert all("NaN or infinite" in f.error for f in report.failures)
+    assert all(np.isfinite(store.get(i)).all() for i in store.ids())
+    assert {f.id for f in store.failures()} == {f.id for f in report.failures}

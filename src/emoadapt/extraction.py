@@ -154,8 +154,7 @@ def extract(rows: Iterable, encoder, root: str | os.PathLike, *, layers: Sequenc
         ok = [d for d in decoded if d[2] is not None]
         failures = [Failure(row.id, str(row.path), error, *((stat["size"], stat["mtime_ns"]) if stat else (None,) * 2))
                     for group, stat, _, error in decoded if error is not None for row in group]
-        part = writer.commit([(group, stat) for group, stat, _, _ in ok], hidden, keep, failures)
-        failures = part["failures_added"]
+        part, failures = writer.commit([(group, stat) for group, stat, _, _ in ok], hidden, keep, failures)
         store._add_part(part)
         report.extracted += len(part["entries"])
         report.audio_seconds += sum(len(wave) for _, _, wave, _ in ok) / SAMPLE_RATE
@@ -254,7 +253,7 @@ class _ShardWriter:
     def __exit__(self, *exc):
         self._lock.close()  # releases the flock
 
-    def commit(self, encoded, hidden, keep, failures) -> dict:
+    def commit(self, encoded, hidden, keep, failures) -> tuple[dict, list[Failure]]:
         """Write one batch: its shard (when anything was encoded), then its index part, which commits it.
 
         ``encoded`` is [(group of rows sharing one audio, its audio_identity)], aligned with ``hidden``."""
@@ -290,7 +289,7 @@ class _ShardWriter:
                              for f in failures]}
         atomic_write(self.dir / f"{name}.json", lambda tmp: tmp.write_text(json.dumps(part)))  # the commit
         self.seq += 1
-        return {**part, "failures_added": failures}
+        return part, failures  # failures: the given ones plus clips whose features were not finite
 
 
 # ------------------------------------------------------------------------------------------------------------
