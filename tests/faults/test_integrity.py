@@ -17,7 +17,8 @@ from emoadapt.checkpoints import _sha256, load_model
 from emoadapt.cli import main
 from emoadapt.corpora import load_corpus
 from emoadapt.errors import CheckpointError, DamagedStore
-from emoadapt.features import FeatureStore, verify_store
+from emoadapt.features import FeatureStore
+from emoadapt.verify import verify_store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -57,7 +57,7 @@ def cmd_extract(args) -> int:
         print(f"emoadapt extract: skipped: {problem}", file=sys.stderr)
     rows = corpus.rows[: args.limit] if args.limit else corpus.rows
     if args.verify or args.repair:
-        from ..features import remove_parts, verify_store
+        from ..verify import remove_parts, verify_store
         if not Path(args.store, "meta.json").is_file():
             raise EmoadaptError(args.store, "no feature store here to verify")
         found = verify_store(args.store, rows)
