@@ -82,9 +82,9 @@ def save_model(model: nn.Module, folder: str | os.PathLike, *, kind: str, build:
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / WEIGHTS
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = _non_finite(state)
     if bad:
-        raise TrainingError(folder, f"the trained weights hold NaN or infinite values ({bad[0]}): training diverged "
+        raise TrainingError(folder, f"the trained weights hold NaN or infinite values ({bad}): training diverged "
                                     f"or its inputs were damaged; the model was not saved")
     atomic_write(weights, lambda tmp: save_file(state, str(tmp), metadata={"format": MODEL_FORMAT}))
     if seen is not None:
@@ -178,11 +178,16 @@ def load_model(folder: str | os.PathLike) -> LoadedModel:
         model.load_state_dict(state)
     except RuntimeError as error:
         raise CheckpointError(weights, f"weights do not fit the described model ({str(error).splitlines()[-1]})") from None
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = _non_finite(state)
     if bad:
-        raise CheckpointError(weights, f"non-finite values (NaN or inf) in {bad[0]}: the model is unusable; "
+        raise CheckpointError(weights, f"non-finite values (NaN or inf) in {bad}: the model is unusable; "
                                        f"re-train it")
     return LoadedModel(model.eval(), info)
+
+
+def _non_finite(state: dict[str, torch.Tensor]) -> str | None:
+    """The first weight holding NaN or inf, if any: never saved, never loaded."""
+    return next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
 
 
 def _build(info: dict, folder: Path) -> nn.Module:

@@ -31,6 +31,7 @@ from .model import RECIPES, AdapterConfig, PretrainConfig, head_settings
 
 
 NORMALIZATIONS = ("global", "speaker", "utterance")
+CALIBRATED_SPEAKERS = ("test", "all")  # calibration.apply_to
 
 
 @dataclass
@@ -245,9 +246,9 @@ def validate(config: RunConfig, recipe: str | None = None, *, stage1: bool = Fal
             ("normalize", config.normalize, config.normalize in NORMALIZATIONS),
             ("calibration.clips", config.calibration.clips,
              config.calibration.clips is None or config.calibration.clips >= 1),
-            ("calibration.apply_to", config.calibration.apply_to, config.calibration.apply_to in ("test", "all"))):
+            ("calibration.apply_to", config.calibration.apply_to, config.calibration.apply_to in CALIBRATED_SPEAKERS)):
         if not ok:
-            choices = {"normalize": NORMALIZATIONS, "calibration.apply_to": ("test", "all")}.get(key)
+            choices = {"normalize": NORMALIZATIONS, "calibration.apply_to": CALIBRATED_SPEAKERS}.get(key)
             problems.append(f"{key}={value!r} is out of range" + (f" (one of {', '.join(choices)})" if choices else ""))
     if problems:
         raise EmoadaptError(None, "invalid settings: " + "; ".join(problems))

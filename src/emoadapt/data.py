@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .corpora import Corpus, Folds, load_corpus
+from .corpora.base import preview
 from .errors import CorpusError, EmoadaptError, FeatureStoreError, MissingFeatures, StaleFeatures, StoreMismatch
 from .features import FeatureStore, array_statistics
 from .model import FeatureStandardizer
@@ -197,15 +198,13 @@ def usable_ids(corpus: Corpus, store: FeatureStore, ids: Iterable[str]) -> tuple
         else:
             missing.append(i)
     if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise MissingFeatures(store.root, f"{len(missing)} utterances of corpus {corpus.name} have no features "
-                                          f"({shown}); run emoadapt extract on the corpus into this store first")
+                                          f"({preview(missing, 3)}); run emoadapt extract on the corpus into this store first")
     by_id = {u.id: u for u in corpus.rows}
     stale = [u.id for u in store.stale(by_id[i] for i in keep if i in by_id)]
     if stale:
-        shown = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
         raise StaleFeatures(store.root, f"the audio of {len(stale)} utterances changed since their features were "
-                                        f"extracted ({shown}); re-run emoadapt extract on the corpus into this "
+                                        f"extracted ({preview(stale, 3)}); re-run emoadapt extract on the corpus into this "
                                         f"store: it re-computes exactly those")
     return keep, skipped
 

@@ -90,10 +90,7 @@ class FeatureStore:
         self._failures: dict[str, Failure] = {}
         self._shards = {}
         self._open.clear()
-        parts = []
-        for path in self.shard_dir.glob("r*-*.json") if self.shard_dir.is_dir() else ():
-            if INDEX_PART.match(path.name):
-                parts.append((read_part(path), path.name))
+        parts = [(read_part(path), path.name) for path in index_parts(self.shard_dir)]
         for part, name in sorted(parts, key=lambda p: (p[0]["committed_ns"], p[1])):  # oldest first: newest wins
             self._add_part(part)
 
@@ -180,11 +177,10 @@ class FeatureStore:
             self._open.move_to_end(name)
             return shard
         path = self.shard_dir / name
-        problem = shard_problem(path, **self._shards.get(name, {}))
+        shard, problem = open_shard(path, **self._shards.get(name, {}))
         if problem:
             raise DamagedStore(path, f"{problem}; run `emoadapt extract CORPUS --store {self.root} --repair` to "
                                      f"re-compute the damaged batches")
-        shard = np.load(path, mmap_mode="r")
         self._open[name] = shard
         while len(self._open) > self.max_open_shards:
             self._open.popitem(last=False)
@@ -213,31 +209,43 @@ def layout_problem(part: dict, n_layers: int) -> str | None:
     return None if position == part["rows"] else f"its index part covers {position} of {part['rows']} rows"
 
 
-def shard_problem(path: Path, rows: int | None = None, crc32: int | None = None,
-                  layout: str | None = None) -> str | None:
-    """What is wrong with a shard file (None: nothing). Reads it whole once per process: its CRC-32 (~1.5 GB/s on
-    one core), or, for stores written before checksums, that every value is finite."""
+def index_parts(shard_dir: Path) -> list[Path]:
+    """The committed index parts of a store's ``shards/`` folder, by name."""
+    return sorted(p for p in shard_dir.glob("r*-*.json") if INDEX_PART.match(p.name)) if shard_dir.is_dir() else []
+
+
+def open_shard(path: Path, rows: int | None = None, crc32: int | None = None,
+               layout: str | None = None) -> tuple[np.ndarray | None, str | None]:
+    """(the shard memory-mapped, None) or (None, what is wrong with it). Reads it whole once per process: its CRC-32
+    (~1.5 GB/s on one core), or, for stores written before checksums, that every value is finite."""
     if layout:
-        return layout
+        return None, layout
     try:
         shard = np.load(path, mmap_mode="r")
     except FileNotFoundError:
-        return "shard file is missing although the index lists it"
+        return None, "shard file is missing although the index lists it"
     except (ValueError, OSError) as error:
-        return f"shard file is unreadable ({error})"
+        return None, f"shard file is unreadable ({error})"
     if shard.ndim != 2 or shard.dtype != DTYPE or (rows is not None and shard.shape[0] != rows):
-        return f"shard has shape {shard.shape} {shard.dtype}, its index part says {rows} rows of {np.dtype(DTYPE)}"
+        return None, (f"shard has shape {shard.shape} {shard.dtype}, its index part says {rows} rows of "
+                      f"{np.dtype(DTYPE)}")
     st = os.stat(path)
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key in _verified:
-        return None
+        return shard, None
     if crc32 is not None:  # extraction stores finite values only, so matching bytes are finite too
         if zlib.crc32(memoryview(np.ascontiguousarray(shard)).cast("B")) != crc32:
-            return "shard bytes do not match their checksum (the file was damaged after it was written)"
+            return None, "shard bytes do not match their checksum (the file was damaged after it was written)"
     elif not np.isfinite(shard).all():  # a store written before checksums: at least no NaN or inf
-        return "shard holds NaN or infinite values"
+        return None, "shard holds NaN or infinite values"
     _verified.add(key)
-    return None
+    return shard, None
+
+
+def shard_problem(path: Path, rows: int | None = None, crc32: int | None = None,
+                  layout: str | None = None) -> str | None:
+    """What is wrong with a shard file (None: nothing); see :func:`open_shard`."""
+    return open_shard(path, rows, crc32, layout)[1]
 
 
 def audio_identity(path) -> dict | None:

@@ -1,6 +1,6 @@
 """A whole feature store checked at once (``emoadapt extract --verify``) and its damaged batches dropped so that
 extraction re-computes them (``--repair``). Reading a store checks each shard on first use already
-(:func:`emoadapt.features.shard_problem`); this looks at every shard and every clip's audio in one pass."""
+(:func:`emoadapt.features.open_shard`); this looks at every shard and every clip's audio in one pass."""
 from __future__ import annotations
 
 import json
@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
-
+from .corpora.base import preview
 from .errors import FeatureStoreError
-from .features import INDEX_PART, audio_matches, layout_problem, read_meta, read_part, shard_problem
+from .features import audio_matches, index_parts, layout_problem, open_shard, read_meta, read_part
 
 
 @dataclass
@@ -35,7 +34,7 @@ class StoreReport:
         for part, problem, ids in self.damaged:
             lines.append(f"  damaged: {part}: {problem} ({len(ids)} utterances)")
         if self.stale:
-            lines.append(f"  audio changed: {', '.join(self.stale[:5])}" + (" ..." if len(self.stale) > 5 else ""))
+            lines.append(f"  audio changed: {preview(self.stale)}")
         return "\n".join(lines)
 
 
@@ -47,9 +46,7 @@ def verify_store(root: str | os.PathLike, utterances=()) -> StoreReport:
     report = StoreReport(str(root))
     shard_dir = root / "shards"
     newest: dict[str, tuple[int, str, dict]] = {}  # id -> (committed_ns, part, entry)
-    for path in sorted(shard_dir.glob("r*-*.json")) if shard_dir.is_dir() else ():
-        if not INDEX_PART.match(path.name):
-            continue
+    for path in index_parts(shard_dir):
         report.parts += 1
         try:
             part = read_part(path)
@@ -60,11 +57,10 @@ def verify_store(root: str | os.PathLike, utterances=()) -> StoreReport:
         if part["shard"] is None:
             continue
         report.unchecked += part.get("crc32") is None
-        problem = shard_problem(shard_dir / part["shard"], part.get("rows"), part.get("crc32"),
-                                layout_problem(part, n_layers))
-        if problem is None:
-            rows = np.load(shard_dir / part["shard"], mmap_mode="r").shape[0]
-            if any(e["offset"] < 0 or e["frames"] < 1 or e["offset"] + n_layers * e["frames"] > rows
+        shard, problem = open_shard(shard_dir / part["shard"], part.get("rows"), part.get("crc32"),
+                                    layout_problem(part, n_layers))
+        if problem is None:  # older stores have no row count to tile: at least every entry inside its shard
+            if any(e["offset"] < 0 or e["frames"] < 1 or e["offset"] + n_layers * e["frames"] > shard.shape[0]
                    for e in part["entries"]):
                 problem = "an entry points outside its shard"
         if problem:
