@@ -8,7 +8,8 @@
 # ravdess-no-sd, ravdess-no-la, ravdess-full-freeze3, ravdess-full-pool-emovo, ravdess-full-stage1-16ep,
 # ravdess-lr1e-4, ravdess-superb-no-standardize, emovo-stats, emovo-superb, emovo-emobox, emovo-adapter, emovo-full, probes,
 # ravdess-stage1-probes, ravdess-stats-speaker, emovo-stats-speaker, ravdess-stats-utterance, calibration-curve, calibration-curve-all,
-# ravdess-adapter-speaker, emovo-adapter-speaker, ravdess-adapter-input-stats;
+# ravdess-adapter-speaker, emovo-adapter-speaker, ravdess-adapter-input-stats, stage1-pool-speaker, ravdess-full-speaker,
+# emovo-full-speaker, regularisation, ravdess-adapter-smooth-fp32, ravdess-full-per-fold, cross-corpus;
 # SEEDS="0 1 2" (default "0") repeats the adapter, full, full-freeze3 and full-pool-emovo rows over seeds.
 # Environment: DATA (default ../shared/data), WORK (default runs), EMOADAPT (the command, default `emoadapt`),
 # PYTHON (for bench/linear_probe.py, default python).
@@ -131,12 +132,25 @@ row() {
             local fast=(--set trainer.precision=bf16-mixed --set stage2.bucket_by_length=true)
             local -A options=([fast]="" [tmask]="head.time_mask_prob=0.2" [cmask]="head.channel_mask_prob=0.1"
                               [mixup]="stage2.mixup_alpha=0.4" [smooth]="stage2.label_smoothing=0.1"
-                              [wd]="stage2.weight_decay=0.1")
-            for name in fast tmask cmask mixup smooth wd; do
-                local extra=()
-                [[ -n ${options[$name]} ]] && extra=(--set "${options[$name]}")
+                              [wd]="stage2.weight_decay=0.1"
+                              [smooth-mixup]="stage2.label_smoothing=0.1 stage2.mixup_alpha=0.4")
+            for name in fast tmask cmask mixup smooth wd smooth-mixup; do
+                local extra=() setting
+                for setting in ${options[$name]}; do extra+=(--set "$setting"); done
                 "${emoadapt[@]}" cv "${ravdess[@]}" --recipe adapter --seed 0 "${fast[@]}" "${extra[@]}" \
                     --out "$out/ravdess-adapter-$name-s0"
+            done ;;
+        ravdess-adapter-smooth-fp32)  # the setting validation chose in the row above, in fp32 without buckets
+            for seed in $seeds; do
+                "${emoadapt[@]}" cv "${ravdess[@]}" --recipe adapter --seed "$seed" --set stage2.label_smoothing=0.1 \
+                    --out "$out/$1-s$seed"
+            done ;;
+        ravdess-full-per-fold)  # stage 1 per fold on the fold's own training audio (its training speakers only,
+            # never a validation or test speaker) plus the unlabeled pool; FOLDS="1,2" runs those folds only
+            "${emoadapt[@]}" extract "$data/unlabeled" --store "$pool_store" --no-progress
+            for seed in $seeds; do
+                "${emoadapt[@]}" cv "${ravdess[@]}" --recipe full --unlabeled-store "$pool_store" --seed "$seed" \
+                    ${FOLDS:+--folds "$FOLDS"} --out "$out/$1-s$seed"
             done ;;
         cross-corpus)  # train on every RAVDESS speaker, test on every EMOVO clip, both mapped to the 7 classes
             # they share (label map shared7: RAVDESS calm dropped); both protocols, the stats and adapter recipes
@@ -179,7 +193,8 @@ all=(features stage1-pool ravdess-stats ravdess-superb ravdess-emobox ravdess-ad
      ravdess-no-la ravdess-full-freeze3 ravdess-full-pool-emovo ravdess-full-stage1-16ep ravdess-lr1e-4
      ravdess-superb-no-standardize emovo-stats emovo-superb emovo-emobox emovo-adapter emovo-full probes ravdess-stage1-probes
      ravdess-stats-speaker emovo-stats-speaker ravdess-stats-utterance calibration-curve calibration-curve-all ravdess-adapter-speaker
-     emovo-adapter-speaker ravdess-adapter-input-stats stage1-pool-speaker ravdess-full-speaker emovo-full-speaker regularisation cross-corpus)
+     emovo-adapter-speaker ravdess-adapter-input-stats stage1-pool-speaker ravdess-full-speaker emovo-full-speaker regularisation
+     ravdess-adapter-smooth-fp32 ravdess-full-per-fold cross-corpus)
 if [[ ${1:-} == --list ]]; then printf '%s\n' "${all[@]}"; exit 0; fi
 if (( $# )); then rows=("$@"); else rows=("${all[@]}"); fi
 for r in "${rows[@]}"; do row "$r"; done
