@@ -7,7 +7,8 @@
 # ROW is features, stage1-pool, ravdess-stats, ravdess-superb, ravdess-emobox, ravdess-adapter, ravdess-full, ravdess-no-mask,
 # ravdess-no-sd, ravdess-no-la, ravdess-full-freeze3, ravdess-full-pool-emovo, ravdess-full-stage1-16ep,
 # ravdess-lr1e-4, ravdess-superb-no-standardize, emovo-stats, emovo-superb, emovo-emobox, emovo-adapter, emovo-full, probes,
-# ravdess-stage1-probes, ravdess-stats-speaker, emovo-stats-speaker, ravdess-stats-utterance, calibration-curve, calibration-curve-all,
+# ravdess-stage1-probes, ravdess-stats-speaker, emovo-stats-speaker, ravdess-stats-utterance, ravdess-superb-speaker,
+# emovo-superb-speaker, calibration-curve, calibration-curve-all,
 # ravdess-adapter-speaker, emovo-adapter-speaker, ravdess-adapter-input-stats, stage1-pool-speaker, ravdess-full-speaker,
 # emovo-full-speaker, regularisation, ravdess-adapter-smooth-fp32, ravdess-full-per-fold, cross-corpus;
 # SEEDS="0 1 2" (default "0") repeats the adapter, full, full-freeze3 and full-pool-emovo rows over seeds.
@@ -80,11 +81,12 @@ row() {
             "${emoadapt[@]}" cv "${ravdess[@]}" --recipe adapter --seed 0 --set stage2.lr=1e-4 \
                 --out "$out/ravdess-adapter-lr1e-4-s0"
             seeds=0 full_cv ravdess-full-lr1e-4 stage1-pool --set stage2.lr=1e-4 ;;
-        ravdess-stats-speaker|emovo-stats-speaker|ravdess-stats-utterance)  # speaker-calibrated (all clips of
-            # each test speaker, unlabeled) and per-utterance normalisation: the stats recipe
-            local corpus=${1%%-*} mode=${1##*-} args
+        ravdess-stats-speaker|emovo-stats-speaker|ravdess-stats-utterance|ravdess-superb-speaker|emovo-superb-speaker)
+            # speaker-calibrated (all clips of each test speaker, unlabeled) and per-utterance normalisation
+            local corpus=${1%%-*} recipe mode=${1##*-} args
+            recipe=${1#*-}; recipe=${recipe%-*}
             [[ $corpus == ravdess ]] && args=("${ravdess[@]}") || args=("${emovo[@]}")
-            "${emoadapt[@]}" cv "${args[@]}" --recipe stats --normalize "$mode" --seed 0 --out "$out/$1-s0" ;;
+            "${emoadapt[@]}" cv "${args[@]}" --recipe "$recipe" --normalize "$mode" --seed 0 --out "$out/$1-s0" ;;
         calibration-curve)  # stats recipe, speaker-calibrated from k random clips / the neutral clips of each
             # test speaker (training speakers always use all of theirs)
             for corpus in ravdess emovo; do
@@ -192,7 +194,7 @@ row() {
 all=(features stage1-pool ravdess-stats ravdess-superb ravdess-emobox ravdess-adapter ravdess-full ravdess-no-mask ravdess-no-sd
      ravdess-no-la ravdess-full-freeze3 ravdess-full-pool-emovo ravdess-full-stage1-16ep ravdess-lr1e-4
      ravdess-superb-no-standardize emovo-stats emovo-superb emovo-emobox emovo-adapter emovo-full probes ravdess-stage1-probes
-     ravdess-stats-speaker emovo-stats-speaker ravdess-stats-utterance calibration-curve calibration-curve-all ravdess-adapter-speaker
+     ravdess-stats-speaker emovo-stats-speaker ravdess-stats-utterance ravdess-superb-speaker emovo-superb-speaker calibration-curve calibration-curve-all ravdess-adapter-speaker
      emovo-adapter-speaker ravdess-adapter-input-stats stage1-pool-speaker ravdess-full-speaker emovo-full-speaker regularisation
      ravdess-adapter-smooth-fp32 ravdess-full-per-fold cross-corpus)
 if [[ ${1:-} == --list ]]; then printf '%s\n' "${all[@]}"; exit 0; fi
