@@ -28,7 +28,8 @@ from emoadapt.corpora import load_corpus
 from emoadapt.errors import EmoadaptError, LeakageError, StoreMismatch
 from emoadapt.extraction import extract
 from emoadapt.features import FeatureStore, frame_statistics
-from emoadapt.model import build_model
+from emoadapt.evaluation import score
+from emoadapt.model import StatsConfig, build_model
 from emoadapt.config import RunConfig, load_config
 from emoadapt.crossval import run_cv
 from emoadapt.data import FeatureDataset, ShuffleSampler, collate
@@ -971,3 +972,32 @@ def test_progress_in_a_log_file_is_one_line_per_epoch(data, tmp_path, capfd):
     lines = [line for line in err.splitlines() if line.strip().startswith("epoch ")]
     assert [line.split(":")[0].strip() for line in lines] == ["epoch 1/2", "epoch 2/2"], err[-2000:]
     assert "val_ua" in lines[0] and "\r" not in err
+
+
+def test_the_head_can_start_from_the_stats_recipe(data, tmp_path):
+    """head.start_from_statistics: before the first update the adapter model predicts exactly what the logistic
+    regression on the input statistics (fitted on the training speakers, C chosen on validation) predicts, with
+    the SAP(Z) columns of its head at zero; then it trains like any adapter model."""
+    corpus, store = data
+    seen = {}
+
+    class AtStart(Callback):
+        def on_train_start(self, trainer, module):
+            model, loader = module.model, trainer.datamodule.val_dataloader()
+            model.eval()
+            with torch.no_grad():
+                pred = torch.cat([model(b["hidden_states"], b["padding_mask"]).argmax(-1) for b in loader])
+                true = torch.cat([b["labels"] for b in loader])
+            model.train()
+            seen["val_ua"] = score(true.tolist(), pred.tolist(), corpus.labels).ua
+            seen["sap_columns"] = model.head.weight[:, :model.pooling.output_dim].abs().max().item()
+
+    config = tiny_config("head.input_statistics=true", "head.start_from_statistics=true")
+    results = finetune(corpus, store, 1, tmp_path, config=config, progress=False, callbacks=[AtStart()])
+    start = results["init"]["statistics"]
+    assert seen["sap_columns"] == 0 and seen["val_ua"] == pytest.approx(start["val_ua"])
+    assert start["C"] in StatsConfig.c_grid and results["scores"]["ua"] > 70
+    loaded = load_model(tmp_path / "model").model  # its fixed standardisation is saved with it
+    assert loaded.statistics_scale.ne(1).any()
+    with pytest.raises(EmoadaptError, match="start_from_statistics needs input_statistics=true"):
+        finetune(corpus, store, 1, tmp_path / "bad", config=tiny_config("head.start_from_statistics=true"))

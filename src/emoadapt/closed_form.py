@@ -22,11 +22,12 @@ from .evaluation import score
 
 
 @torch.inference_mode()
-def pooled_features(model, dataset: FeatureDataset, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(features [N, F] float64, labels [N]) of whole utterances, in dataset order."""
+def pooled_features(pool, dataset: FeatureDataset, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(features [N, F] float64, labels [N]) of whole utterances, in dataset order; ``pool(hidden_states,
+    padding_mask)`` gives a batch's features (e.g. ``StatsClassifier.pooled``)."""
     out, labels = None, np.array([item[2] for item in dataset.items], dtype=np.int64)
     for batch in eval_loader(dataset, batch_size):
-        x = model.pooled(batch["hidden_states"], batch["padding_mask"]).numpy()
+        x = pool(batch["hidden_states"], batch["padding_mask"]).double().numpy()
         if out is None:
             out = np.zeros((len(dataset), x.shape[1]))
         out[batch["index"].numpy()] = x
@@ -38,50 +39,59 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, c: float) -> tuple[StandardScaler
     return scaler, LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(x), y)
 
 
-def choose_and_fit(train: tuple, val: tuple, labels, c_grid, log=None) -> tuple[StandardScaler, LogisticRegression,
-                                                                                 dict]:
-    """C with the best validation UA (ties: the stronger regularisation), then refitted on training + validation.
+def choose_and_fit(train: tuple, val: tuple, labels, c_grid, log=None, *, refit: bool = True
+                   ) -> tuple[StandardScaler, LogisticRegression, dict]:
+    """C with the best validation UA (ties: the stronger regularisation), then refitted on training + validation
+    (``refit``; else the fit on training alone, for a model whose training goes on to be judged on validation).
     Without validation utterances the middle of the grid is used, and the record says so."""
     (x_train, y_train), (x_val, y_val) = train, val
     grid = sorted(float(c) for c in c_grid)
+    fits = {}
     if len(y_val):
         val_ua = {}
         for c in grid:
-            scaler, model = fit_logistic(x_train, y_train, c)
+            scaler, model = fits[c] = fit_logistic(x_train, y_train, c)
             val_ua[c] = score(y_val.tolist(), model.predict(scaler.transform(x_val)).tolist(), labels).ua
             if log:
                 log(f"  C={c:g}: validation UA {val_ua[c]:.2f}")
         best = max(grid, key=lambda c: (val_ua[c], -c))
     else:
         val_ua, best = {}, grid[len(grid) // 2]
-    scaler, model = fit_logistic(np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val]), best)
+    if refit or not val_ua:
+        scaler, model = fit_logistic(np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val]), best)
+    else:
+        scaler, model = fits[best]
     return scaler, model, {"C": best, "val_ua": {str(c): v for c, v in val_ua.items()},
                            "chosen_on": "validation speakers" if val_ua else "no validation speakers: middle of grid"}
 
 
-@torch.no_grad()
-def load_logistic(model, scaler: StandardScaler, logistic: LogisticRegression) -> None:
-    """Copy a fitted scaler and logistic regression into ``model.feature_mean / feature_scale / head``.
-    A class missing from the training data gets a bias that never wins."""
-    num_classes, features = model.head.weight.shape
-    weight, bias = np.zeros((num_classes, features)), np.full(num_classes, -1e4)
+def logistic_weights(logistic: LogisticRegression, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(weight [C, F], bias [C]) of a linear layer that gives the fitted regression's logits. A class missing from
+    the training data gets a bias that never wins."""
+    weight, bias = np.zeros((num_classes, logistic.coef_.shape[1])), np.full(num_classes, -1e4)
     coef, intercept = logistic.coef_, logistic.intercept_
     if len(logistic.classes_) == 2:  # scikit-learn keeps one row for two classes: logits (0, w.x + b)
         coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
     weight[logistic.classes_], bias[logistic.classes_] = coef, intercept
+    return weight, bias
+
+
+@torch.no_grad()
+def load_logistic(model, scaler: StandardScaler, logistic: LogisticRegression) -> None:
+    """Copy a fitted scaler and logistic regression into ``model.feature_mean / feature_scale / head``."""
+    weight, bias = logistic_weights(logistic, model.head.weight.shape[0])
     model.feature_mean.copy_(torch.as_tensor(scaler.mean_))
     model.feature_scale.copy_(torch.as_tensor(scaler.scale_))
     model.head.weight.copy_(torch.as_tensor(weight))
     model.head.bias.copy_(torch.as_tensor(bias))
 
 
-def fit_closed_form(model, data, batch_size: int, log=None) -> dict:
-    """Fit ``model`` (a closed-form recipe, e.g. StatsClassifier) on a fold (``FoldData``); returns what the fold's
-    results record (``best_val_ua``: the chosen C's validation UA). ``log``: a function for progress lines."""
+def _fit_on_statistics(pool, data, batch_size: int, c_grid, log=None, refit: bool = True):
+    """The pooled features of the fold's training and validation utterances, checked, then C chosen on validation
+    (:func:`choose_and_fit`)."""
     t0 = time.perf_counter()
-    model.eval()
-    train = pooled_features(model, data.train, batch_size)  # evaluation loader: whole utterances, never crops
-    val = pooled_features(model, data.val, batch_size)
+    train = pooled_features(pool, data.train, batch_size)  # evaluation loader: whole utterances, never crops
+    val = pooled_features(pool, data.val, batch_size)
     if log:
         log(f"  statistics of {len(data.train)} training and {len(data.val)} validation utterances "
             f"({time.perf_counter() - t0:.0f} s); choosing C on validation")
@@ -89,7 +99,34 @@ def fit_closed_form(model, data, batch_size: int, log=None) -> dict:
         if not np.isfinite(features).all():
             raise TrainingError(None, f"the pooled statistics of the {name} utterances hold NaN or infinite values; "
                                       f"check the features (emoadapt extract CORPUS --store S --verify)")
-    scaler, logistic, chosen = choose_and_fit(train, val, data.labels, model.config.c_grid, log)
+    return choose_and_fit(train, val, data.labels, c_grid, log, refit=refit)
+
+
+@torch.no_grad()
+def start_from_statistics(model, data, batch_size: int, c_grid, log=None) -> dict:
+    """Set an adapter classifier with ``head.start_from_statistics`` (:class:`EmotionClassifier`) to the stats
+    recipe before its training: the head's statistics columns and bias from the logistic regression fitted on the
+    fold's input statistics, its SAP(Z) columns zero. Fitted on the training utterances only (C chosen on
+    validation), because validation goes on to choose the epoch. Returns what the fold's results record."""
+    model.eval()
+    scaler, logistic, chosen = _fit_on_statistics(model.input_statistics, data, batch_size, c_grid, log,
+                                                  refit=False)
+    weight, bias = logistic_weights(logistic, model.head.weight.shape[0])
+    model.statistics_mean.copy_(torch.as_tensor(scaler.mean_))
+    model.statistics_scale.copy_(torch.as_tensor(scaler.scale_))
+    statistics = weight.shape[1]
+    model.head.weight.zero_()
+    model.head.weight[:, -statistics:] = torch.as_tensor(weight)
+    model.head.bias.copy_(torch.as_tensor(bias))
+    return {"C": chosen["C"], "val_ua": chosen["val_ua"].get(str(chosen["C"]))}
+
+
+def fit_closed_form(model, data, batch_size: int, log=None) -> dict:
+    """Fit ``model`` (a closed-form recipe, e.g. StatsClassifier) on a fold (``FoldData``); returns what the fold's
+    results record (``best_val_ua``: the chosen C's validation UA). ``log``: a function for progress lines."""
+    t0 = time.perf_counter()
+    model.eval()
+    scaler, logistic, chosen = _fit_on_statistics(model.pooled, data, batch_size, model.config.c_grid, log)
     load_logistic(model, scaler, logistic)
     best_val = chosen["val_ua"].get(str(chosen["C"]))
     return {"best_val_ua": best_val, "best_epoch": None, "epochs_run": 0, "world_size": 1,

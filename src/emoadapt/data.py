@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .corpora import Corpus, Folds, load_corpus
 from .corpora.base import preview
-from .errors import CorpusError, EmoadaptError, FeatureStoreError, MissingFeatures, StaleFeatures, StoreMismatch
+from .errors import CorpusError, FeatureStoreError, MissingFeatures, StaleFeatures, StoreMismatch
 from .features import FeatureStore, array_statistics
 from .model import FeatureStandardizer
 

@@ -28,11 +28,11 @@ from .data import (Normalizer, encoder_info, eval_loader, fit_standardizers, lab
                    open_corpus, open_store, speaker_group, split_fold, train_loader)
 from .errors import CorpusError, EmoadaptError, StoreMismatch
 from .evaluation import score, write_json
-from .closed_form import fit_closed_form
+from .closed_form import fit_closed_form, start_from_statistics
 from .features import FeatureStore
 from .inference import predict, write_predictions
 from .leakage import Seen, read_seen, refuse_if_seen, speakers_of
-from .model import RECIPES, build_model
+from .model import RECIPES, StatsConfig, build_model
 from .trainer import (SavesRandomState, check_trainer, claim_run_dir, fit_timed, last_checkpoint,
                       last_checkpoint_callback, make_trainer, param_groups, quiet_lightning, steps_per_epoch,
                       warmup_cosine)
@@ -202,8 +202,7 @@ def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.
         return json.loads(done.read_text())  # finished before
     if getattr(RECIPES[recipe].model, "fitted_in_closed_form", False):
         model, build = build_classifier(recipe, config, encoder, len(corpus.labels))
-        trained = fit_closed_form(model, data, config.stage2.batch_size,
-                                  log=(lambda line: print(line, file=sys.stderr, flush=True)) if progress else None)
+        trained = fit_closed_form(model, data, config.stage2.batch_size, log=_stderr if progress else None)
         trainer = None
     else:
         model, build, trained, trainer = _train_by_gradient(data, recipe, config, encoder, out_dir, init_model,
@@ -231,6 +230,10 @@ def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.
     if trainer is not None:
         trainer.strategy.barrier()
     return results
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 class StaysStopped(EarlyStopping):
@@ -273,6 +276,9 @@ def _train_by_gradient(data: FoldData, recipe: str, config: RunConfig, encoder: 
             init_info = {"path": str(init_model[0]), "sha256": init_model[1].get("sha256")}
         if config.standardize and init_model is None:
             fit_standardizers(model, data.train)
+        if getattr(model.config, "start_from_statistics", False):  # after the standardisers it reads through
+            init_info = {**(init_info or {}), "statistics": start_from_statistics(
+                model, data, c.batch_size, StatsConfig.c_grid, log=_stderr if progress else None)}
         module = FinetuneModule(model, data.labels, c, total)
         seconds = fit_timed(trainer, module, datamodule=data if validating else None,
                             train_dataloaders=None if validating else data.train_dataloader(),

@@ -32,6 +32,9 @@ class ClassifierConfig:
     input_statistics: bool = False  # also give the head the mean and std over time of every standardised input
     #                                 hidden state (what the stats recipe sees), layer-normed, beside SAP(Z): the
     #                                 adapter then has to add to what utterance statistics already carry
+    start_from_statistics: bool = False  # with input_statistics: the head starts as the stats recipe (its logistic
+    #                                 regression fitted on the training speakers, emoadapt.closed_form) and the
+    #                                 SAP(Z) part at zero, so training starts from the stats recipe's predictions
     # training only, on the adapter's projected frames (wav2vec2's fine-tuning masks, HF's mask_time_* /
     # mask_feature_*): time spans replaced by a learned embedding, feature channels zeroed
     time_mask_prob: float = 0.0
@@ -51,9 +54,16 @@ class EmotionClassifier(nn.Module):
         self.pooling = AttentiveStatisticsPooling(config.adapter.dim, config.attention_dim)
         self.dropout = nn.Dropout(config.head_dropout)
         features = self.pooling.output_dim
+        statistics = 2 * config.adapter.input_layers * config.adapter.input_dim
+        if config.start_from_statistics and not config.input_statistics:
+            raise ValueError("start_from_statistics needs input_statistics=true (the statistics it starts from)")
+        if config.start_from_statistics:  # a fixed standardisation, as the fitted logistic regression's
+            self.register_buffer("statistics_mean", torch.zeros(statistics))
+            self.register_buffer("statistics_scale", torch.ones(statistics))
+        elif config.input_statistics:
+            self.statistics_norm = nn.LayerNorm(statistics)
         if config.input_statistics:
-            self.statistics_norm = nn.LayerNorm(2 * config.adapter.input_layers * config.adapter.input_dim)
-            features += self.statistics_norm.normalized_shape[0]
+            features += statistics
         self.head = nn.Linear(features, config.num_classes)
         for name, prob, span in (("time", config.time_mask_prob, config.time_mask_span),
                                  ("channel", config.channel_mask_prob, config.channel_mask_span)):
@@ -86,10 +96,18 @@ class EmotionClassifier(nn.Module):
         u = self.pooling(z, padding_mask)               # (B, 2d)
         if not self.config.input_statistics:
             return u
-        standardized = torch.stack([self.adapter.standardize.layer(hidden_states, l, u.dtype)
+        s = self.input_statistics(hidden_states, padding_mask, u.dtype)
+        if self.config.start_from_statistics:
+            s = (s - self.statistics_mean.to(s.dtype)) / self.statistics_scale.to(s.dtype)
+        else:
+            s = self.statistics_norm(s)
+        return torch.cat([u, s], dim=-1)
+
+    def input_statistics(self, hidden_states, padding_mask, dtype=torch.float32):
+        """(B, (L+1) * 2D): per layer, the mean and std over real frames of the standardised input."""
+        standardized = torch.stack([self.adapter.standardize.layer(hidden_states, l, dtype)
                                     for l in range(self.config.adapter.input_layers)], dim=1)
-        s = utterance_statistics(standardized, padding_mask, dtype=u.dtype)
-        return torch.cat([u, self.statistics_norm(s)], dim=-1)
+        return utterance_statistics(standardized, padding_mask, dtype=dtype)
 
 
 # --- peer recipes -------------------------------------------------------------------------------------------
