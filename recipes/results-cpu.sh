@@ -11,7 +11,7 @@
 # emovo-superb-speaker, calibration-curve, calibration-curve-all,
 # ravdess-adapter-speaker, emovo-adapter-speaker, ravdess-adapter-input-stats, stage1-pool-speaker, ravdess-full-speaker,
 # emovo-full-speaker, regularisation, ravdess-adapter-smooth-fp32, ravdess-adapter-from-stats, emovo-adapter-from-stats,
-# ravdess-full-per-fold, cross-corpus;
+# ravdess-adapter-from-stats-smooth, ravdess-full-per-fold, cross-corpus;
 # SEEDS="0 1 2" (default "0") repeats the adapter, full, full-freeze3 and full-pool-emovo rows over seeds.
 # Environment: DATA (default ../shared/data), WORK (default runs), EMOADAPT (the command, default `emoadapt`),
 # PYTHON (for bench/linear_probe.py, default python).
@@ -148,13 +148,15 @@ row() {
                 "${emoadapt[@]}" cv "${ravdess[@]}" --recipe adapter --seed "$seed" --set stage2.label_smoothing=0.1 \
                     --out "$out/$1-s$seed"
             done ;;
-        ravdess-adapter-from-stats|emovo-adapter-from-stats)  # the head starts as the stats recipe's logistic
-            # regression on the input statistics; the adapter's SAP(Z) columns start at zero
-            local args
+        ravdess-adapter-from-stats|emovo-adapter-from-stats|ravdess-adapter-from-stats-smooth)  # the head starts
+            # as the stats recipe's logistic regression on the input statistics, the SAP(Z) columns at zero;
+            # -smooth: with label smoothing 0.1, which leaves a gradient where the regression fits the training clips
+            local args extra=()
             [[ $1 == ravdess-* ]] && args=("${ravdess[@]}") || args=("${emovo[@]}")
+            [[ $1 == *-smooth ]] && extra=(--set stage2.label_smoothing=0.1)
             for seed in $seeds; do
                 "${emoadapt[@]}" cv "${args[@]}" --recipe adapter --seed "$seed" --set head.input_statistics=true \
-                    --set head.start_from_statistics=true --out "$out/$1-s$seed"
+                    --set head.start_from_statistics=true "${extra[@]}" --out "$out/$1-s$seed"
             done ;;
         ravdess-full-per-fold)  # stage 1 per fold on the fold's own training audio (its training speakers only,
             # never a validation or test speaker) plus the unlabeled pool; FOLDS="1,2" runs those folds only
@@ -205,7 +207,8 @@ all=(features stage1-pool ravdess-stats ravdess-superb ravdess-emobox ravdess-ad
      ravdess-superb-no-standardize emovo-stats emovo-superb emovo-emobox emovo-adapter emovo-full probes ravdess-stage1-probes
      ravdess-stats-speaker emovo-stats-speaker ravdess-stats-utterance ravdess-superb-speaker emovo-superb-speaker calibration-curve calibration-curve-all ravdess-adapter-speaker
      emovo-adapter-speaker ravdess-adapter-input-stats stage1-pool-speaker ravdess-full-speaker emovo-full-speaker regularisation
-     ravdess-adapter-smooth-fp32 ravdess-adapter-from-stats emovo-adapter-from-stats ravdess-full-per-fold cross-corpus)
+     ravdess-adapter-smooth-fp32 ravdess-adapter-from-stats emovo-adapter-from-stats ravdess-adapter-from-stats-smooth
+     ravdess-full-per-fold cross-corpus)
 if [[ ${1:-} == --list ]]; then printf '%s\n' "${all[@]}"; exit 0; fi
 if (( $# )); then rows=("$@"); else rows=("${all[@]}"); fi
 for r in "${rows[@]}"; do row "$r"; done
