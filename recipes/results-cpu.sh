@@ -150,13 +150,14 @@ row() {
             done ;;
         ravdess-adapter-from-stats|emovo-adapter-from-stats|ravdess-adapter-from-stats-smooth)  # the head starts
             # as the stats recipe's logistic regression on the input statistics, the SAP(Z) columns at zero;
-            # -smooth: with label smoothing 0.1, which leaves a gradient where the regression fits the training clips
+            # -smooth: with label smoothing 0.1, which leaves a gradient where the regression fits the training clips;
+            # FOLDS="1,2" runs those folds only
             local args extra=()
             [[ $1 == ravdess-* ]] && args=("${ravdess[@]}") || args=("${emovo[@]}")
             [[ $1 == *-smooth ]] && extra=(--set stage2.label_smoothing=0.1)
             for seed in $seeds; do
                 "${emoadapt[@]}" cv "${args[@]}" --recipe adapter --seed "$seed" --set head.input_statistics=true \
-                    --set head.start_from_statistics=true "${extra[@]}" --out "$out/$1-s$seed"
+                    --set head.start_from_statistics=true "${extra[@]}" ${FOLDS:+--folds "$FOLDS"} --out "$out/$1-s$seed"
             done ;;
         ravdess-full-per-fold)  # stage 1 per fold on the fold's own training audio (its training speakers only,
             # never a validation or test speaker) plus the unlabeled pool; FOLDS="1,2" runs those folds only
