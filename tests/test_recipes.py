@@ -94,11 +94,21 @@ def test_results_recipe_gives_one_command_per_row(tmp_path):
     assert all("--stage1 " + str(out / "stage1-pool-speaker") in c and "--normalize speaker" in c
                for c in calibrated[1:]) and len(calibrated) == 3
     sweep = commands("regularisation")
-    assert len(sweep) == 6 and all("trainer.precision=bf16-mixed" in c and "--recipe adapter" in c for c in sweep)
+    assert len(sweep) == 7 and all("trainer.precision=bf16-mixed" in c and "--recipe adapter" in c for c in sweep)
     assert "stage2.mixup_alpha=0.4" in sweep[3] and sweep[3].endswith(f"{out}/ravdess-adapter-mixup-s0")
+    assert "--set stage2.label_smoothing=0.1 --set stage2.mixup_alpha=0.4" in sweep[6]
+    (superb,) = commands("emovo-superb-speaker")
+    assert "--recipe superb --normalize speaker --seed 0" in superb and superb.endswith(f"{out}/emovo-superb-speaker-s0")
+    started = commands("ravdess-adapter-from-stats-smooth")
+    assert all("head.start_from_statistics=true" in c and "stage2.label_smoothing=0.1" in c for c in started)
+    assert "label_smoothing" not in commands("emovo-adapter-from-stats")[0]
+    per_fold = commands("ravdess-full-per-fold")
+    assert per_fold[0].startswith("emoadapt extract ../shared/data/unlabeled")
+    assert all("--recipe full --unlabeled-store " + str(tmp_path / "features" / "unlabeled-whisper-base") in c
+               and "--stage1" not in c for c in per_fold[1:]) and len(per_fold) == 3
     cross = commands("cross-corpus")
     assert len(cross) == 8 and all("--label-map shared7" in c for c in cross)
     assert "--fold all --recipe stats --normalize speaker" in cross[2] and "--corpus ../shared/data/emovo" in cross[3]
-    assert len(listed) == 35 and all(len(commands(r)) >= 1 for r in listed)
+    assert len(listed) == 42 and all(len(commands(r)) >= 1 for r in listed)
     bad = subprocess.run(["bash", str(script), "nope"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown row nope" in bad.stderr
