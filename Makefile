@@ -25,8 +25,8 @@ demo: install
 test: install
 	$(PY) -m pytest -q -n auto --dist loadfile
 
-model: install  # the model shipped in src/emoadapt/models/default (RAVDESS + EMOVO, recipe chosen on validation)
-	$(PY) -m emoadapt.bundle
+model: install  # the model shipped in src/emoadapt/modelfolder/shipped_models/default (RAVDESS + EMOVO, recipe chosen on validation)
+	$(PY) tools/build_shipped_model.py
 
 bench: install
 	$(PY) bench/extract.py

@@ -5,6 +5,7 @@ A reader, or a run resumed after a kill, sees either the old file or the complet
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shutil
@@ -54,6 +55,11 @@ def write_failure(error: Exception, final: Path) -> Exception:
 
 def atomic_write_text(final: str | os.PathLike, text: str) -> Path:
     return atomic_write(final, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(data: dict, path: str | os.PathLike) -> Path:
+    """A results or record file: a reader never sees half of it."""
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def fsync_file(path: Path) -> None:

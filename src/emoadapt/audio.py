@@ -30,7 +30,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +53,8 @@ from emoadapt.errors import (
 )
 
 SAMPLE_RATE = 16_000          # every encoder here takes 16 kHz mono
+# file names read as audio (corpora, predict's folders, the server's uploads); libsndfile decodes each
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff"})
 # Plausible input rates. Below 1 kHz there is no speech band left; above 768 kHz (the highest rate studio gear
 # writes) the header is almost certainly garbage. 8 kHz telephone audio is accepted (it will sound muffled).
 MIN_SAMPLE_RATE = 1_000
@@ -129,46 +130,6 @@ def chunk(wave: np.ndarray, chunk_samples: int) -> list[np.ndarray]:
     if chunk_samples < 1:
         raise ValueError(f"chunk_samples must be >= 1, got {chunk_samples}")
     return [wave[i:i + chunk_samples] for i in range(0, len(wave), chunk_samples)]
-
-
-_VAD = None
-_VAD_LOCK = threading.Lock()
-
-
-def _vad_model():
-    """silero-vad's ONNX model, loaded once per process (onnxruntime; no code is unpickled)."""
-    global _VAD
-    if _VAD is None:
-        from silero_vad import load_silero_vad
-        with warnings.catch_warnings():  # its importlib.resources.path call is deprecated: not ours to fix
-            warnings.simplefilter("ignore", DeprecationWarning)
-            _VAD = load_silero_vad(onnx=True)
-    return _VAD
-
-
-def speech_segments(wave: np.ndarray, *, max_seconds: float = 10.0, min_speech_seconds: float = 0.25,
-                    min_silence_seconds: float = 0.3, pad_seconds: float = 0.1,
-                    threshold: float = 0.5) -> list[tuple[int, int]]:
-    """(start, end) sample offsets of the speech in a 16 kHz waveform, found by silero-vad, in order; a stretch of
-    speech longer than ``max_seconds`` is cut into equal pieces of at most that. Pauses shorter than
-    ``min_silence_seconds`` do not split speech; each segment keeps ``pad_seconds`` of context on either side.
-    Returns [] when there is no speech."""
-    import torch
-    from silero_vad import get_speech_timestamps
-    with _VAD_LOCK:  # the model carries state between windows: one recording at a time (the server runs threads)
-        found = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), _vad_model(),
-                                      threshold=threshold, sampling_rate=SAMPLE_RATE,
-                                      min_speech_duration_ms=int(min_speech_seconds * 1000),
-                                      min_silence_duration_ms=int(min_silence_seconds * 1000),
-                                      speech_pad_ms=int(pad_seconds * 1000))
-    longest = int(max_seconds * SAMPLE_RATE)
-    pieces = []
-    for stretch in found:
-        start, end = int(stretch["start"]), min(int(stretch["end"]), len(wave))
-        n = -(-(end - start) // longest)  # ceil: equal pieces, none longer than the window
-        bounds = np.linspace(start, end, n + 1).round().astype(int)
-        pieces += [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    return pieces
 
 
 def audio_info(path: str | os.PathLike) -> AudioInfo:

@@ -51,13 +51,13 @@ def cmd_corpus(args) -> int:
 
 def cmd_extract(args) -> int:
     from ..encoders import load_encoder
-    from ..extraction import extract
+    from ..store.extract import extract
     corpus = _corpus(args, strict=False)  # a missing or empty file is listed and skipped, never blocks the rest
     for problem in corpus.problems:
         print(f"emoadapt extract: skipped: {problem}", file=sys.stderr)
     rows = corpus.rows[: args.limit] if args.limit else corpus.rows
     if args.verify or args.repair:
-        from ..verify import remove_parts, verify_store
+        from ..store.verify import remove_parts, verify_store
         if not Path(args.store, "meta.json").is_file():
             raise EmoadaptError(args.store, "no feature store here to verify")
         found = verify_store(args.store, rows)
@@ -75,9 +75,9 @@ def cmd_extract(args) -> int:
     return 1 if report.failures or corpus.problems else 0
 
 
-# --- training verbs (pretrain, finetune, evaluate, cv): thin wrappers over stage1, stage2, inference, crossval --
+# --- training verbs (pretrain, finetune, evaluate, cv): thin wrappers over emoadapt.training --
 def _run_config(args):
-    from ..config import load_config
+    from ..training.settings import load_config
     flags = {"seed": args.seed, "normalize": args.normalize, "stage2.batch_size": args.batch_size, "pretrain.batch_size": args.batch_size,
              "pretrain.epochs": getattr(args, "pretrain_epochs", None), "stage2.epochs": getattr(args, "epochs", None),
              "stage2.lr": getattr(args, "lr", None), "trainer.accelerator": args.accelerator,
@@ -100,9 +100,11 @@ def _folds(text: str | None) -> list[int] | None:
 
 
 def cmd_pretrain(args) -> int:
-    from ..data import make_normalizer, open_store, split_fold, usable_ids
-    from ..leakage import speakers_of
-    from ..stage1 import pretrain
+    from ..calibration import make_normalizer
+    from ..modelfolder import speakers_of
+    from ..store.dataset import open_store, usable_ids
+    from ..training.data import split_fold
+    from ..training.stage1 import pretrain
     config = _run_config(args)
     ids, speakers, normalizer = None, None, None
     if args.fold is not None and not args.corpus:
@@ -121,8 +123,8 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from ..evaluation import Scores
-    from ..stage2 import finetune
+    from ..training.metrics import Scores
+    from ..training.stage2 import finetune
     corpus = _corpus(args)
     results = finetune(corpus, args.store, args.fold, args.out, recipe=args.recipe, config=_run_config(args),
                        init=args.init, progress=not args.no_progress)
@@ -136,8 +138,8 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from ..evaluation import Scores
-    from ..inference import evaluate
+    from ..training.evaluate import evaluate
+    from ..training.metrics import Scores
     corpus = _corpus(args)
     results = evaluate(args.model, corpus, args.store, args.fold, batch_size=args.batch_size, out=args.out)
     print(f"{corpus.name}" + (f" fold {args.fold}" if args.fold is not None else "") +
@@ -157,18 +159,18 @@ def cmd_merge(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from ..predict import run_predict
+    from .predict import run_predict
     return run_predict(args)
 
 
 def cmd_export(args) -> int:
-    from ..export import export_onnx
+    from ..inference.onnx import export_onnx
     report = export_onnx(args.model, args.out)
     print(f"written: {report['path']} ({report['bytes'] / 2**20:.1f} MiB; classes {', '.join(report['labels'])}); "
           f"onnxruntime vs torch on a padded test batch: max abs difference {report['max_abs_difference']:.2e}")
     if args.encoder:
-        from ..export import export_encoder_onnx
         from ..inference import load_classifier, model_encoder
+        from ..inference.onnx import export_encoder_onnx
         encoder = export_encoder_onnx(model_encoder(load_classifier(args.model)),
                                       Path(report["path"]).with_name("encoder.onnx"))
         print(f"written: {encoder['path']} ({encoder['bytes'] / 2**20:.1f} MiB); onnxruntime vs torch on 5 s of "
@@ -185,7 +187,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_cv(args) -> int:
-    from ..crossval import run_cv
+    from ..training.crossval import run_cv
     corpus = _corpus(args)
     run_cv(corpus, args.store, args.recipe, args.out, folds=_folds(args.folds), config=_run_config(args),
            extra_unlabeled_stores=args.unlabeled_store, stage1=args.stage1, progress=not args.no_progress)
@@ -194,7 +196,8 @@ def cmd_cv(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from ..evaluation import compare_runs, compare_table, paired_table, write_json
+    from ..atomic import atomic_write_json
+    from ..training.reports import compare_runs, compare_table, paired_table
     try:
         rows = compare_runs(args.runs)
     except ValueError as error:
@@ -206,13 +209,13 @@ def cmd_compare(args) -> int:
         print()
         print(paired_table(rows, args.baseline - 1))
     if args.json:
-        write_json({"rows": rows}, args.json)
+        atomic_write_json({"rows": rows}, args.json)
         print(f"written: {args.json}")
     return 0
 
 
 def cmd_demo(args) -> int:
-    from ..demo import run_demo
+    from .demo import run_demo
     return run_demo(args, device=_device(args), encoder_options=_encoder_options(args))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..paths import ENV_VAR
+from .paths import ENV_VAR
 
 
 def _add_corpus_args(parser: argparse.ArgumentParser, *, positional: bool = True, required: bool = True) -> None:

@@ -10,11 +10,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
+from ..audio import AUDIO_EXTENSIONS
 from ..errors import CorpusError
 from .splits import Folds, folds_for
 from .manifest import Utterance, read_table
-
-AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff"})
 
 
 @dataclass
@@ -34,6 +33,17 @@ class Corpus:
             return [by_id[i] for i in ids]
         except KeyError as e:
             raise CorpusError(self.root, f"utterance {e.args[0]!r} is not in corpus {self.name}") from None
+
+
+def one_fold(corpus: Corpus) -> Folds:
+    """Every utterance in one fold: for a corpus without folds, where only its speakers matter."""
+    return Folds.from_rows(corpus.rows, lambda u: 0)
+
+
+def speaker_group(corpus: Corpus):
+    """utterance id -> the unit that never crosses train / validation / test: its speaker (the utterance itself when
+    no speaker is known), as the folds group them."""
+    return (corpus.folds or one_fold(corpus)).group
 
 
 # --- problems: raised together in strict mode, listed by summarize() otherwise -------------------------------

@@ -94,3 +94,21 @@ def _hf_options(spec: str, options: dict) -> dict:
         raise EncoderError(spec, f"unknown option(s) {sorted(unknown)} for a transformers encoder; "
                                  "it takes chunk_seconds")
     return dict(options)
+
+
+def onnx_graph(encoder: Encoder) -> dict:
+    """What an ONNX export of ``encoder``'s network needs (module, example inputs, names, dynamic shapes, metadata);
+    refused for encoders that have none (only the unpadded Whisper encoders do)."""
+    graph = getattr(encoder, "onnx_graph", None)
+    if graph is None:
+        raise EncoderError(getattr(encoder, "name", None), f"only the unpadded Whisper encoders export to ONNX here, "
+                                                           f"not {encoder!r}")
+    return graph()
+
+
+def use_onnx(encoder: Encoder, path: str | Path | None) -> None:
+    """Run ``encoder``'s network from its ONNX export at ``path`` (None: back to torch)."""
+    if getattr(encoder, "use_onnx", None) is None:
+        raise EncoderError(path, f"{encoder!r} cannot run from an ONNX export (only the unpadded Whisper encoders "
+                                 f"can); delete encoder.onnx beside the model or use --backend torch")
+    encoder.use_onnx(path)

@@ -294,12 +294,28 @@ class WhisperEncoder:
             chunks[owner].append(states)
         return [torch.cat(c, dim=1) for c in chunks]
 
-    def use_onnx(self, path: str | Path) -> None:
-        """Run the network in onnxruntime from an export of it (:func:`emoadapt.export.export_encoder_onnx`), one
-        utterance at a time; the log-mel stays in torch."""
+    def onnx_graph(self) -> dict:
+        """The network, unpadded, for an ONNX export (:func:`emoadapt.inference.onnx.export_encoder_onnx`):
+        ``log_mel [1, n_mels, M] -> hidden_states [L+1, 1, T, D]`` for M up to 3000 (30 s); the log-mel stays in
+        torch."""
+        import json
+        if self.pad_to_30s:
+            raise EncoderError(self.name, "only the unpadded Whisper encoders export to ONNX (this one pads to 30 s)")
+        wave = torch.from_numpy(np.random.default_rng(0).standard_normal(48000).astype(np.float32) * 0.1)
+        mel, _ = self.mel([wave])
+        return {"module": _UnpaddedNet(self.net), "example": (mel,), "inputs": ["log_mel"], "outputs": ["hidden_states"],
+                "dynamic_shapes": ({2: torch.export.Dim("mel_frames", min=4, max=3000)},),
+                "metadata": {"encoder": json.dumps({"name": self.name, "fingerprint": self.fingerprint})}}
+
+    def use_onnx(self, path: str | Path | None) -> None:
+        """Run the network in onnxruntime from an export of it (:meth:`onnx_graph`), one utterance at a time; the
+        log-mel stays in torch. None: back to torch."""
         import json
 
         import onnxruntime as ort
+        if path is None:
+            self.onnx = None
+            return
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         made_from = json.loads(session.get_modelmeta().custom_metadata_map.get("encoder", "{}")).get("fingerprint")
         if made_from != self.fingerprint or self.pad_to_30s:
@@ -322,6 +338,15 @@ class WhisperEncoder:
         mel, lengths = self.mel(waves)
         states = torch.stack(self.net(mel, lengths))  # (L+1, B, T, D)
         return [states[:, b, :t].float().cpu() for b, t in enumerate(frames)]
+
+
+class _UnpaddedNet(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, log_mel):
+        return self.net.forward_unpadded(log_mel)
 
 
 def _as_waveform(w, index: int, min_samples: int) -> torch.Tensor:

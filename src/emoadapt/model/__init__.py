@@ -1,8 +1,8 @@
 """The method's model on cached features: adapter, pooling, classifiers (stage 2) and the stage-1 objective."""
 from .adapter import AdapterConfig, FeatureStandardizer, WAPTransformer
-from .classifier import (RECIPES, ClassifierConfig, EmoBoxClassifier, EmoBoxConfig, EmotionClassifier, Recipe,
-                         StatsClassifier, StatsConfig, SuperbClassifier, SuperbConfig, build_model, head_settings, recipe,
-                         register_recipe)
+from .classifier import (ClassifierConfig, EmoBoxClassifier, EmoBoxConfig, EmotionClassifier, StatsClassifier,
+                         StatsConfig, SuperbClassifier, SuperbConfig)
+from .recipes import RECIPES, Recipe, build_model, head_settings, recipe, register_recipe
 from .pooling import AttentiveStatisticsPooling, lengths_to_padding_mask, masked_mean, utterance_statistics
 from .pretrain import (LocalAttributeCodebook, PretrainConfig, PretrainObjective, SelfDistillationLoss,
                        cosine_schedule, multi_crop, update_teacher)

@@ -2,7 +2,7 @@
 
 Every model has the same calls: ``model(hidden_states (B, L+1, T, D), padding_mask (B, T)) -> logits (B, C)`` and
 ``model.embed(...) -> (B, E)``, the utterance vector its last linear layer sees; and
-:func:`build_model` makes any of them by recipe name, so the trainer and the evaluation never know which one it is.
+:func:`emoadapt.model.recipes.build_model` makes any of them by recipe name, so the trainer and the evaluation never know which one it is.
 
 - ``adapter``: WAP-Transformer adapter -> attentive statistics pooling -> dropout -> linear (docs/METHOD.md section 5).
 - ``superb``:  SUPERB's emotion task: learned softmax layer weights -> Linear D->256 -> mean pool -> linear.
@@ -11,13 +11,12 @@ Every model has the same calls: ``model(hidden_states (B, L+1, T, D), padding_ma
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import EmoadaptError
 from .adapter import AdapterConfig, FeatureStandardizer, WAPTransformer
 from .masking import channel_mask, span_mask
 from .pooling import AttentiveStatisticsPooling, masked_mean, utterance_statistics
@@ -186,8 +185,6 @@ class StatsClassifier(nn.Module):
     multinomial logistic regression. Fitted in closed form (emoadapt.closed_form), never by gradient steps; its
     strength is chosen on the validation speakers."""
 
-    fitted_in_closed_form = True
-
     def __init__(self, config: StatsConfig):
         super().__init__()
         self.config = config
@@ -214,80 +211,3 @@ def _check_input(hidden_states, input_layers, input_dim):
     if hidden_states.dim() != 4 or hidden_states.shape[1] != input_layers or hidden_states.shape[3] != input_dim:
         raise ValueError(f"expected hidden states [B, {input_layers}, T, {input_dim}] (B, L+1, T, D), "
                          f"got {list(hidden_states.shape)}")
-
-
-# --- registry -----------------------------------------------------------------------------------------------
-# A recipe = its config dataclass (whose fields other than the sizes below are the head's settings, `head.KEY`),
-# its model class (built as ``model(config)``) and one registration. Recipes with an adapter also take the
-# adapter's settings (``AdapterConfig``) from the run config's `adapter` section.
-SIZES = ("input_layers", "input_dim", "num_classes", "adapter")  # set from the store and the labels, not by users
-
-
-@dataclass(frozen=True)
-class Recipe:
-    name: str
-    config: type
-    model: type
-    uses_adapter: bool
-
-    def head_fields(self) -> dict:
-        return {f.name: f for f in fields(self.config) if f.name not in SIZES}
-
-
-RECIPES: dict[str, Recipe] = {}
-
-
-def register_recipe(name: str, config: type, model: type) -> None:
-    uses_adapter = any(f.name == "adapter" for f in fields(config))
-    RECIPES[name] = Recipe(name, config, model, uses_adapter)
-
-
-register_recipe("adapter", ClassifierConfig, EmotionClassifier)
-register_recipe("superb", SuperbConfig, SuperbClassifier)
-register_recipe("emobox", EmoBoxConfig, EmoBoxClassifier)
-register_recipe("stats", StatsConfig, StatsClassifier)
-
-
-def recipe(name: str) -> Recipe:
-    if name not in RECIPES:
-        raise EmoadaptError(None, f"unknown model recipe {name!r}; choose one of {', '.join(RECIPES)}")
-    return RECIPES[name]
-
-
-def head_settings(name: str, head: dict, *, where: str = "head") -> dict:
-    """``head`` checked against recipe ``name``'s head fields: unknown keys and wrong types raise an error naming
-    them; returns the values converted to their annotated types."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-    spec = recipe(name)
-    known = spec.head_fields()
-    unknown = sorted(set(head) - set(known))
-    if unknown:
-        raise EmoadaptError(None, f"{where}: recipe {name!r} has no option {', '.join(unknown)}; its options are "
-                                  f"{', '.join(sorted(known))}")
-    schema = OmegaConf.structured(spec.config)
-    try:
-        checked = OmegaConf.merge(schema, dict(head))
-    except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", "?")
-        raise EmoadaptError(None, f"{where}.{key}: {str(error).splitlines()[0]}") from None
-    values = OmegaConf.to_container(checked)
-    return {k: values[k] for k in head}
-
-
-def build_model(recipe_name: str, input_layers: int, input_dim: int, num_classes: int, **options) -> nn.Module:
-    """A classifier by recipe name; ``options`` override that recipe's defaults (for ``adapter``: any field of
-    ClassifierConfig or AdapterConfig, e.g. ``dim=256, head_dropout=0.2, input_layer=19``)."""
-    spec = recipe(recipe_name)
-    head_keys = set(spec.head_fields())
-    adapter_keys = {f.name for f in fields(AdapterConfig)} - {"input_layers", "input_dim"} if spec.uses_adapter else set()
-    unknown = sorted(set(options) - head_keys - adapter_keys)
-    if unknown:
-        raise EmoadaptError(None, f"recipe {recipe_name!r} has no option {', '.join(unknown)}; "
-                                  f"its options are {', '.join(sorted(head_keys | adapter_keys))}")
-    sizes = {"input_layers": input_layers, "input_dim": input_dim, "num_classes": num_classes}
-    kwargs = {k: v for k, v in sizes.items() if k in {f.name for f in fields(spec.config)}}
-    if spec.uses_adapter:
-        kwargs["adapter"] = AdapterConfig(input_layers=input_layers, input_dim=input_dim,
-                                          **{k: v for k, v in options.items() if k in adapter_keys})
-    return spec.model(spec.config(**kwargs, **{k: v for k, v in options.items() if k in head_keys}))

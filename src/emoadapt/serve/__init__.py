@@ -19,6 +19,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..audio import AUDIO_EXTENSIONS
 from ..errors import AudioError, EmoadaptError, TooLongAudio
 
 PAGE = Path(__file__).with_name("page.html")
@@ -78,7 +79,7 @@ async def _too_large(send, limit: int) -> None:
 
 def create_app(recognizer, *, max_upload_bytes: int = 20 * 2**20, max_concurrent: int = 2,
                queue_seconds: float = 10.0):
-    """The FastAPI application around a :class:`emoadapt.api.Recognizer` (its ``max_seconds`` caps the audio)."""
+    """The FastAPI application around a :class:`emoadapt.inference.Recognizer` (its ``max_seconds`` caps the audio)."""
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import HTMLResponse
@@ -114,7 +115,7 @@ def create_app(recognizer, *, max_upload_bytes: int = 20 * 2**20, max_concurrent
             raise HTTPException(429, f"busy: {max_concurrent} recordings were being recognised for {queue_seconds:g} s; "
                                      f"retry in a moment", headers={"Retry-After": "2"}) from None
         try:
-            suffix = Path(name).suffix if Path(name).suffix.lower() in _SUFFIXES else ""
+            suffix = Path(name).suffix if Path(name).suffix.lower() in AUDIO_EXTENSIONS else ""
             with tempfile.TemporaryDirectory(prefix="emoadapt-serve-") as tmp:
                 path = Path(tmp) / f"upload{suffix}"
                 path.write_bytes(data)
@@ -135,9 +136,6 @@ def create_app(recognizer, *, max_upload_bytes: int = 20 * 2**20, max_concurrent
         return out
 
     return app
-
-
-_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff", ".oga", ".opus"}
 
 
 def _public(error: Exception, path: Path, name: str) -> str:
@@ -184,7 +182,7 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, max_upload_m
           queue_seconds: float = 10.0) -> None:
     import uvicorn
 
-    from ..api import Recognizer
+    from ..inference import Recognizer
     listening = _listen(host, port)  # first: a taken port is refused before the model loads
     _bounded_malloc()  # before uvicorn starts its thread pool
     recognizer = Recognizer.from_pretrained(model, max_seconds=max_seconds, window_seconds=window_seconds)

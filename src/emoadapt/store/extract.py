@@ -25,9 +25,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .atomic import atomic_write, atomic_write_text, fsync_file, remove_stale_temp_files
-from .encoders.base import SAMPLE_RATE
-from .errors import AudioError, EncoderError, FeatureStoreError, StoreMismatch, TooShortAudio
+from ..atomic import atomic_write, atomic_write_text, fsync_file, remove_stale_temp_files
+from ..encoders.base import SAMPLE_RATE
+from ..errors import AudioError, EncoderError, FeatureStoreError, StoreMismatch, TooShortAudio
 from .features import (DTYPE, FORMAT, INDEX_PART, VERSION, Failure, FeatureStore, audio_identity, file_stat,
                        read_meta)
 
@@ -100,11 +100,11 @@ def extract(rows: Iterable, encoder, root: str | os.PathLike, *, layers: Sequenc
     unless ``retry_failed``. Decoding (``prefetch`` batches ahead) and shard writing run in background threads
     so the encoder stays busy. With several ranks, call ``FeatureStore(root)`` only after all ranks finished.
     """
-    from .audio import load_audio  # imported here: reading a store must not need the audio stack
+    from ..audio import load_audio  # imported here: reading a store must not need the audio stack
 
     t0 = time.perf_counter()
     if isinstance(encoder, str):
-        from .encoders import load_encoder
+        from ..encoders import load_encoder
         encoder = load_encoder(encoder)
     rank, world_size = _rank_and_world_size(rank, world_size)
     root = Path(root)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .errors import CorpusError
+from ..errors import CorpusError
 from .paths import ENV_VAR, default_data_root
 
 
@@ -23,9 +23,9 @@ def run_demo(args, *, device: str = "cpu", encoder_options: dict | None = None) 
     """The main job on the embedded default encoder (Whisper-base) over RAVDESS: the shipped model labels the clips
     of an actor it never heard, then features are extracted once and one fold is trained and tested with a fast
     recipe (``stats`` by default; ``--recipe full`` runs the method with the CPU-sized ``demo-cpu`` config)."""
-    from .corpora import load_corpus, summarize
-    from .encoders import load_encoder
-    from .extraction import extract
+    from ..corpora import load_corpus, summarize
+    from ..encoders import load_encoder
+    from ..store.extract import extract
     root = _resolve_data_root(args.data)
     corpus_dir = root / "ravdess" if (root / "ravdess").is_dir() else root
     corpus = load_corpus(corpus_dir)
@@ -48,8 +48,8 @@ def run_demo(args, *, device: str = "cpu", encoder_options: dict | None = None) 
     if args.extract_only:
         return 0
 
-    from .config import load_config
-    from .crossval import run_cv
+    from ..training.crossval import run_cv
+    from ..training.settings import load_config
     config_file = args.config or "demo-cpu"
     config = load_config(config_file, args.overrides)
     run_dir = Path(args.workdir) / f"cv-{corpus.name}-{encoder.name}-{args.recipe}-fold{args.fold}"
@@ -69,18 +69,19 @@ def run_demo(args, *, device: str = "cpu", encoder_options: dict | None = None) 
 
 def _demo_shipped_model(corpus, args) -> None:
     """[1/3]: the model shipped with emoadapt labels every clip of the RAVDESS actor held out of its training."""
-    from .api import BUNDLED, Recognizer
-    from .bundle import HELD_OUT, LABEL_MAP
-    from .corpora import read_label_map
-    if not (BUNDLED / "default" / "model.json").is_file():
+    from ..corpora import read_label_map
+    from ..inference import Recognizer
+    from ..modelfolder import build_record
+    record = build_record()
+    if record is None:
         print("\n[1/3] no model is shipped in this installation (`make model` builds one): skipped")
         return
-    actor = HELD_OUT.split(":", 1)[1]
+    actor = record["held_out"].split(":", 1)[1]
     clips = [u for u in corpus.rows if u.speaker == actor][: args.limit or None]
     recognizer = Recognizer.from_pretrained("default", batch_size=args.batch_size)
-    rename = read_label_map(LABEL_MAP).rename
-    print(f"\n[1/3] the shipped model (src/emoadapt/models/default, see its MODEL_CARD.md) on the {len(clips)} clips "
-          f"of RAVDESS {actor}, whom it never heard:", flush=True)
+    rename = read_label_map(record["label_map"]).rename
+    print(f"\n[1/3] the shipped model (emoadapt/modelfolder/shipped_models/default, see its MODEL_CARD.md) on the "
+          f"{len(clips)} clips of RAVDESS {actor}, whom it never heard:", flush=True)
     right = counted = 0
     for u, r in zip(clips, recognizer.predict_each([u.path for u in clips])):
         if isinstance(r, Exception):

@@ -8,14 +8,14 @@
     recognizer.calibrate(["me-1.wav", "me-2.wav"])               # a speaker-normalised model: this speaker's voice
 
 A recording up to ``window_seconds`` is classified whole, as the models were trained. A longer one is cut into
-speech segments by a voice-activity detector (:func:`emoadapt.audio.speech_segments`); each segment is classified
+speech segments by a voice-activity detector (:mod:`emoadapt.inference.segments`); each segment is classified
 and the recording's result is their duration-weighted mean, with the segments kept as a timeline.
 
 Inputs are normalised the way the model's training inputs were (``Prediction.normalization`` says how):
 ``global`` models need nothing; ``utterance`` models normalise each clip or segment by itself; ``speaker`` models use
 the statistics of :meth:`Recognizer.calibrate`'s clips when given, otherwise the statistics of the recording itself
 (all of its speech segments) — weaker on a short clip, which is then its own reference. Everything goes through
-:mod:`emoadapt.inference`, the one path from a model folder to predictions.
+:mod:`emoadapt.inference.runtime`, the one path from a model folder to predictions.
 """
 from __future__ import annotations
 
@@ -27,15 +27,16 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, load_audio, speech_segments, validate_waveform
-from .errors import AudioError, EmoadaptError, NoSpeech
-from .features import array_statistics
-from .inference import (classify, encode_waveforms, load_classifier, model_encoder, model_normalization,
-                        waveform_normalizer)
+from ..audio import SAMPLE_RATE, load_audio, validate_waveform
+from ..calibration import FEW_CLIPS
+from ..encoders import use_onnx
+from ..errors import AudioError, EmoadaptError
+from ..modelfolder import load_classifier, resolve_model
+from ..store.features import array_statistics
+from .runtime import classify, encode_waveforms, model_encoder, model_normalization, waveform_normalizer
+from .segments import overall, pieces_of
 
 Audio = Union[str, os.PathLike, np.ndarray]
-BUNDLED = Path(__file__).parent / "models"  # models shipped inside the package, by name
-FEW_CLIPS = 10  # calibration below this many clips is weak (docs/RESULTS.md, the calibration curve)
 
 
 @dataclass
@@ -80,13 +81,12 @@ class Recognizer:
         self.encoder = model_encoder(self.loaded, encoder)
         self.backend, self.head = backend, self.loaded.model
         if backend == "onnx":  # the head from `emoadapt export` (default: model.onnx in the model folder)
-            from .checkpoints import read_classifier
-            from .export import OnnxHead
-            head = Path(onnx or read_classifier(model_dir)[0] / "model.onnx")
+            from .onnx import OnnxHead
+            head = Path(onnx or self.loaded.folder / "model.onnx")
             self.head = OnnxHead(head)
             self.head.check_matches(self.loaded.info)
-            if (head.parent / "encoder.onnx").is_file() and hasattr(self.encoder, "use_onnx"):
-                self.encoder.use_onnx(head.parent / "encoder.onnx")  # `export --encoder` made one beside it
+            if (head.parent / "encoder.onnx").is_file():
+                use_onnx(self.encoder, head.parent / "encoder.onnx")  # `export --encoder` made one beside it
         self.window_seconds, self.max_seconds, self.batch_size = window_seconds, max_seconds, batch_size
         self.trained_normalization = model_normalization(self.loaded)
         self._speaker: tuple[np.ndarray, np.ndarray] | None = None
@@ -95,15 +95,7 @@ class Recognizer:
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike = "default", **options) -> Recognizer:
         """A model folder, a finetune run folder, or the name of a model shipped inside the package."""
-        path = Path(name_or_dir)
-        if not path.exists() and (BUNDLED / str(name_or_dir)).is_dir():
-            path = BUNDLED / str(name_or_dir)
-        elif not path.exists():
-            shipped = sorted(p.name for p in BUNDLED.iterdir() if p.is_dir()) if BUNDLED.is_dir() else []
-            raise EmoadaptError(path, "no such model folder" + (f"; the models shipped with emoadapt: "
-                                                                f"{', '.join(shipped)}" if shipped else
-                                                                "; this installation ships no model"))
-        return cls(path, **options)
+        return cls(resolve_model(name_or_dir), **options)
 
     @property
     def labels(self) -> list[str]:
@@ -211,21 +203,14 @@ class Recognizer:
         return str(audio), load_audio(audio, max_seconds=self.max_seconds, min_samples=self.encoder.min_samples)
 
     def _run(self, source: str, wave: np.ndarray, embed: bool = False):
-        """(overall [C] or [E], pieces, per-piece values, normalization) of one recording."""
-        if len(wave) <= self.window_seconds * SAMPLE_RATE:
-            pieces = [(0, len(wave))]
-        else:
-            pieces = [(a, b) for a, b in speech_segments(wave, max_seconds=self.window_seconds,
-                                                          pad_seconds=self.segment_pad_seconds)
-                      if b - a >= self.encoder.min_samples]
-            if not pieces:
-                raise NoSpeech(source, f"no speech found in {len(wave) / SAMPLE_RATE:.1f} s of audio")
+        """(overall [C] or [E], pieces, per-piece values, normalization) of one recording
+        (:func:`emoadapt.inference.segments.pieces_of`)."""
+        pieces = pieces_of(wave, source=source, window_seconds=self.window_seconds,
+                           pad_seconds=self.segment_pad_seconds, min_samples=self.encoder.min_samples)
         features = encode_waveforms(self.loaded, self.encoder, [wave[a:b] for a, b in pieces], self.batch_size)
         features, normalization = self._normalize(features, len(pieces), len(wave) / SAMPLE_RATE)
         values = classify(self.head, features, self.batch_size, embed=embed)
-        weights = np.array([b - a for a, b in pieces], dtype=np.float64)
-        overall = (values * (weights / weights.sum())[:, None]).sum(0).astype(np.float32)
-        return overall, pieces, values, normalization
+        return overall(values, pieces), pieces, values, normalization
 
     def _normalize(self, features: list[np.ndarray], pieces: int, seconds: float) -> tuple[list[np.ndarray], str]:
         mode, statistics = self.trained_normalization, None

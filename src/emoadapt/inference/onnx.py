@@ -2,7 +2,7 @@
 
     hidden_states [batch, L+1, frames, D] float32, padding_mask [batch, frames] bool  ->  probabilities [batch, C]
 
-batch and frames are dynamic. The inputs are what :func:`emoadapt.inference.encode_waveforms` gives, normalised as
+batch and frames are dynamic. The inputs are what :func:`emoadapt.inference.runtime.encode_waveforms` gives, normalised as
 the model's training inputs were (its ``normalization`` metadata): the frozen encoder is not part of the file (it is
 the shared Whisper / HuBERT model the user already has; ``--encoder`` also exports an unpadded Whisper encoder,
 :func:`export_encoder_onnx`). The metadata holds the labels, the normalisation, the encoder's name, fingerprint and
@@ -18,9 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_write
-from .errors import CheckpointError, EmoadaptError
-from .inference import load_classifier, model_normalization
+from ..atomic import atomic_write
+from ..encoders import onnx_graph, use_onnx
+from ..errors import CheckpointError, EmoadaptError
+from ..modelfolder import load_classifier
+from ..store.dataset import require_same_features
+from .runtime import model_normalization
 
 INPUTS, OUTPUT = ("hidden_states", "padding_mask"), "probabilities"
 
@@ -37,9 +40,8 @@ class _Probabilities(torch.nn.Module):
 def export_onnx(model_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> dict:
     """Write the ONNX file (default ``<model folder>/model.onnx``) and return what was written, with the largest
     absolute difference from torch on a padded test batch (checked here, with onnxruntime)."""
-    from .checkpoints import read_classifier
-    folder, _ = read_classifier(model_dir)
-    loaded = load_classifier(folder)
+    loaded = load_classifier(model_dir)
+    folder = loaded.folder
     out = Path(out) if out else folder / "model.onnx"
     build, encoder = loaded.info["build"], loaded.info.get("encoder") or {}
     layers, dim = int(build["input_layers"]), int(build["input_dim"])
@@ -90,34 +92,20 @@ def parity(wrapped: torch.nn.Module, path: Path, layers: int, dim: int, seed: in
     return float(np.abs(head(x.numpy(), mask.numpy()) - wrapped(x, mask).numpy()).max())
 
 
-class _UnpaddedWhisper(torch.nn.Module):
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, log_mel):
-        return self.net.forward_unpadded(log_mel)
-
-
 def export_encoder_onnx(encoder, out: str | os.PathLike) -> dict:
-    """A Whisper encoder's network (unpadded) as ONNX: ``log_mel [1, n_mels, M]`` -> ``hidden_states [L+1, 1, T,
-    D]`` for M up to 3000 (30 s); the log-mel stays in torch. Other encoders are refused."""
-    from .encoders.whisper import WhisperEncoder
-    if not isinstance(encoder, WhisperEncoder) or encoder.pad_to_30s:
-        raise EmoadaptError(None, f"only the unpadded Whisper encoders export to ONNX here, not {encoder!r}")
+    """An encoder's network as ONNX (the encoder describes its graph: :func:`emoadapt.encoders.onnx_graph`; only the
+    unpadded Whisper encoders have one), checked against torch on 5 s of audio."""
+    graph = onnx_graph(encoder)
     out = Path(out)
-    wave = torch.from_numpy(np.random.default_rng(0).standard_normal(48000).astype(np.float32) * 0.1)
-    mel, _ = encoder.mel([wave])
-    _write_onnx(_UnpaddedWhisper(encoder.net), (mel,), ["log_mel"], ["hidden_states"],
-                ({2: torch.export.Dim("mel_frames", min=4, max=3000)},), out,
-                {"encoder": json.dumps({"name": encoder.name, "fingerprint": encoder.fingerprint})})
+    _write_onnx(graph["module"], graph["example"], graph["inputs"], graph["outputs"], graph["dynamic_shapes"], out,
+                graph["metadata"])
     check = np.random.default_rng(1).standard_normal(5 * 16000).astype(np.float32) * 0.1
     reference = encoder.encode([check])[0]
-    encoder.use_onnx(out)
+    use_onnx(encoder, out)
     try:
         exported = encoder.encode([check])[0]
     finally:
-        encoder.onnx = None
+        use_onnx(encoder, None)
     return {"path": str(out), "bytes": out.stat().st_size,
             "max_abs_difference": float((exported - reference).abs().max()),
             "max_abs_value": float(reference.abs().max())}
@@ -147,7 +135,9 @@ class OnnxHead:
 
     def check_matches(self, info: dict) -> None:
         """Refuse an export made from another model than the folder's (labels or encoder differ)."""
-        if self.labels != info["labels"] or self.encoder.get("fingerprint") != (info.get("encoder") or {}).get(
-                "fingerprint"):
-            raise EmoadaptError(self.path, "this ONNX file was exported from another model (labels or encoder "
-                                           "differ from the model folder's); export it again")
+        if self.labels != info["labels"]:
+            raise EmoadaptError(self.path, "this ONNX file was exported from another model (its labels differ from "
+                                           "the model folder's); export it again")
+        require_same_features(info.get("encoder") or {}, self.encoder, keys=("fingerprint",), where=self.path,
+                              what="this ONNX file was exported from another model", names=("model", "export"),
+                              error=EmoadaptError, advice="; export it again")

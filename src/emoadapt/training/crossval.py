@@ -3,8 +3,10 @@
     split (validation = whole speakers drawn from the training speakers) -> stage 1 (recipe full) -> stage 2 -> test
 
 Fold results are written as each fold ends (a re-run skips finished folds), then ``results.json`` and a pooled
-``confusion.png``. Recipes: every stage-2 recipe of :data:`emoadapt.model.RECIPES`, plus ``full`` = stage 1 on the
-fold's training speakers, then the ``adapter`` recipe initialised from its teacher (the method).
+``confusion.png``. Recipes: every recipe of :mod:`emoadapt.model.recipes`; ``full`` = stage 1 on the fold's
+training speakers, then the ``adapter`` recipe initialised from its teacher (the method). The store is opened and
+checked, and the settings validated, once per run; each fold's :class:`FoldData` is built once and handed to stage 1,
+stage 2 and the test.
 """
 from __future__ import annotations
 
@@ -14,25 +16,22 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from .checkpoints import read_stage1_adapter
-from .config import RunConfig, load_config, protocol_of, validate, with_store_dims
-from .corpora import Corpus
-from .data import check_same_features, make_normalizer, open_corpus, open_store, split_fold
-from .errors import CorpusError, EmoadaptError
-from .evaluation import CrossValidationReport, Scores, plot_confusion, write_json
-from .features import FeatureStore
-from .leakage import read_seen, refuse_on_folds, speakers_of
-from .model import RECIPES
-from .provenance import git_commit, versions
-from .stage1 import pretrain
-from .stage2 import finetune
+from ..atomic import atomic_write_json
+from ..calibration import protocol_of
+from ..corpora import Corpus
+from ..errors import CorpusError, EmoadaptError
+from ..model import recipe as lookup_recipe
+from ..modelfolder import read_seen, read_stage1_adapter, refuse_on_folds, speakers_of
+from ..provenance import git_commit, versions
+from ..store.dataset import check_same_features, open_corpus, open_store
+from ..store.features import FeatureStore
+from .data import FoldData
+from .metrics import CrossValidationReport, Scores
+from .reports import plot_confusion
+from .settings import RunConfig, load_config, validate, with_store_dims
+from .stage1 import train_stage1
+from .stage2 import train_stage2
 from .trainer import check_trainer, claim_run_dir, is_global_zero
-
-FULL = "full"  # the method: stage 1 per fold, then the adapter recipe from its teacher
-
-
-def cv_recipes() -> list[str]:
-    return [FULL, *RECIPES]
 
 
 def check_shared_stage1(stage1: str | os.PathLike, corpus: Corpus, folds: Sequence[int]) -> dict:
@@ -61,9 +60,7 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
     ``stage1`` (recipe ``full`` only): a finished stage-1 run trained on other audio than this corpus (e.g. the
     unlabeled pool), used for every fold instead of pre-training per fold: one stage 1 for all folds and seeds.
     """
-    if recipe not in cv_recipes():
-        raise EmoadaptError(None, f"unknown recipe {recipe!r}; choose one of {', '.join(cv_recipes())} "
-                                  f"({FULL} = stage 1, then the adapter recipe)")
+    spec = lookup_recipe(recipe)
     out_dir = Path(out_dir)
     config = load_config(None, overrides, base=config)
     if seed is not None:
@@ -73,16 +70,18 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
     corpus, store = open_corpus(corpus), open_store(store)
     extras = [open_store(s) for s in extra_unlabeled_stores]
     if stage1 is not None:
-        if recipe != FULL:
+        if not spec.stage1:
             raise EmoadaptError(None, f"a shared stage-1 adapter only applies to recipe 'full', not {recipe!r}")
         if extras:
             raise EmoadaptError(None, "give either a shared stage-1 adapter or extra unlabeled stores for per-fold "
                                       "stage 1, not both")
     encoder = check_same_features([store, *extras])
     config = with_store_dims(config, encoder)
-    stage2_recipe = "adapter" if recipe == FULL else recipe
-    validate(config, stage2_recipe, stage1=recipe == FULL and stage1 is None)
+    stage2_recipe = spec.stage2_recipe
+    validate(config, stage2_recipe, stage1=spec.stage1 and stage1 is None)
     check_trainer(config.trainer)
+    if not corpus.labels:
+        raise CorpusError(corpus.root, "cross-validation needs labelled utterances; this corpus has no labels")
     if corpus.folds is None:
         raise CorpusError(corpus.root, f"corpus {corpus.name} has no folds; give it a folds.csv (path,speaker,fold)")
     all_folds = corpus.folds.fold_ids()
@@ -100,25 +99,24 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
                             "shared_stage1": shared_stage1})
     protocol.update(protocol_of(config))
     report, per_fold = CrossValidationReport(), {}
+    frame_rate = float(encoder["frame_rate"] or 50.0)
     for k in folds:
         fold_dir = out_dir / f"fold_{k}"
         if (fold_dir / "results.json").is_file():
             log(f"fold {k}: already done, skipped ({fold_dir / 'results.json'})")
         else:
-            init, normalizer = None, None
+            data = FoldData(corpus, store, k, config, corpus.labels, frame_rate)  # stage 1, stage 2 and the test
+            init = None
             if shared_stage1 is not None:
                 init = shared_stage1["path"]
-            elif recipe == FULL:
-                split = split_fold(corpus, store, k, config)
-                normalizer = make_normalizer(config, corpus, store, test_ids=split["test"])  # stage 2 uses it too
-                log(f"fold {k}: stage 1 on {len(split['train'])} training utterances"
+            elif spec.stage1:
+                log(f"fold {k}: stage 1 on {len(data.split['train'])} training utterances"
                     + (f" + {sum(len(s) for s in extras)} unlabeled" if extras else ""))
-                init = pretrain([store, *extras], fold_dir / "stage1", ids=[split["train"], *[None] * len(extras)],
-                                config=config, speakers=speakers_of(corpus), normalizer=normalizer,
-                                progress=progress)
+                init = train_stage1(data.unlabeled(extras, config.pretrain.max_crop_seconds), fold_dir / "stage1",
+                                    config=config, encoder=encoder, speakers=speakers_of(corpus), progress=progress)
             log(f"fold {k}: stage 2 ({stage2_recipe})")
-            finetune(corpus, store, k, fold_dir, recipe=stage2_recipe, config=config, init=init,
-                     normalizer=normalizer, progress=progress)
+            train_stage2(data, fold_dir, recipe=stage2_recipe, config=config, encoder=encoder, init=init,
+                         progress=progress)
         per_fold[k] = json.loads((fold_dir / "results.json").read_text())
         report.folds[k] = Scores(**per_fold[k]["scores"])
         log(f"fold {k}: {report.folds[k].line()}")
@@ -138,6 +136,6 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
     if is_global_zero():
         plot_confusion(report.pooled_confusion(), corpus.labels, out_dir / "confusion.png",
                        title=f"{corpus.name} {recipe}: UA {summary['mean_std']['ua']['mean']:.1f}")
-        write_json(results, out_dir / "results.json")
+        atomic_write_json(results, out_dir / "results.json")
     log(report.table())
     return results

@@ -34,7 +34,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .errors import DamagedStore, FeatureStoreError, MissingFeatures
+from ..errors import DamagedStore, FeatureStoreError, MissingFeatures
 
 FORMAT = "emoadapt-feature-store"
 VERSION = 1

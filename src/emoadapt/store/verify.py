@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from .corpora.base import preview
-from .errors import FeatureStoreError
+from ..corpora.base import preview
+from ..errors import FeatureStoreError
 from .features import audio_matches, index_parts, layout_problem, open_shard, read_meta, read_part
 
 

@@ -1,5 +1,5 @@
 """`emoadapt predict`: which audio to read (files, folders, globs, manifests), and the predictions as a terminal
-table, JSON or CSV. The recognising itself is :class:`emoadapt.api.Recognizer`'s."""
+table, JSON or CSV. The recognising itself is :class:`emoadapt.inference.Recognizer`'s."""
 from __future__ import annotations
 
 import csv
@@ -10,9 +10,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .corpora import read_manifest
-from .corpora.base import AUDIO_EXTENSIONS, audio_files
-from .errors import CorpusError, EmoadaptError
+from ..audio import AUDIO_EXTENSIONS
+from ..corpora import read_manifest
+from ..corpora.base import audio_files
+from ..errors import CorpusError, EmoadaptError
 
 
 @dataclass
@@ -45,7 +46,7 @@ def expand_inputs(specs: list[str]) -> list[Input]:
 
 
 def run_predict(args) -> int:
-    from .api import Recognizer
+    from ..inference import Recognizer
     inputs = expand_inputs(args.paths)
     if not inputs:
         raise EmoadaptError(None, "nothing to predict: give audio files, folders, globs or a manifest")

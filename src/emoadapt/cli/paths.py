@@ -1,11 +1,13 @@
-"""Where the data is: one helper used by the CLI, the demo, the benchmarks and the tests."""
+"""Where the command line finds data when none is named: ``$EMOADAPT_DATA``, else ``shared/data`` beside the checkout
+(as laid out for developers and CI). The library itself never guesses a data location; the CLI, the demo, the
+benchmarks and the tests do, through here."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 ENV_VAR = "EMOADAPT_DATA"
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+_REPO_ROOT = Path(__file__).resolve().parents[3]  # src/emoadapt/cli/paths.py
 
 
 def default_data_root() -> Path | None:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .atomic import atomic_write_text
-from .errors import LeakageError
+from ..atomic import atomic_write_text
+from ..errors import LeakageError
 
 SEEN = "seen.json"
 

@@ -1,82 +1,16 @@
-"""Metrics and reports: UA, WA, macro-F1, weighted-F1, confusion matrix; per fold and mean ± std over folds.
-
-UA (unweighted accuracy) is the mean per-class recall; WA (weighted accuracy) is plain accuracy. All numbers come
-from scikit-learn so they mean what the SER literature means by them; percentages throughout.
-"""
+"""Reports over finished runs: ``emoadapt compare`` (runs grouped by their settings, seeds pooled, protocols tabled
+apart, paired differences against a baseline) and the confusion-matrix plot."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .atomic import atomic_write, atomic_write_text
-
-METRICS = ("ua", "wa", "macro_f1", "weighted_f1")
-
-
-@dataclass
-class Scores:
-    ua: float
-    wa: float
-    macro_f1: float
-    weighted_f1: float
-    confusion: list[list[int]]     # rows = true class, columns = predicted class, in `labels` order
-    labels: list[str]
-    count: int
-
-    def line(self) -> str:
-        return f"UA {self.ua:.2f}  WA {self.wa:.2f}  macro-F1 {self.macro_f1:.2f}  weighted-F1 {self.weighted_f1:.2f}  (n={self.count})"
-
-
-def score(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> Scores:
-    """Scores of integer predictions against integer targets, classes ``0..len(labels)-1``.
-
-    Classes absent from ``y_true`` are left out of UA (sklearn's recall over the present classes would otherwise
-    count them as 0); they still appear in the confusion matrix.
-    """
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score  # 2 s to import: not at start-up
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    if len(y_true) == 0:
-        raise ValueError("cannot score an empty set of predictions")
-    present = sorted(set(y_true.tolist()))
-    everything = list(range(len(labels)))
-    return Scores(
-        ua=100 * float(recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
-        wa=100 * float(accuracy_score(y_true, y_pred)),
-        macro_f1=100 * float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
-        weighted_f1=100 * float(f1_score(y_true, y_pred, labels=present, average="weighted", zero_division=0)),
-        confusion=confusion_matrix(y_true, y_pred, labels=everything).tolist(),
-        labels=list(labels),
-        count=int(len(y_true)),
-    )
-
-
-@dataclass
-class CrossValidationReport:
-    """Per-fold scores and their mean ± std (population std over folds, as EmoBox reports)."""
-    folds: dict[int, Scores] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, tuple[float, float]]:
-        return {m: (float(np.mean([getattr(s, m) for s in self.folds.values()])),
-                    float(np.std([getattr(s, m) for s in self.folds.values()]))) for m in METRICS}
-
-    def pooled_confusion(self) -> np.ndarray:
-        return np.sum([np.asarray(s.confusion) for s in self.folds.values()], axis=0)
-
-    def table(self) -> str:
-        head = f"{'fold':>6}  {'UA':>6}  {'WA':>6}  {'macro-F1':>8}  {'w-F1':>6}  {'n':>5}"
-        rows = [f"{k:>6}  {s.ua:6.2f}  {s.wa:6.2f}  {s.macro_f1:8.2f}  {s.weighted_f1:6.2f}  {s.count:5d}"
-                for k, s in sorted(self.folds.items())]
-        mean = self.summary()
-        rows.append("  mean  " + "  ".join(f"{mean[m][0]:.2f}±{mean[m][1]:.2f}" for m in METRICS))
-        return "\n".join([head, *rows])
-
-    def to_json(self) -> dict:
-        return {"folds": {str(k): asdict(s) for k, s in sorted(self.folds.items())},
-                "mean_std": {m: {"mean": v[0], "std": v[1]} for m, v in self.summary().items()}}
+from ..atomic import atomic_write
+from .metrics import METRICS
+from .settings import with_defaults
 
 
 def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
@@ -84,7 +18,6 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
     by everything but the seed — corpus, view, recipe, config (settings added since a run at their defaults), shared
     stage-1 adapter — one row per group: mean ± std over every (fold, seed) score, the std of the per-seed means,
     and the mean validation UA (the number settings are chosen on; never the test)."""
-    from .config import with_defaults
     groups: dict[str, dict] = {}
     paths = [Path(run) / "results.json" if Path(run).is_dir() else Path(run) for run in run_dirs]
     for path in dict.fromkeys(p.resolve() for p in paths):  # a run named twice (overlapping globs) counts once
@@ -212,8 +145,3 @@ def plot_confusion(confusion, labels: Sequence[str], path: str | Path, *, title:
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)
     return Path(path)
-
-
-def write_json(data: dict, path: str | Path) -> Path:
-    """Atomic JSON write: a reader never sees half a results file."""
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -9,7 +9,7 @@ trainer); ``extends: NAME`` names the file it builds on (a packaged config name 
 so ``demo-cpu`` is ``cpu`` with fewer epochs and ``cpu`` is the defaults with a narrower adapter.
 
 ``head`` holds the options of the recipe's head; which keys and types are valid depends on the recipe, so
-:func:`validate` checks them against the recipe's config dataclass (:data:`emoadapt.model.RECIPES`).
+:func:`validate` checks them against the recipe's config dataclass (:mod:`emoadapt.model.recipes`).
 Every command validates all settings (:func:`validate`, then the trainer's in ``trainer.check_trainer``) before
 it writes anything into a run folder.
 """
@@ -25,13 +25,13 @@ from typing import Any, Iterable
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from .checkpoints import plain_json
-from .errors import EmoadaptError
-from .model import RECIPES, AdapterConfig, PretrainConfig, head_settings
+from ..calibration import CALIBRATED_SPEAKERS, NORMALIZATIONS, CalibrationConfig
+from ..errors import EmoadaptError
+from ..model import AdapterConfig, PretrainConfig, head_settings
+from ..model import recipe as lookup_recipe
+from ..modelfolder import plain_json
 
 
-NORMALIZATIONS = ("global", "speaker", "utterance")
-CALIBRATED_SPEAKERS = ("test", "all")  # calibration.apply_to
 
 
 @dataclass
@@ -80,18 +80,6 @@ class TrainerConfig:
 
 
 @dataclass
-class CalibrationConfig:
-    """Which of a speaker's clips give its statistics under ``normalize: speaker``. The test speakers' audio is
-    used, never their labels, except that ``only_label`` picks clips by label to imitate a user who records a few
-    clips of one kind (e.g. neutral speech). ``apply_to`` "test": only test speakers are calibrated this way
-    (training and validation speakers use all of their clips); "all": every speaker is, so that the model is trained
-    and its settings chosen on speakers normalised the way its users' will be (e.g. by their neutral clips)."""
-    clips: int | None = None         # k clips drawn at random (fixed by the seed); None: all of the speaker's clips
-    only_label: str | None = None    # draw only among the speaker's clips with this label, e.g. neutral
-    apply_to: str = "test"           # "test" or "all"
-
-
-@dataclass
 class RunConfig:
     """Everything one run uses; stored as ``config.json`` in the run folder."""
     seed: int = 0
@@ -117,11 +105,13 @@ class RunConfig:
 def with_defaults(recorded: dict) -> dict:
     """A config dict recorded by a run, with every setting added to emoadapt since then at its default (so that an
     older run and a newer one with the same settings compare equal)."""
-    def merge(defaults, values):
-        if not isinstance(defaults, dict) or not isinstance(values, dict):
-            return values
-        return {**defaults, **{k: merge(defaults.get(k), v) if k in defaults else v for k, v in values.items()}}
-    return merge(RunConfig().to_dict(), recorded)
+    merged = OmegaConf.merge(OmegaConf.create(RunConfig().to_dict()), OmegaConf.create(recorded))
+    return OmegaConf.to_container(merged)
+
+
+def config_from_record(values: dict, *, where: str) -> RunConfig:
+    """The typed settings of a config dict a run or a model folder recorded (checked like a config file)."""
+    return OmegaConf.to_object(_merge(OmegaConf.structured(RunConfig()), values, where))
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = (),
@@ -163,9 +153,9 @@ def _reason(error: Exception) -> str:
 
 
 def packaged_config(name: str) -> Path | None:
-    """A config shipped with emoadapt (``src/emoadapt/configs/<name>.json``), e.g. ``demo-cpu`` or
+    """A config shipped with emoadapt (``src/emoadapt/training/configs/<name>.json``), e.g. ``demo-cpu`` or
     ``iemocap-hubert-large``, so ``--config NAME`` works from any folder."""
-    candidate = importlib.resources.files("emoadapt").joinpath(f"configs/{name}.json")
+    candidate = importlib.resources.files("emoadapt.training").joinpath(f"configs/{name}.json")
     return Path(str(candidate)) if candidate.is_file() else None
 
 
@@ -191,7 +181,7 @@ def _find_config(path: Path) -> Path:
         return path
     packaged = packaged_config(str(path)) if path.suffix == "" and len(path.parts) == 1 else None
     if packaged is None:
-        raise EmoadaptError(path, "no such config file (nor a packaged config of that name: see src/emoadapt/configs/)")
+        raise EmoadaptError(path, "no such config file (nor a packaged config of that name: see src/emoadapt/training/configs/)")
     return packaged
 
 
@@ -253,9 +243,7 @@ def validate(config: RunConfig, recipe: str | None = None, *, stage1: bool = Fal
     if problems:
         raise EmoadaptError(None, "invalid settings: " + "; ".join(problems))
     if recipe is not None:
-        if recipe not in RECIPES:
-            raise EmoadaptError(None, f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-        if config.stage2.freeze_adapter_epochs and not RECIPES[recipe].uses_adapter:
+        if config.stage2.freeze_adapter_epochs and not lookup_recipe(recipe).uses_adapter:
             raise EmoadaptError(None, f"stage2.freeze_adapter_epochs applies to the adapter recipes; {recipe!r} has "
                                       "no adapter")
         head_settings(recipe, config.head, where="head")
@@ -264,7 +252,7 @@ def validate(config: RunConfig, recipe: str | None = None, *, stage1: bool = Fal
 
 def _check_models_build(config: RunConfig, recipe: str | None, stage1: bool) -> None:
     import torch
-    from .model import PretrainObjective, build_model
+    from ..model import PretrainObjective, build_model
     with torch.random.fork_rng():  # building draws initial weights: keep the caller's random state untouched
         try:
             if stage1:
@@ -280,24 +268,10 @@ def recipe_options(config: RunConfig, recipe: str) -> dict:
     """The options ``build_model(recipe, ...)`` takes from a run config: the head's, plus the adapter's for the
     recipes with an adapter (its input sizes come from the store)."""
     options = {}
-    if RECIPES[recipe].uses_adapter:
+    if lookup_recipe(recipe).uses_adapter:
         options = {k: v for k, v in asdict(config.adapter).items() if k not in ("input_layers", "input_dim")}
     options.update(head_settings(recipe, config.head, where="head"))
     return options
-
-
-def protocol_of(config: RunConfig) -> dict:
-    """How test speakers are treated: speaker-independent, or speaker-calibrated (their unlabeled audio gives their
-    normalisation statistics: a different protocol from EmoBox's, tabled apart)."""
-    calibrated = config.normalize == "speaker"
-    out = {"normalize": config.normalize, "speaker_independent": not calibrated}
-    if calibrated:
-        out["calibration"] = {"clips": config.calibration.clips, "only_label": config.calibration.only_label,
-                              "apply_to": config.calibration.apply_to,
-                              "uses": "the test speakers' unlabeled audio"
-                                      + (f" (clips chosen by the label {config.calibration.only_label!r})"
-                                         if config.calibration.only_label else "")}
-    return out
 
 
 def with_store_dims(config: RunConfig, encoder: dict) -> RunConfig:

@@ -5,7 +5,7 @@
              ─► the best C refitted on training + validation utterances ─► copied into the model's buffers and head
 
 What is fitted lands in the model's own tensors, so the model folder is safetensors + JSON like every recipe's and
-predicts through the same path (:mod:`emoadapt.inference`); scikit-learn objects are never saved. The same fit on
+predicts through the same path (:mod:`emoadapt.inference.runtime`); scikit-learn objects are never saved. The same fit on
 the adapter's input statistics gives the adapter recipe's head its start (``head.start_from_statistics``).
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from .data import FeatureDataset, eval_loader
-from .errors import TrainingError
-from .evaluation import score
+from ..errors import TrainingError
+from ..store.dataset import FeatureDataset, eval_loader
+from .metrics import score
 
 
 @torch.inference_mode()

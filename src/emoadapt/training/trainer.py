@@ -2,7 +2,7 @@
 from ``last.ckpt``, RNG states in checkpoints, run folders that refuse other settings, and quieter logs.
 
 Lightning runs the loops (devices, DDP, precision, progress bars, clipping, resume); checkpoints never use pickle
-(:class:`emoadapt.checkpoints.SafetensorsCheckpointIO`). Every run folder holds its resolved ``config.json``, its
+(:class:`emoadapt.training.checkpoint_io.SafetensorsCheckpointIO`). Every run folder holds its resolved ``config.json``, its
 checkpoints, its logs and its results, and resumes from itself: run the same command again after an interruption.
 """
 from __future__ import annotations
@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import RunConfig, TrainerConfig
-from .model import cosine_schedule
-from .atomic import remove_stale_temp_files
-from .errors import EmoadaptError, TrainingError
-from .evaluation import write_json
+from ..atomic import atomic_write_json, remove_stale_temp_files
+from ..errors import EmoadaptError, TrainingError
+from ..model import cosine_schedule
+from .checkpoint_io import SafetensorsCheckpointIO
+from .settings import TrainerConfig, with_defaults
 
 try:
     import lightning.pytorch as pl
@@ -134,7 +134,6 @@ class StopOnNonFinite(pl.Callback):
 
 def make_trainer(out_dir: Path, tc: TrainerConfig, *, max_epochs: int, grad_clip: float, callbacks: list,
                  validate: bool, progress: bool) -> pl.Trainer:
-    from .checkpoints import SafetensorsCheckpointIO
     lines = progress and not sys.stderr.isatty()
     callbacks = [StopOnNonFinite(out_dir), *callbacks, *([EpochLines()] if lines else [])]
     return pl.Trainer(
@@ -179,13 +178,13 @@ def claim_run_dir(out_dir: Path, record: dict) -> None:
         except ValueError:
             old = None
         if old is not None:
+            if isinstance(old.get("config"), dict):
+                # a setting added to emoadapt after the run started is no difference while it keeps its default
+                old = {**old, "config": with_defaults(old["config"])}
             old_flat, new_flat = _flat(old), _flat(record)
-            # a setting added to emoadapt after the run started is no difference while it keeps its default
-            defaults = {f"config.{k}": v for k, v in _flat(RunConfig().to_dict()).items()}
             diffs = [k for k in sorted(set(old_flat) | set(new_flat))
                      if not any(k == v or k.endswith("." + v) for v in _VOLATILE)
-                     and old_flat.get(k) != new_flat.get(k)
-                     and not (k not in old_flat and k in defaults and new_flat.get(k) == defaults[k])]
+                     and old_flat.get(k) != new_flat.get(k)]
             if diffs:
                 shown = ", ".join(f"{k}: {old_flat.get(k)!r} -> {new_flat.get(k)!r}" for k in diffs[:4])
                 raise EmoadaptError(out_dir, f"this run folder holds a run with other settings ({shown}"
@@ -196,7 +195,7 @@ def claim_run_dir(out_dir: Path, record: dict) -> None:
         if resumed:
             remove_stale_temp_files(out_dir)
         else:
-            write_json(record, path)
+            atomic_write_json(record, path)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -21,54 +21,23 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-from .checkpoints import load_checkpoint_file, load_model, plain_json, read_stage1_adapter, save_model
-from .config import FinetuneConfig, RunConfig, recipe_options, structural_adapter_fields, validate, with_store_dims
-from .corpora import Corpus
-from .data import (Normalizer, encoder_info, eval_loader, fit_standardizers, labelled_dataset, make_normalizer,
-                   open_corpus, open_store, speaker_group, split_fold, train_loader)
-from .errors import CorpusError, EmoadaptError, StoreMismatch
-from .evaluation import score, write_json
+from ..atomic import atomic_write_json
+from ..corpora import Corpus
+from ..errors import CorpusError, EmoadaptError
+from ..inference.runtime import predict
+from ..model import StatsConfig, build_model, recipe as lookup_recipe
+from ..modelfolder import Seen, load_model, plain_json, read_seen, read_stage1_adapter, refuse_if_seen, save_model, speakers_of
+from ..store.dataset import encoder_info, open_corpus, open_store, require_same_features
+from ..store.features import FeatureStore
+from .checkpoint_io import load_checkpoint_file
 from .closed_form import fit_closed_form, start_from_statistics
-from .features import FeatureStore
-from .inference import predict, write_predictions
-from .leakage import Seen, read_seen, refuse_if_seen, speakers_of
-from .model import RECIPES, StatsConfig, build_model
+from .data import FoldData, fit_standardizers
+from .evaluate import write_predictions
+from .metrics import score
+from .settings import FinetuneConfig, RunConfig, recipe_options, structural_adapter_fields, validate, with_store_dims
 from .trainer import (SavesRandomState, check_trainer, claim_run_dir, fit_timed, last_checkpoint,
                       last_checkpoint_callback, make_trainer, param_groups, quiet_lightning, steps_per_epoch,
                       warmup_cosine)
-
-
-class FoldData(pl.LightningDataModule):
-    """One fold of a labelled corpus: training, validation (whole speakers drawn from the training speakers) and
-    test utterances with features, normalised as ``config.normalize`` says (a test speaker's statistics from its
-    calibration clips), and their loaders (random crops in training, whole utterances batched by length in
-    evaluation)."""
-
-    def __init__(self, corpus: Corpus, store: FeatureStore, fold: int, config: RunConfig, labels: Sequence[str],
-                 frame_rate: float, normalizer: Normalizer | None = None):
-        super().__init__()
-        self.corpus, self.store, self.fold, self.labels = corpus, store, fold, list(labels)
-        self.split = split_fold(corpus, store, fold, config)
-        self.batch_size, self.seed = config.stage2.batch_size, config.seed
-        self.bucket_by_length = config.stage2.bucket_by_length
-        self.num_workers = config.trainer.num_workers
-        max_frames = round(config.stage2.max_crop_seconds * frame_rate)
-        # the caller's when it built one for this fold already (cv: stage 1 uses the same); building it reads the store
-        self.normalizer = normalizer or make_normalizer(config, corpus, store, test_ids=self.split["test"])
-        self.train = labelled_dataset(corpus, store, self.split["train"], self.labels, max_frames, self.normalizer)
-        self.val = labelled_dataset(corpus, store, self.split["val"], self.labels, normalizer=self.normalizer)
-        self.test = labelled_dataset(corpus, store, self.split["test"], self.labels, normalizer=self.normalizer)
-
-    def train_dataloader(self):
-        return train_loader(self.train, self.batch_size, seed=self.seed, num_workers=self.num_workers,
-                            bucket_by_length=self.bucket_by_length)
-
-    def val_dataloader(self):
-        return eval_loader(self.val, self.batch_size, num_workers=self.num_workers)
-
-    def speakers(self, part: str) -> list[str]:
-        group = speaker_group(self.corpus)
-        return sorted({group(i) for i in self.split[part]})
 
 
 class FinetuneModule(SavesRandomState, pl.LightningModule):
@@ -147,11 +116,8 @@ def build_classifier(recipe: str, config: RunConfig, encoder: dict, num_classes:
 def check_stage1_adapter(init: str | os.PathLike, encoder: dict, config: RunConfig) -> tuple[Path, dict, Seen]:
     """(folder, model.json, what it saw) of a stage-1 adapter that fits these features and adapter settings."""
     folder, info = read_stage1_adapter(init)
-    theirs = info.get("encoder", {})
-    diffs = [k for k in ("fingerprint", "layers") if theirs.get(k) != encoder.get(k)]
-    if diffs:
-        raise StoreMismatch(folder, f"the stage-1 adapter was trained on other features ({', '.join(diffs)}: "
-                                    f"{[theirs.get(k) for k in diffs]} vs {[encoder.get(k) for k in diffs]})")
+    require_same_features(info.get("encoder", {}), encoder, where=folder, names=("adapter", "store"),
+                          what="the stage-1 adapter was trained on other features")
     trained = info["build"]["adapter_config"]
     mine = asdict(config.adapter)
     diffs = [k for k in structural_adapter_fields() if trained.get(k) != mine[k]]
@@ -164,21 +130,17 @@ def check_stage1_adapter(init: str | os.PathLike, encoder: dict, config: RunConf
 
 def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.PathLike, fold: int | None,
              out_dir: str | os.PathLike, *, recipe: str = "adapter", config: RunConfig | None = None,
-             init: str | os.PathLike | None = None, normalizer: Normalizer | None = None, progress: bool = True,
-             callbacks: Sequence = ()) -> dict:
+             init: str | os.PathLike | None = None, progress: bool = True, callbacks: Sequence = ()) -> dict:
     """Stage 2 on one fold: train on its training speakers, pick the epoch with the best validation UA, test.
     Returns the results dict. ``fold`` None: every speaker of the corpus trains or validates and nothing is tested
     (a model to apply to other corpora or to use; its ``scores`` are None). ``init``: a stage-1 run folder whose
-    teacher initialises the adapter; refused when it saw any of the fold's test utterances or speakers.
-    ``normalizer``: this fold's speaker or utterance normalisation when the caller built it already
-    (:func:`emoadapt.data.make_normalizer`; built here otherwise)."""
-    out_dir = Path(out_dir)
-    done = out_dir / "results.json"
+    teacher initialises the adapter; refused when it saw any of the fold's test utterances or speakers. Opens and
+    checks the store and the settings, builds the fold's :class:`FoldData`, then :func:`train_stage2`."""
     config = config or RunConfig()
-    if recipe not in RECIPES:
-        raise EmoadaptError(None, f"unknown stage-2 recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    if init is not None and not RECIPES[recipe].uses_adapter:
-        raise EmoadaptError(None, f"--init (a stage-1 adapter) only applies to recipes with an adapter, not {recipe!r}")
+    spec = lookup_recipe(recipe)
+    if spec.stage1:
+        raise EmoadaptError(None, f"recipe {recipe!r} runs stage 1 first: use emoadapt cv, or emoadapt pretrain and "
+                                  f"then finetune --recipe {spec.stage2_recipe} --init RUN")
     corpus, store = open_corpus(corpus), open_store(store)
     if not corpus.labels:
         raise CorpusError(corpus.root, "stage 2 needs labelled utterances; this corpus has no labels")
@@ -186,7 +148,22 @@ def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.
     config = with_store_dims(config, encoder)
     validate(config, recipe)
     check_trainer(config.trainer)
-    data = FoldData(corpus, store, fold, config, corpus.labels, float(encoder["frame_rate"] or 50.0), normalizer)
+    data = FoldData(corpus, store, fold, config, corpus.labels, float(encoder["frame_rate"] or 50.0))
+    return train_stage2(data, out_dir, recipe=recipe, config=config, encoder=encoder, init=init, progress=progress,
+                        callbacks=callbacks)
+
+
+def train_stage2(data: FoldData, out_dir: str | os.PathLike, *, recipe: str, config: RunConfig, encoder: dict,
+                 init: str | os.PathLike | None = None, progress: bool = True, callbacks: Sequence = ()) -> dict:
+    """Stage 2 on a fold's data (built once by the caller; its store holds ``encoder``'s features) with settings
+    already checked: fit (by gradient steps, or in closed form), save ``model/``, test, write ``results.json``.
+    A re-run of a finished fold returns its results."""
+    out_dir = Path(out_dir)
+    done = out_dir / "results.json"
+    spec = lookup_recipe(recipe)
+    if init is not None and not spec.uses_adapter:
+        raise EmoadaptError(None, f"--init (a stage-1 adapter) only applies to recipes with an adapter, not {recipe!r}")
+    corpus, fold = data.corpus, data.fold
     speakers = speakers_of(corpus)
     seen, init_model = Seen.of(data.split["train"] + data.split["val"], speakers), None
     if init is not None:
@@ -200,8 +177,8 @@ def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.
                             "corpus": {"name": corpus.name, "view": corpus.view, "root": str(corpus.root)}})
     if done.is_file():
         return json.loads(done.read_text())  # finished before
-    if getattr(RECIPES[recipe].model, "fitted_in_closed_form", False):
-        model, build = build_classifier(recipe, config, encoder, len(corpus.labels))
+    if spec.fit == "closed_form":
+        model, build = build_classifier(recipe, config, encoder, len(data.labels))
         trained = fit_closed_form(model, data, config.stage2.batch_size, log=_stderr if progress else None)
         trainer = None
     else:
@@ -211,7 +188,7 @@ def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.
     scores = predictions = None
     if len(data.test):
         predictions = predict(model, data.test, config.stage2.batch_size)
-        scores = asdict(score([it[2] for it in data.test.items], predictions.argmax(1).tolist(), corpus.labels))
+        scores = asdict(score([it[2] for it in data.test.items], predictions.argmax(1).tolist(), data.labels))
     results = {
         "fold": fold, "recipe": recipe, "scores": scores, **trained,
         "split": {k: len(v) for k, v in data.split.items()}, "skipped_utterances": data.split["skipped"],
@@ -219,14 +196,14 @@ def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.
         "init": init_info, "encoder": encoder, "seed": config.seed,
     }
     if trainer is None or trainer.is_global_zero:
-        save_model(model, out_dir / "model", kind="classifier", build=build, labels=corpus.labels, encoder=encoder,
+        save_model(model, out_dir / "model", kind="classifier", build=build, labels=data.labels, encoder=encoder,
                    config=config.to_dict(), seen=seen,
                    extra={"stage": 2, "fold": fold, "best_val_ua": trained["best_val_ua"],
                           "best_epoch": trained["best_epoch"], "init": init_info,
                           "corpus": {"name": corpus.name, "view": corpus.view}})
         if predictions is not None:
-            write_predictions(out_dir / "predictions.csv", data.test, predictions, corpus.labels)
-        write_json(results, done)
+            write_predictions(out_dir / "predictions.csv", data.test, predictions, data.labels)
+        atomic_write_json(results, done)
     if trainer is not None:
         trainer.strategy.barrier()
     return results

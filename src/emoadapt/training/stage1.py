@@ -16,13 +16,14 @@ from typing import Mapping, Sequence
 import lightning.pytorch as pl
 import torch
 
-from .checkpoints import CONFIG, save_adapter
-from .config import PretrainRunConfig, RunConfig, validate, with_store_dims
-from .data import FeatureDataset, Normalizer, check_same_features, fit_standardizers, open_store, train_loader
-from .errors import EmoadaptError, MissingFeatures
-from .features import FeatureStore
-from .leakage import Seen
-from .model import AdapterConfig, PretrainObjective
+from ..calibration import Normalizer
+from ..errors import EmoadaptError, MissingFeatures
+from ..model import AdapterConfig, PretrainObjective
+from ..modelfolder import CONFIG, Seen, save_adapter
+from ..store.dataset import FeatureDataset, check_same_features, open_store
+from ..store.features import FeatureStore
+from .data import fit_standardizers, train_loader
+from .settings import PretrainRunConfig, RunConfig, validate, with_store_dims
 from .trainer import (SavesRandomState, check_trainer, claim_run_dir, fit_timed, last_checkpoint,
                       last_checkpoint_callback, make_trainer, param_groups, quiet_lightning, steps_per_epoch,
                       warmup_cosine)
@@ -70,12 +71,10 @@ def pretrain(stores: Sequence[FeatureStore | str | os.PathLike], out_dir: str | 
     Writes ``out_dir/adapter`` (the teacher adapter: model.safetensors + model.json + seen.json) and returns that
     folder. ``speakers`` (utterance id -> "corpus:speaker", :func:`emoadapt.leakage.speakers_of`) names the speakers
     behind the ids where known, for the leakage guard; ids are recorded either way. ``normalizer``: the speaker or
-    utterance normalisation ``config.normalize`` asks for (:func:`emoadapt.data.make_normalizer`; without one, a
+    utterance normalisation ``config.normalize`` asks for (:func:`emoadapt.calibration.make_normalizer`; without one, a
     config that asks for speaker normalisation treats every utterance as its own speaker).
     Resumes from ``out_dir/checkpoints/last.ckpt``; returns at once if the adapter is already there.
     """
-    out_dir = Path(out_dir)
-    adapter_dir = out_dir / "adapter"
     config = config or RunConfig()
     stores = [open_store(s) for s in stores]
     if not stores:
@@ -97,8 +96,25 @@ def pretrain(stores: Sequence[FeatureStore | str | os.PathLike], out_dir: str | 
     config = with_store_dims(config, encoder)
     validate(config, stage1=True)
     check_trainer(config.trainer)
+    if normalizer is None and config.normalize != "global":
+        normalizer = Normalizer("utterance")
+    dataset = FeatureDataset(stores, items, max_frames=round(config.pretrain.max_crop_seconds
+                                                             * float(encoder["frame_rate"] or 50.0)),
+                             normalizer=normalizer)
+    return train_stage1(dataset, out_dir, config=config, encoder=encoder, speakers=speakers, progress=progress,
+                        callbacks=callbacks)
+
+
+def train_stage1(dataset: FeatureDataset, out_dir: str | os.PathLike, *, config: RunConfig, encoder: dict,
+                 speakers: Mapping[str, str] | None = None, progress: bool = True, callbacks: Sequence = ()) -> Path:
+    """Stage 1 on ``dataset`` (unlabeled crops; its stores hold ``encoder``'s features) with settings already
+    checked (:func:`emoadapt.training.settings.validate` with ``stage1=True``, the trainer's): the loop behind
+    :func:`pretrain` and each fold of ``cv --recipe full``. Returns ``out_dir/adapter``."""
+    out_dir = Path(out_dir)
+    adapter_dir = out_dir / "adapter"
     claim_run_dir(out_dir, {"stage": "pretrain", "config": config.to_dict(), "encoder": encoder,
-                             "data": {"stores": [str(s.root) for s in stores], "utterances": len(items)}})
+                             "data": {"stores": [str(s.root) for s in dataset.stores],
+                                      "utterances": len(dataset)}})
     if (adapter_dir / CONFIG).is_file():
         return adapter_dir  # finished before
 
@@ -108,12 +124,8 @@ def pretrain(stores: Sequence[FeatureStore | str | os.PathLike], out_dir: str | 
         trainer = make_trainer(out_dir, config.trainer, max_epochs=c.epochs, grad_clip=c.grad_clip,
                                callbacks=[last_checkpoint_callback(out_dir / "checkpoints"), *callbacks],
                                validate=False, progress=progress)
-        total = c.epochs * steps_per_epoch(len(items), c.batch_size, trainer.world_size)
+        total = c.epochs * steps_per_epoch(len(dataset), c.batch_size, trainer.world_size)
         module = PretrainModule(config.adapter, replace(c, total_steps=total))
-        frame_rate = float(encoder["frame_rate"] or 50.0)
-        if normalizer is None and config.normalize != "global":
-            normalizer = Normalizer("utterance")
-        dataset = FeatureDataset(stores, items, max_frames=round(c.max_crop_seconds * frame_rate), normalizer=normalizer)
         if config.standardize:
             fit_standardizers(module.objective, dataset)
         loader = train_loader(dataset, c.batch_size, seed=config.seed, num_workers=config.trainer.num_workers)
@@ -121,12 +133,11 @@ def pretrain(stores: Sequence[FeatureStore | str | os.PathLike], out_dir: str | 
                             ckpt_path=last_checkpoint(out_dir / "checkpoints"))
     if trainer.is_global_zero:
         save_adapter(module.objective.teacher, adapter_dir, encoder=encoder, config=config.to_dict(),
-                     seen=Seen.of((i for _, i, _ in items), speakers),
+                     seen=Seen.of((i for _, i, _ in dataset.items), speakers),
                      extra={"stage": 1, "updates": int(module.objective.step), "total_steps": total,
-                            "utterances": len(items), "seconds": seconds,
+                            "utterances": len(dataset), "seconds": seconds,
                             "last_epoch_losses": {k[: -len("_epoch")]: float(v)
                                                   for k, v in trainer.callback_metrics.items()
                                                   if k.startswith("loss") and k.endswith("_epoch")}})
     trainer.strategy.barrier()
     return adapter_dir
-

@@ -1,0 +1,145 @@
+"""Speaker and utterance normalisation: every choice of ``normalize`` and the reference clips it takes.
+
+Emotion is heard relative to how a person usually sounds: ``speaker`` standardises each speaker's hidden states with
+that speaker's own frame statistics (from their audio, never their labels), ``utterance`` each utterance with its
+own, ``global`` nothing beyond the model's own standardisation. A test speaker's reference clips are drawn by
+``calibration`` settings (:class:`CalibrationConfig`); using them is a protocol of its own (:func:`protocol_of`).
+Training (:func:`make_normalizer` over a corpus and its store) and inference (:func:`normalizer_for`, from a
+model's recorded setting and a speaker's statistics) both come here.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ..corpora import Corpus
+from ..corpora.base import speaker_group
+from ..errors import CorpusError, EmoadaptError
+from ..store.features import FeatureStore, array_statistics
+
+NORMALIZATIONS = ("global", "speaker", "utterance")
+CALIBRATED_SPEAKERS = ("test", "all")  # calibration.apply_to
+FEW_CLIPS = 10  # calibration below this many clips is weak (docs/RESULTS.md, the calibration curve)
+
+
+@dataclass
+class CalibrationConfig:
+    """Which of a speaker's clips give its statistics under ``normalize: speaker``. The test speakers' audio is
+    used, never their labels, except that ``only_label`` picks clips by label to imitate a user who records a few
+    clips of one kind (e.g. neutral speech). ``apply_to`` "test": only test speakers are calibrated this way
+    (training and validation speakers use all of their clips); "all": every speaker is, so that the model is trained
+    and its settings chosen on speakers normalised the way its users' will be (e.g. by their neutral clips)."""
+    clips: int | None = None         # k clips drawn at random (fixed by the seed); None: all of the speaker's clips
+    only_label: str | None = None    # draw only among the speaker's clips with this label, e.g. neutral
+    apply_to: str = "test"           # "test" or "all"
+
+
+class Normalizer:
+    """Standardises an utterance's hidden states per layer and dimension with its speaker's frame statistics
+    (``mode`` "speaker"; ``statistics``: speaker -> (mean, std) [L+1, D]) or with its own ("utterance"; also any
+    utterance whose speaker is unknown, e.g. audio of an unlabeled store). Emotion is heard relative to how a person
+    usually sounds; removing each speaker's average voice leaves what varies within the speaker."""
+
+    def __init__(self, mode: str, speaker_of: dict[str, str] | None = None,
+                 statistics: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, eps: float = 1e-5):
+        self.mode, self.speaker_of, self.eps = mode, dict(speaker_of or {}), eps
+        self._by_speaker = {s: self._pair(m, d) for s, (m, d) in (statistics or {}).items()}
+        self.everyone = None  # one_speaker: the statistics of every utterance
+
+    def _pair(self, mean, std) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, 1 / sqrt(std² + eps)) as float32 [L+1, 1, D], ready to broadcast over frames."""
+        inv_std = 1.0 / np.sqrt(np.square(std) + self.eps)
+        return np.asarray(mean, np.float32)[:, None], inv_std.astype(np.float32)[:, None]
+
+    @classmethod
+    def one_speaker(cls, statistics: tuple[np.ndarray, np.ndarray]) -> Normalizer:
+        """Every utterance standardised with these (mean, std) [L+1, D]: one speaker's, e.g. from calibration
+        clips."""
+        normalizer = cls("speaker", statistics={"": statistics})
+        normalizer.everyone = normalizer._by_speaker[""]
+        return normalizer
+
+    def statistics(self, utt_id: str | None, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.everyone is not None:
+            return self.everyone
+        speaker = self.speaker_of.get(utt_id) if self.mode == "speaker" else None
+        if speaker is not None:
+            return self._by_speaker[speaker]
+        return self._pair(*array_statistics([x]))
+
+    def normalize(self, x: np.ndarray, utt_id: str | None = None) -> np.ndarray:
+        """``x`` [L+1, T, D] standardised, as float32."""
+        mean, inv_std = self.statistics(utt_id, x)
+        return (np.asarray(x, np.float32) - mean) * inv_std
+
+
+
+def normalizer_for(normalize: str, statistics: tuple[np.ndarray, np.ndarray] | None = None) -> Normalizer | None:
+    """How hidden states of new audio are normalised for a model trained with ``normalize``, as its training inputs
+    were: not at all (``global``), each by itself (``utterance``), or with a speaker's (mean, std) ``statistics``
+    (``speaker``: required then)."""
+    if normalize == "global":
+        return None
+    if normalize == "utterance":
+        return Normalizer("utterance")
+    if statistics is None:
+        raise EmoadaptError(None, "this model was trained on speaker-normalised features: give the speaker's "
+                                  "statistics from calibration clips (Recognizer.calibrate, predict --calibrate)")
+    return Normalizer.one_speaker(statistics)
+
+
+def make_normalizer(config, corpus: Corpus, store: FeatureStore, test_ids: Iterable[str] = ()) -> Normalizer | None:
+    """The normalisation ``config.normalize`` asks for (None for "global": the model's own standardisation only).
+    "speaker": each speaker's statistics from all of their clips in ``store`` (their audio, never their labels),
+    except that the speakers of ``test_ids`` (every speaker, with ``calibration.apply_to: all``) use the clips
+    ``config.calibration`` draws."""
+    if config.normalize == "global":
+        return None
+    if config.normalize == "utterance":
+        return Normalizer("utterance")
+    by_id = {u.id: u for u in corpus.rows}
+    group = speaker_group(corpus)
+    clips: dict[str, list[str]] = {}
+    for u in corpus.rows:
+        if u.id in store:
+            clips.setdefault(group(u.id), []).append(u.id)
+    calibrated = set(clips) if config.calibration.apply_to == "all" else {group(i) for i in test_ids}
+    statistics = {}
+    for speaker, ids in clips.items():
+        if speaker in calibrated:
+            ids = calibration_clips(ids, config.calibration, by_id, seed=config.seed, speaker=speaker,
+                                    where=corpus.root)
+        statistics[speaker] = array_statistics(store.get(i) for i in ids)
+    return Normalizer("speaker", {i: group(i) for ids in clips.values() for i in ids}, statistics)
+
+
+def calibration_clips(ids: Sequence[str], calibration, by_id: dict, *, seed: int, speaker: str, where) -> list[str]:
+    """The clips of one test speaker whose audio gives its statistics: ``calibration.clips`` drawn at random (fixed
+    by seed and speaker) among all, or among those labelled ``calibration.only_label``."""
+    pool = sorted(ids)
+    if calibration.only_label is not None:
+        pool = [i for i in pool if by_id[i].label == calibration.only_label]
+        if not pool:
+            raise CorpusError(where, f"speaker {speaker} has no clip labelled {calibration.only_label!r} to calibrate "
+                                     f"with; choose another calibration.only_label or none")
+    if calibration.clips is None or calibration.clips >= len(pool):
+        return pool
+    rng = np.random.default_rng([seed, zlib.crc32(speaker.encode())])
+    return sorted(rng.choice(pool, size=calibration.clips, replace=False).tolist())
+
+
+def protocol_of(config) -> dict:
+    """How test speakers are treated: speaker-independent, or speaker-calibrated (their unlabeled audio gives their
+    normalisation statistics: a different protocol from EmoBox's, tabled apart)."""
+    calibrated = config.normalize == "speaker"
+    out = {"normalize": config.normalize, "speaker_independent": not calibrated}
+    if calibrated:
+        out["calibration"] = {"clips": config.calibration.clips, "only_label": config.calibration.only_label,
+                              "apply_to": config.calibration.apply_to,
+                              "uses": "the test speakers' unlabeled audio"
+                                      + (f" (clips chosen by the label {config.calibration.only_label!r})"
+                                         if config.calibration.only_label else "")}
+    return out
