@@ -26,8 +26,8 @@ import torch
 from emoadapt.audio import load_audio
 from emoadapt.corpora.manifest import Utterance
 from emoadapt.encoders import DEFAULT_ENCODER, SAMPLE_RATE, load_encoder
-from emoadapt.extraction import extract, plan_batches
-from emoadapt.paths import shared_corpus
+from emoadapt.store.extract import extract, plan_batches
+from emoadapt.cli.paths import shared_corpus
 from emoadapt.provenance import git_commit  # re-exported for the other benchmarks
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,9 +21,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from extract import git_commit  # noqa: E402  (bench/ is not a package)
 
-from emoadapt.evaluation import write_json
-from emoadapt.features import FeatureStore
-from emoadapt.paths import shared_corpus
+from emoadapt.atomic import atomic_write_json as write_json
+from emoadapt.store.features import FeatureStore
+from emoadapt.cli.paths import shared_corpus
 
 
 def run(cmd: list[str]) -> float:

@@ -246,7 +246,7 @@ def finished_units(fx: Fixture, command: str, out: Path, reference: Path | None 
     out = Path(out)
     problems: list[str] = []
     if command == "extract":
-        from emoadapt.features import FeatureStore
+        from emoadapt.store.features import FeatureStore
         units = {"parts": {p.name: _sha256(p) for p in parts(out)}}
         if not (out / "meta.json").is_file():
             return units, problems
@@ -300,7 +300,7 @@ def finished_units(fx: Fixture, command: str, out: Path, reference: Path | None 
 
 
 def _checkpoint_epoch(path: Path) -> tuple[int | None, list[str]]:
-    from emoadapt.checkpoints import load_checkpoint_file
+    from emoadapt.training.checkpoint_io import load_checkpoint_file
     try:
         return int(load_checkpoint_file(path)["epoch"]), []
     except Exception as error:  # noqa: BLE001
@@ -308,7 +308,7 @@ def _checkpoint_epoch(path: Path) -> tuple[int | None, list[str]]:
 
 
 def _load_model(folder: Path) -> list[str]:
-    from emoadapt.checkpoints import load_model
+    from emoadapt.modelfolder import load_model
     try:
         load_model(folder)
         return []
@@ -648,7 +648,7 @@ def main(argv_: list[str] | None = None) -> int:
     parser.add_argument("--keep", help="work in this folder and keep it (default: a temp folder, deleted)")
     parser.add_argument("--no-disk-full", action="store_true", help="skip the disk-full part")
     args = parser.parse_args(argv_)
-    from emoadapt.evaluation import write_json
+    from emoadapt.atomic import atomic_write_json as write_json
     from emoadapt.provenance import git_commit, versions
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="emoadapt-faults-"))

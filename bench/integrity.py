@@ -72,10 +72,10 @@ def _size_mtime(path: Path) -> tuple[int, int]:
 # --- detection ------------------------------------------------------------------------------------------------
 def build_fixture(root: Path):
     from corpus_fixtures import make_ravdess
-    from emoadapt.config import load_config
+    from emoadapt.training.settings import load_config
     from emoadapt.corpora import load_corpus
-    from emoadapt.crossval import run_cv
-    from emoadapt.extraction import extract
+    from emoadapt.training.crossval import run_cv
+    from emoadapt.store.extract import extract
     corpus = load_corpus(make_ravdess(root / "ravdess", actors=12, emotions=(1, 3, 4, 5), statements=(1, 2),
                                       seconds=0.8), view="4class")
     extract(corpus.rows, "whisper-tiny.en", root / "store", batch_size=4, progress=False)
@@ -142,12 +142,12 @@ KINDS = {  # name -> (what is damaged, how)
 
 def probe(kind: str, root: Path) -> str:
     """'detected: <error>' or 'MISSED' after using what ``kind`` damaged."""
-    from emoadapt.checkpoints import load_model
+    from emoadapt.modelfolder import load_model
     from emoadapt.corpora import load_corpus
-    from emoadapt.data import usable_ids
+    from emoadapt.store.dataset import usable_ids
     from emoadapt.errors import EmoadaptError
-    from emoadapt.evaluation import compare_runs
-    from emoadapt.features import FeatureStore
+    from emoadapt.training.reports import compare_runs
+    from emoadapt.store.features import FeatureStore
     target = KINDS[kind][0]
     try:
         if target in ("store", "audio"):

@@ -29,11 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emoadapt.closed_form import choose_and_fit
+from emoadapt.training.closed_form import choose_and_fit
 from emoadapt.corpora import load_corpus
 from emoadapt.errors import EmoadaptError
-from emoadapt.evaluation import CrossValidationReport, score, write_json
-from emoadapt.features import FeatureStore
+from emoadapt.atomic import atomic_write_json as write_json
+from emoadapt.training.metrics import CrossValidationReport, score
+from emoadapt.store.features import FeatureStore
 from emoadapt.model import StatsConfig
 from emoadapt.provenance import git_commit, versions
 
@@ -57,8 +58,8 @@ def pooled_statistics(store: FeatureStore, ids, adapter=None) -> np.ndarray:
 def load_adapter(run: str, random: bool, corpus):
     """The teacher adapter of a stage-1 run (or, with ``random``, a fresh one of its shape and standardisation);
     refused when it saw any of the corpus's test utterances or speakers (it is probed on every fold)."""
-    from emoadapt.checkpoints import load_model, read_stage1_adapter
-    from emoadapt.leakage import read_seen, refuse_on_folds
+    from emoadapt.modelfolder import load_model, read_stage1_adapter
+    from emoadapt.modelfolder.seen import read_seen, refuse_on_folds
     from emoadapt.model import WAPTransformer
     folder, info = read_stage1_adapter(run)
     refuse_on_folds(read_seen(folder, info), corpus, corpus.folds.fold_ids(), model=str(folder),

@@ -48,11 +48,11 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="default", help="a model folder or a shipped model's name (default)")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--data", help="the ravdess folder (default: emoadapt.paths.shared_corpus('ravdess'))")
+    p.add_argument("--data", help="the ravdess folder (default: emoadapt.cli.paths.shared_corpus('ravdess'))")
     p.add_argument("--out", help="JSON path (default docs/bench_predict.json)")
     args = p.parse_args(argv)
     from emoadapt.audio import SAMPLE_RATE, load_audio
-    from emoadapt.paths import shared_corpus
+    from emoadapt.cli.paths import shared_corpus
     folder = Path(args.data) if args.data else shared_corpus("ravdess")
     if folder is None:
         print("bench/predict.py: no RAVDESS copy found; pass --data", file=sys.stderr)
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         head_runs.append(time.perf_counter() - t0)
     import tempfile
 
-    from emoadapt.export import OnnxHead, export_encoder_onnx, export_onnx
+    from emoadapt.inference.onnx import OnnxHead, export_encoder_onnx, export_onnx
     with tempfile.TemporaryDirectory() as tmp:  # the head as ONNX, timed on the same normalised hidden states
         report = export_onnx(recognizer.model_dir, Path(tmp) / "model.onnx")
         onnx_head = OnnxHead(report["path"])

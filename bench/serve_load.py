@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--out", help="JSON path (default docs/bench_serve.json)")
     args = p.parse_args(argv)
-    from emoadapt.paths import shared_corpus
+    from emoadapt.cli.paths import shared_corpus
     ravdess = shared_corpus("ravdess")
     clips = sorted((ravdess / "Actor_01").iterdir())[:20]
     server = subprocess.Popen([sys.executable, "-m", "emoadapt.cli", "serve", "--model", args.model, "--port",

@@ -49,10 +49,10 @@ from extract import git_commit, machine_info, ravdess_rows  # noqa: E402  (bench
 from emoadapt.audio import load_audio  # noqa: E402
 from emoadapt.corpora.manifest import Utterance  # noqa: E402
 from emoadapt.encoders import DEFAULT_ENCODER, SAMPLE_RATE, load_encoder  # noqa: E402
-from emoadapt.evaluation import write_json  # noqa: E402
-from emoadapt.extraction import extract, plan_batches  # noqa: E402
-from emoadapt.features import FeatureStore  # noqa: E402
-from emoadapt.paths import shared_corpus  # noqa: E402
+from emoadapt.atomic import atomic_write_json as write_json  # noqa: E402
+from emoadapt.store.extract import extract, plan_batches  # noqa: E402
+from emoadapt.store.features import FeatureStore  # noqa: E402
+from emoadapt.cli.paths import shared_corpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_WHISPER, GOAL_HUBERT, GOAL_RAM, GOAL_PARAMS = 0.5, 0.05, 1.10, 0.02
@@ -84,10 +84,11 @@ def finetune_epochs(store: FeatureStore, items, labels, config, epochs: int, wor
     ``items``: (store index 0, utterance id, label index). ``on_ready()`` is called just before fit."""
     import lightning.pytorch as pl
 
-    from emoadapt.config import with_store_dims
-    from emoadapt.data import FeatureDataset, encoder_info, train_loader
-    from emoadapt.stage2 import FinetuneModule, build_classifier
-    from emoadapt.trainer import make_trainer, quiet_lightning, steps_per_epoch
+    from emoadapt.training.settings import with_store_dims
+    from emoadapt.store.dataset import FeatureDataset, encoder_info
+    from emoadapt.training.data import train_loader
+    from emoadapt.training.stage2 import FinetuneModule, build_classifier
+    from emoadapt.training.trainer import make_trainer, quiet_lightning, steps_per_epoch
 
     class EpochTimer(pl.Callback):
         def __init__(self):
@@ -134,7 +135,7 @@ FASTEST = "bf16+buckets"
 def measure(name, encoder, rows, labels, config, args, tmp: Path) -> dict:
     """The encoder pass, the extract into a store, and the fine-tuning epochs on it in every training variant, for
     one encoder."""
-    from emoadapt.config import load_config
+    from emoadapt.training.settings import load_config
 
     print(f"[{name}] {encoder.fingerprint}: encoder pass over {len(rows)} clips ...", flush=True)
     enc = encoder_pass(encoder, rows, args.batch_size)
@@ -211,8 +212,8 @@ class MemorySampler(threading.Thread):
 
 def ram_worker(spec_path: Path) -> int:
     """Child process: one fine-tuning epoch on the store and items in ``spec_path``; prints one JSON line."""
-    import emoadapt.stage2  # noqa: F401 - imported before the baseline: Lightning is start-up
-    from emoadapt.config import load_config
+    import emoadapt.training.stage2  # noqa: F401 - imported before the baseline: Lightning is start-up
+    from emoadapt.training.settings import load_config
 
     spec = json.loads(spec_path.read_text())
     config = load_config(None, spec["overrides"])
@@ -284,7 +285,7 @@ def trainable_parameters(config) -> dict:
     25 x 1024 hidden states, with the benchmark's adapter settings."""
     from dataclasses import replace
 
-    from emoadapt.stage2 import build_classifier
+    from emoadapt.training.stage2 import build_classifier
     config = replace(config, adapter=replace(config.adapter, input_layers=25, input_dim=1024))
     model, _ = build_classifier("adapter", config, {"layers": list(range(25)), "dim": 1024}, 4)
     count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
@@ -302,7 +303,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=8, help="encoder / extract batch size (default 8, as extract)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="training config override, e.g. stage2.batch_size=16 (repeatable)")
-    p.add_argument("--data", help="the ravdess folder (default: emoadapt.paths.shared_corpus('ravdess'))")
+    p.add_argument("--data", help="the ravdess folder (default: emoadapt.cli.paths.shared_corpus('ravdess'))")
     p.add_argument("--quick", action="store_true", help="smoke run: few clips, small random HuBERT, no JSON "
                                                         "unless --out is given")
     p.add_argument("--out", help="JSON path (default docs/bench_train.json; none with --quick)")
@@ -322,8 +323,8 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()
 
     t0 = time.perf_counter()
-    import emoadapt.stage2  # noqa: F401 - imports Lightning: one-time start-up, reported on its own
-    from emoadapt.config import load_config
+    import emoadapt.training.stage2  # noqa: F401 - imports Lightning: one-time start-up, reported on its own
+    from emoadapt.training.settings import load_config
     import_seconds = time.perf_counter() - t0
     config = load_config(None, args.overrides)
 

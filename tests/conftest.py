@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emoadapt.paths import ENV_VAR, shared_corpus
+from emoadapt.cli.paths import ENV_VAR, shared_corpus
 
 # Tiny models (d = 32) and few epochs: what every training test runs with (``--set`` items; add more after them).
 TINY = ["adapter.dim=32", "adapter.num_heads=4", "adapter.ffn_dim=64", "adapter.num_layers=2",
@@ -51,9 +51,9 @@ def trained(tmp_path_factory):
         pytest.skip(f"Whisper tiny.en is not installed: {error}")
     from corpus_fixtures import make_ravdess
     from emoadapt.corpora import load_corpus
-    from emoadapt.extraction import extract
-    from emoadapt.stage2 import finetune
-    from emoadapt.config import load_config
+    from emoadapt.store.extract import extract
+    from emoadapt.training.stage2 import finetune
+    from emoadapt.training.settings import load_config
     root = tmp_path_factory.mktemp("predict")
     corpus = load_corpus(make_ravdess(root / "ravdess", actors=12, emotions=(1, 3, 4, 5), statements=(1, 2),
                                       seconds=0.8), view="4class")

@@ -5,8 +5,9 @@ import subprocess
 import sys
 
 
-from emoadapt import cli, demo, paths
-from emoadapt.features import FeatureStore
+from emoadapt import cli
+from emoadapt.cli import demo, paths
+from emoadapt.store.features import FeatureStore
 
 from conftest import TINY
 from corpus_fixtures import make_ravdess
@@ -87,7 +88,7 @@ def test_demo_runs_end_to_end_on_shared_ravdess(shared_data, tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "1440 utterances" in out and "extracted 96" in out
-    from emoadapt.api import BUNDLED
+    from emoadapt.modelfolder import SHIPPED_MODELS as BUNDLED
     if (BUNDLED / "default" / "model.json").is_file():  # [1/3]: the shipped model on the held-out actor's clips
         assert "of RAVDESS Actor_01, whom it never heard" in out and " right on the model's classes" in out
     assert len(FeatureStore(tmp_path / "features" / "ravdess-whisper-tiny.en")) == 96

@@ -19,9 +19,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("recipe", ["stats", "adapter"])
 def test_the_exported_head_matches_torch_and_predict_uses_it(trained, tmp_path, recipe, capsys):
     from emoadapt import Recognizer
-    from emoadapt.config import load_config
-    from emoadapt.export import OnnxHead
-    from emoadapt.stage2 import finetune
+    from emoadapt.training.settings import load_config
+    from emoadapt.inference.onnx import OnnxHead
+    from emoadapt.training.stage2 import finetune
     corpus, store, models, encoder = trained
     if recipe == "stats":
         folder = tmp_path / "model"
@@ -50,7 +50,7 @@ def test_the_exported_head_matches_torch_and_predict_uses_it(trained, tmp_path, 
 
 def test_a_missing_damaged_or_foreign_onnx_file_is_refused(trained, tmp_path):
     from emoadapt import Recognizer
-    from emoadapt.export import OnnxHead, export_onnx
+    from emoadapt.inference.onnx import OnnxHead, export_onnx
     corpus, _, models, encoder = trained
     with pytest.raises(CheckpointError, match="run `emoadapt export --model MODEL` first"):
         Recognizer.from_pretrained(models["global"], encoder=encoder, backend="onnx")

@@ -23,8 +23,8 @@ from emoadapt import extraction
 from emoadapt.audio import load_audio
 from emoadapt.corpora.manifest import Utterance
 from emoadapt.errors import FeatureStoreError, MissingFeatures, StoreMismatch
-from emoadapt.extraction import extract, plan_batches
-from emoadapt.features import FeatureStore, frame_statistics
+from emoadapt.store.extract import extract, plan_batches
+from emoadapt.store.features import FeatureStore, frame_statistics
 
 HOP = 320  # samples per frame: 50 Hz at 16 kHz
 TESTS = Path(__file__).resolve().parent

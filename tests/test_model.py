@@ -261,7 +261,7 @@ def test_stats_pooling_ignores_padding_and_matches_numpy():
 def test_a_fitted_logistic_regression_lives_in_the_stats_model(classes_present):
     """The model's softmax equals scikit-learn's predict_proba on the same statistics, with two classes (one row
     of coefficients) and with a class absent from training (never predicted)."""
-    from emoadapt.closed_form import fit_logistic, load_logistic
+    from emoadapt.training.closed_form import fit_logistic, load_logistic
     from emoadapt.model import StatsClassifier, StatsConfig
     g = torch.Generator().manual_seed(0)
     model = StatsClassifier(StatsConfig(input_layers=2, input_dim=3, num_classes=4)).eval()
@@ -282,7 +282,7 @@ def test_a_fitted_logistic_regression_lives_in_the_stats_model(classes_present):
 def test_head_can_see_the_input_statistics_beside_sap():
     """head.input_statistics: the head gets [SAP(Z); LN(utterance statistics of the standardised input)], and a
     padded batch still gives each utterance what it gets alone."""
-    from emoadapt.config import load_config, recipe_options, validate
+    from emoadapt.training.settings import load_config, recipe_options, validate
     from emoadapt.model import build_model
     config = load_config(None, ["head.input_statistics=true", "adapter.dim=32", "adapter.num_heads=4",
                                 "adapter.ffn_dim=64", "adapter.conv_pos_kernel=8", "adapter.conv_pos_groups=4",
@@ -305,7 +305,7 @@ def test_head_can_see_the_input_statistics_beside_sap():
 def test_fine_tuning_masks_act_in_training_only():
     """head.time_mask_prob / head.channel_mask_prob (wav2vec2's fine-tuning masks on the projected frames): they
     change what a training forward sees, never what evaluation sees, and cover about the asked share."""
-    from emoadapt.config import load_config, validate
+    from emoadapt.training.settings import load_config, validate
     from emoadapt.model import channel_mask, span_mask
     masked = dict(time_mask_prob=0.5, time_mask_span=4, channel_mask_prob=0.3, channel_mask_span=4)
     torch.manual_seed(0)

@@ -12,7 +12,8 @@ import pytest
 
 from corpus_fixtures import make_ravdess
 from emoadapt import cli
-from emoadapt.audio import load_audio, speech_segments
+from emoadapt.audio import load_audio
+from emoadapt.inference.segments import speech_segments
 from emoadapt.errors import EmoadaptError, NoSpeech
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -46,7 +47,7 @@ def test_speaker_calibration_matches_evaluate_on_the_speakers_own_clips(trained)
     """A speaker-normalised model calibrated with all of a test speaker's clips gives, clip by clip, the
     probabilities `evaluate` gives that speaker (which uses the same clips as the reference)."""
     from emoadapt import Recognizer
-    from emoadapt.inference import evaluate
+    from emoadapt.training.evaluate import evaluate
     corpus, store, models, encoder = trained
     report = evaluate(models["speaker"], corpus, store, fold=1)
     with open(report["path"].replace(".json", ".predictions.csv")) as f:
@@ -66,8 +67,8 @@ def test_a_model_trained_on_neutral_calibration_asks_for_neutral_clips(trained, 
     """calibration.apply_to=all with only_label=neutral: training speakers were normalised by their neutral clips,
     so a user calibrating it is told to use neutral speech."""
     from emoadapt import Recognizer
-    from emoadapt.config import load_config
-    from emoadapt.stage2 import finetune
+    from emoadapt.training.settings import load_config
+    from emoadapt.training.stage2 import finetune
     corpus, store, _, encoder = trained
     finetune(corpus, store, 1, tmp_path / "neutral", recipe="stats", progress=False,
              config=load_config(None, ["normalize=speaker", "calibration.only_label=neutral",
@@ -174,7 +175,7 @@ def test_the_shipped_model_predicts_with_the_network_cut(shared_data):
     import os
     import subprocess
     import sys
-    from emoadapt.api import BUNDLED
+    from emoadapt.modelfolder import SHIPPED_MODELS as BUNDLED
     if not (BUNDLED / "default" / "model.json").is_file():
         pytest.skip("no model is shipped in this checkout (make model builds it)")
     clip = sorted((shared_data("ravdess") / "Actor_01").iterdir())[0]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 from conftest import TINY
-from emoadapt.config import load_config
+from emoadapt.training.settings import load_config
 
 from corpus_fixtures import make_iemocap
 

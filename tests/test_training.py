@@ -22,20 +22,22 @@ from safetensors.torch import load_file as load_safetensors
 
 from corpus_fixtures import make_iemocap, make_ravdess
 from emoadapt import cli, crossval, data as data_module, inference, stage2, trainer
-from emoadapt.checkpoints import (CheckpointError, SafetensorsCheckpointIO, load_checkpoint_file, load_model,
-                                  save_checkpoint_file)
+from emoadapt.errors import CheckpointError
+from emoadapt.modelfolder import load_model
+from emoadapt.training.checkpoint_io import SafetensorsCheckpointIO, load_checkpoint_file, save_checkpoint_file
 from emoadapt.corpora import load_corpus
 from emoadapt.errors import EmoadaptError, LeakageError, StoreMismatch
-from emoadapt.extraction import extract
-from emoadapt.features import FeatureStore, frame_statistics
-from emoadapt.evaluation import score
+from emoadapt.store.extract import extract
+from emoadapt.store.features import FeatureStore, frame_statistics
+from emoadapt.training.metrics import score
 from emoadapt.model import StatsConfig, build_model
-from emoadapt.config import RunConfig, load_config
-from emoadapt.crossval import run_cv
-from emoadapt.data import FeatureDataset, ShuffleSampler, collate
-from emoadapt.stage1 import pretrain
-from emoadapt.stage2 import finetune
-from emoadapt.trainer import steps_per_epoch
+from emoadapt.training.settings import RunConfig, load_config
+from emoadapt.training.crossval import run_cv
+from emoadapt.store.dataset import FeatureDataset, collate
+from emoadapt.training.data import ShuffleSampler
+from emoadapt.training.stage1 import pretrain
+from emoadapt.training.stage2 import finetune
+from emoadapt.training.trainer import steps_per_epoch
 
 from conftest import TINY
 
@@ -138,7 +140,7 @@ def test_config_files_inherit(tmp_path):
 
 
 def test_head_settings_are_typed_by_the_recipe():
-    from emoadapt.config import recipe_options, validate
+    from emoadapt.training.settings import recipe_options, validate
     config = load_config(None, ["head.projector_dim=64"])
     validate(config, "superb")
     assert recipe_options(config, "superb") == {"projector_dim": 64}
@@ -389,7 +391,7 @@ def test_waveforms_get_the_probabilities_of_their_stored_features(data, finetune
     finetune(corpus, store_path, 1, per_utterance, config=tiny_config("normalize=utterance", "stage2.epochs=1"),
              progress=False)
     loaded = inference.load_classifier(per_utterance)
-    from emoadapt.data import make_normalizer
+    from emoadapt.calibration import make_normalizer
     dataset = data_module.labelled_dataset(corpus, store, [r.id for r in rows], corpus.labels,
                                            normalizer=make_normalizer(tiny_config("normalize=utterance"), corpus, store))
     stored = inference.predict(loaded.model, dataset, batch_size=4)
@@ -399,7 +401,7 @@ def test_waveforms_get_the_probabilities_of_their_stored_features(data, finetune
 def _stage1_folder(where: Path) -> Path:
     folder = where / "an-adapter"
     if not (folder / "model.json").is_file():
-        from emoadapt.checkpoints import save_adapter
+        from emoadapt.modelfolder import save_adapter
         from emoadapt.model import AdapterConfig, WAPTransformer
         save_adapter(WAPTransformer(AdapterConfig(input_layers=2, input_dim=8, dim=8, num_heads=2, ffn_dim=16,
                                                   conv_pos_kernel=4, conv_pos_groups=2)), folder)
@@ -408,7 +410,7 @@ def _stage1_folder(where: Path) -> Path:
 
 def test_a_new_recipe_is_one_dataclass_one_class_one_registration(data, tmp_path, monkeypatch):
     from dataclasses import dataclass
-    from emoadapt.config import validate
+    from emoadapt.training.settings import validate
     from emoadapt.model import RECIPES, register_recipe
     from emoadapt.model.pooling import masked_mean
 
@@ -460,8 +462,9 @@ def test_stats_recipe_fits_on_training_speakers_picks_c_on_validation_and_predic
 
 
 def test_speaker_normalisation_uses_each_speakers_own_statistics(data, tmp_path):
-    from emoadapt.data import array_statistics, calibration_clips, make_normalizer
-    from emoadapt.stage2 import FoldData
+    from emoadapt.calibration import calibration_clips, make_normalizer
+    from emoadapt.store.features import array_statistics
+    from emoadapt.training.stage2 import FoldData
     corpus, store_path = data
     store = FeatureStore(store_path)
     config = tiny_config("normalize=speaker")
@@ -496,7 +499,7 @@ def test_speaker_normalisation_uses_each_speakers_own_statistics(data, tmp_path)
     train_neutral = [u.id for u in corpus.rows if corpus.folds.group(u.id) == train_speaker and u.label == "neutral"]
     expected = normalizer._pair(*array_statistics(store.get(i) for i in train_neutral))
     assert all(np.allclose(a, b) for a, b in zip(fold_all.normalizer._by_speaker[train_speaker], expected))
-    from emoadapt.config import validate
+    from emoadapt.training.settings import validate
     with pytest.raises(EmoadaptError, match="calibration.apply_to='some' is out of range"):
         validate(tiny_config("calibration.apply_to=some"))
 
@@ -654,7 +657,7 @@ def test_frozen_adapter_epochs_train_only_the_head_then_everything(data, tmp_pat
 
 
 def test_a_group_held_for_every_update_never_moves():
-    from emoadapt.trainer import warmup_cosine
+    from emoadapt.training.trainer import warmup_cosine
     held, free = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
     optimizer = torch.optim.AdamW([{"params": [held], "hold_steps": 10}, {"params": [free]}], lr=1.0)
     scheduler = warmup_cosine(optimizer, 10, 0.1, 0.0)["scheduler"]
@@ -771,7 +774,7 @@ def test_cli_verbs_and_one_line_errors(data, finetuned, tmp_path, capsys, monkey
     assert config["config"]["pretrain"]["la_weight"] == 0 and config["config"]["pretrain"]["epochs"] == 1
 
     seen = {}  # pretrain --corpus --normalize speaker: each speaker's own statistics, the corpus naming the speakers
-    import emoadapt.stage1
+    import emoadapt.training.stage1
     monkeypatch.setattr(emoadapt.stage1, "pretrain", lambda *a, normalizer=None, **k: seen.update(n=normalizer) or "x")
     assert cli.main(["pretrain", "--store", str(store), "--corpus", str(corpus.root), "--normalize", "speaker",
                      "--out", str(tmp_path / "s1-speaker")]) == 0
@@ -900,8 +903,8 @@ def test_ddp_two_cpu_processes(data, tmp_path):
     script.write_text(textwrap.dedent(f"""
         import json, os, torch
         torch.set_num_threads(1)
-        from emoadapt.config import load_config
-        from emoadapt.stage2 import finetune
+        from emoadapt.training.settings import load_config
+        from emoadapt.training.stage2 import finetune
         config = load_config(None, {TINY!r} + ["trainer.strategy=ddp", "trainer.devices=2", "stage2.epochs=2"])
         results = finetune({str(corpus.root)!r}, {str(store)!r}, 1, {str(tmp_path / 'out')!r}, config=config,
                            progress=False)
@@ -923,7 +926,7 @@ def test_ddp_two_cpu_processes(data, tmp_path):
 def test_mixup_mixes_frames_and_targets_and_label_smoothing_softens_them():
     """stage2.mixup_alpha: the model sees lambda x + (1 - lambda) x[perm] and the loss is the same mix of the two
     targets' cross-entropies; stage2.label_smoothing goes into both."""
-    from emoadapt.config import FinetuneConfig
+    from emoadapt.training.settings import FinetuneConfig
     seen = {}
 
     class Recorder(torch.nn.Module):

@@ -95,14 +95,14 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
     removed = []
     for path in Path(folder).rglob(".*"):
         m = _ATOMIC_TEMP.match(path.name)
-        stale = (m is not None and not _process_alive(int(m.group(1)))) or _SAFETENSORS_TEMP.match(path.name)
+        stale = (m is not None and not process_alive(int(m.group(1)))) or _SAFETENSORS_TEMP.match(path.name)
         if stale and path.is_file():
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     try:

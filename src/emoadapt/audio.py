@@ -70,6 +70,13 @@ class SilentAudioWarning(UserWarning):
     """The audio is (nearly) all silence: usable, but any emotion predicted from it is meaningless."""
 
 
+class LowSampleRateWarning(UserWarning):
+    """The file was recorded below 8 kHz: usable, but it lacks much of what the encoders were trained to hear."""
+
+
+LOW_SAMPLE_RATE = 8_000       # below telephone band: warn, don't fail
+
+
 @dataclass(frozen=True)
 class AudioInfo:
     path: Path
@@ -94,6 +101,11 @@ def load_audio(path: str | os.PathLike, *, max_seconds: float | None = None, min
         info = _check_header(path, f)
         if max_seconds is not None and info.duration > max_seconds:  # refuse before decoding an hour of audio
             raise TooLongAudio(path, _too_long_reason(info.duration, max_seconds))
+        if info.sample_rate < LOW_SAMPLE_RATE:
+            warnings.warn(LowSampleRateWarning(f"{path}: recorded at {info.sample_rate} Hz, below {LOW_SAMPLE_RATE} Hz: "
+                                               f"it lacks most of what the encoder hears above "
+                                               f"{info.sample_rate // 2} Hz; treat the prediction with doubt"),
+                          stacklevel=2)
         wave = _decode_mono_16k(path, f, info)
     return validate_waveform(wave, path=path, max_seconds=max_seconds, min_samples=min_samples)
 
@@ -311,8 +323,8 @@ def _check_finite(path, x: np.ndarray, sample_rate: int, offset: int = 0) -> Non
 
 
 def _too_long_reason(seconds: float, max_seconds: float) -> str:
-    return (f"{seconds:.1f} s is longer than the limit of {max_seconds:g} s; split it (emoadapt.audio.chunk) "
-            "or raise the limit")
+    return (f"{seconds:.1f} s is longer than the limit of {max_seconds:g} s; raise it (--max-seconds of emoadapt "
+            f"predict, serve or extract; Recognizer(max_seconds=)) or split the recording")
 
 
 def _as_mono_float32(wave, path) -> np.ndarray:

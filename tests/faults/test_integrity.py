@@ -13,12 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from emoadapt.checkpoints import _sha256, load_model
+from emoadapt.modelfolder import load_model
+from emoadapt.modelfolder.format import _sha256
 from emoadapt.cli import main
 from emoadapt.corpora import load_corpus
 from emoadapt.errors import CheckpointError, DamagedStore
-from emoadapt.features import FeatureStore
-from emoadapt.verify import verify_store
+from emoadapt.store.features import FeatureStore
+from emoadapt.store.verify import verify_store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -70,6 +70,7 @@ def cmd_extract(args) -> int:
     layers = args.layers or None
     report = extract(rows, encoder, args.store, layers=layers, batch_size=args.batch_size,
                      rank=args.rank, world_size=args.world_size, retry_failed=args.retry_failed,
+                     max_seconds=args.max_seconds,
                      progress=not args.no_progress)
     print(report)
     return 1 if report.failures or corpus.problems else 0
@@ -165,6 +166,8 @@ def cmd_predict(args) -> int:
 
 def cmd_export(args) -> int:
     from ..inference.onnx import export_onnx
+    if args.out and Path(args.out).exists() and not args.force:
+        raise EmoadaptError(args.out, "exists; choose another --out, or pass --force to replace it")
     report = export_onnx(args.model, args.out)
     print(f"written: {report['path']} ({report['bytes'] / 2**20:.1f} MiB; classes {', '.join(report['labels'])}); "
           f"onnxruntime vs torch on a padded test batch: max abs difference {report['max_abs_difference']:.2e}")

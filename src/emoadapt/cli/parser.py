@@ -171,7 +171,9 @@ def _add_training_parsers(sub) -> None:
                                       "ONNX with a dynamic time axis and the labels in its metadata")
     p.add_argument("--model", required=True, help="a model folder (or its finetune run folder)")
     p.add_argument("--format", choices=("onnx",), default="onnx")
-    p.add_argument("--out", help="the file (default: model.onnx in the model folder)")
+    p.add_argument("--out", help="the file (default: model.onnx in the model folder, replaced when it exists); an "
+                                 "existing --out file is refused unless --force")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--encoder", action="store_true", help="also export the model's (unpadded Whisper) encoder "
                                                           "network as encoder.onnx beside the head")
 
@@ -232,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-size", type=_positive_int, help="number of processes sharing the work (default: torchrun's "
                                                   "WORLD_SIZE, else 1)")
     p.add_argument("--retry-failed", action="store_true", help="retry files that failed before on unchanged audio")
+    p.add_argument("--max-seconds", type=_positive_float, default=1200.0,
+                   help="a longer file is listed as a failure, refused before it is decoded (default 1200)")
     p.add_argument("--verify", action="store_true", help="check the store instead of extracting: every shard's "
                    "checksum and values, and that each clip's audio is the one its features came from; exit 1 when "
                    "anything is damaged or stale")

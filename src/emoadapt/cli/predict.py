@@ -87,8 +87,8 @@ def run_predict(args) -> int:
     for item, error in failed:
         print(f"failed: {error}", file=sys.stderr)
     if failed:
-        print(f"{len(failed)} of {len(inputs)} inputs failed (listed above); the others were predicted",
-              file=sys.stderr)
+        print(f"{len(failed)} of {len(inputs)} inputs failed (listed above)"
+              + ("; the others were predicted" if done else "; none was predicted"), file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -115,6 +115,7 @@ def table_text(done, top_k: int) -> str:
         for s in r.segments:
             best = max(s.probabilities.values())
             lines.append(f"{'':<{width}}    {s.start:7.2f}-{s.end:7.2f} s  {s.label:<10} {best:.2f}")
+        lines += [f"{'':<{width}}    warning: {note}" for note in r.warnings]
     normalizations = sorted({r.normalization for _, r in done})
     if normalizations:
         lines.append("normalization: " + "; ".join(normalizations))
@@ -124,11 +125,13 @@ def table_text(done, top_k: int) -> str:
 def csv_text(done, labels: list[str]) -> str:
     buffer = io.StringIO()
     w = csv.writer(buffer)
-    w.writerow(["source", "segment", "start", "end", "label", *[f"p_{c}" for c in labels], "normalization"])
+    w.writerow(["source", "segment", "start", "end", "label", *[f"p_{c}" for c in labels], "normalization",
+                "warnings"])
     for _, r in done:
+        notes = " | ".join(r.warnings)
         w.writerow([r.source, "", 0.0, r.duration, r.label, *[f"{r.probabilities[c]:.5f}" for c in labels],
-                    r.normalization])
+                    r.normalization, notes])
         for n, s in enumerate(r.segments, start=1):
             w.writerow([r.source, n, s.start, s.end, s.label, *[f"{s.probabilities[c]:.5f}" for c in labels],
-                        r.normalization])
+                        r.normalization, notes])
     return buffer.getvalue()

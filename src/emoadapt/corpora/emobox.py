@@ -21,7 +21,7 @@ from ..errors import CorpusError
 from . import cremad, emodb, emovo, iemocap, ravdess
 from .base import Corpus, Problems, check_files
 from .splits import Folds
-from .manifest import Utterance, normalise_gender
+from .manifest import Utterance, cell, normalise_gender
 
 PARSERS = {"ravdess": ravdess.parse, "emovo": emovo.parse, "cremad": cremad.parse, "emodb": emodb.parse,
            "iemocap": iemocap.parse}
@@ -61,8 +61,8 @@ def _row(r: dict, base: Path) -> Utterance:
     wav = Path(r["wav"]) if Path(r["wav"]).is_absolute() else base / r["wav"]
     parse = PARSERS.get(str(r.get("dataset", "")).lower().replace("-", ""))
     named = parse(wav, wav.parent) if parse else None
-    return Utterance(id=str(r["key"]), path=str(wav), label=r.get("emo") or None,
-                     speaker=r.get("speaker") or (named.speaker if named else None),
+    return Utterance(id=str(r["key"]), path=str(wav), label=cell(r.get("emo")),
+                     speaker=cell(r.get("speaker")) or (named.speaker if named else None),
                      gender=normalise_gender(r.get("gender")) or (named.gender if named else None),
                      duration=float(r["length"]) if r.get("length") is not None else None,
                      extras={k: v for k, v in r.items() if k not in OWN_FIELDS})

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import CorpusError
 from . import cremad, emobox, emodb, emovo, generic, iemocap, ravdess
-from .base import Corpus
+from .base import Corpus, Problems
 from .labelmap import apply_label_map
 
 LOADERS = {"ravdess": ravdess.load, "emovo": emovo.load, "cremad": cremad.load, "emodb": emodb.load,
@@ -55,7 +56,46 @@ def load_corpus(path: str | os.PathLike, kind: str | None = None, *, view: str |
     if kind not in LOADERS:
         raise CorpusError(path, f"unknown corpus kind {kind!r}; known kinds: {', '.join(LOADERS)}")
     corpus = LOADERS[kind](path, view=view, strict=strict)
-    return corpus if label_map is None else apply_label_map(corpus, label_map)
+    corpus = corpus if label_map is None else apply_label_map(corpus, label_map)
+    if not corpus.rows and not corpus.problems:
+        raise CorpusError(path, "no utterances in this corpus (a manifest with a header and no rows, or nothing "
+                                "readable as audio); add its rows or point at the corpus folder")
+    return check_values(corpus, strict=strict)
+
+
+def spelling_variants(values) -> list[str]:
+    """Groups of distinct values that differ only by case or spaces ('angry', 'Angry', 'angry '), as text."""
+    groups: dict[str, set[str]] = {}
+    for v in values:
+        if v is not None:
+            groups.setdefault(" ".join(v.split()).casefold(), set()).add(v)
+    return [" / ".join(repr(v) for v in sorted(g)) for g in groups.values() if len(g) > 1]
+
+
+def check_values(corpus: Corpus, *, strict: bool) -> Corpus:
+    """Problems no loader sees alone: labels or speakers that differ only by case or spaces (two classes, or two
+    speakers, that are one: folds and the leakage guard would treat them apart), fewer than two classes, and folds
+    whose training speakers lack a class. Raised in strict mode, listed otherwise."""
+    problems = Problems(corpus.root, strict=False)
+    problems.add("labels that differ only by case or spaces (write each class one way)",
+                 spelling_variants({u.label for u in corpus.rows}))
+    problems.add("speakers that differ only by case or spaces (write each speaker one way)",
+                 spelling_variants({u.speaker for u in corpus.rows}))
+    refusing = list(problems.found)
+    if corpus.labels and len(corpus.labels) < 2:
+        problems.found.append(f"only one class ({corpus.labels[0]!r}): a classifier needs at least two")
+        refusing = list(problems.found)
+    if corpus.labels and len(corpus.labels) >= 2 and corpus.folds is not None:
+        for k in corpus.folds.fold_ids():
+            training = {u.label for u in corpus.rows if corpus.folds.assignments.get(u.id) != k}
+            missing = [c for c in corpus.labels if c not in training]
+            if missing:  # trainable, but this fold's model can never predict them: listed, not refused
+                problems.found.append(f"fold {k}: its training speakers have no {', '.join(map(repr, missing))}")
+    if strict and refusing:
+        raise CorpusError(corpus.root, "; ".join(refusing))
+    if not problems.found:
+        return corpus
+    return replace(corpus, problems=[*corpus.problems, *problems.found])
 
 
 # --- summary ------------------------------------------------------------------------------------------------

@@ -41,6 +41,12 @@ def read_table(path: str | os.PathLike, what: str) -> tuple[list[dict[str, str]]
 COLUMNS = ("id", "path", "label", "speaker", "gender", "duration")
 
 
+def cell(value) -> str | None:
+    """A value as written in a manifest, without the spaces around it; None when empty."""
+    value = (value or "").strip() if isinstance(value, str) or value is None else str(value).strip()
+    return value or None
+
+
 def normalise_gender(value: str | None) -> str | None:
     v = (value or "").strip().lower()
     return {"f": "female", "female": "female", "w": "female", "woman": "female",
@@ -68,10 +74,10 @@ def read_manifest(path: str | os.PathLike, *, labelled: bool = True) -> list[Utt
         except ValueError:
             raise CorpusError(path, f"line {n}: duration {duration!r} is not a number") from None
         rows.append(Utterance(
-            id=r.get("id") or str(PurePosixPath(written.replace(os.sep, "/"))),
+            id=cell(r.get("id")) or str(PurePosixPath(written.replace(os.sep, "/"))),
             path=audio,
-            label=(r.get("label") or None) if labelled else None,
-            speaker=r.get("speaker") or None,
+            label=cell(r.get("label")) if labelled else None,
+            speaker=cell(r.get("speaker")),
             gender=normalise_gender(r.get("gender")),
             duration=duration,
             extras={k: v for k, v in r.items() if k not in known and k is not None},

@@ -128,13 +128,20 @@ class OnnxHead:
             raise CheckpointError(path, "not an emoadapt export (no labels in its metadata)")
         self.path, self.labels = path, json.loads(meta["labels"])
         self.normalization, self.encoder = meta.get("normalization", "global"), json.loads(meta.get("encoder", "{}"))
+        self.source_sha256 = meta.get("source_sha256") or None
 
     def __call__(self, hidden_states: np.ndarray, padding_mask: np.ndarray) -> np.ndarray:
         return self.session.run([OUTPUT], {INPUTS[0]: np.asarray(hidden_states, np.float32),
                                            INPUTS[1]: np.asarray(padding_mask, bool)})[0]
 
     def check_matches(self, info: dict) -> None:
-        """Refuse an export made from another model than the folder's (labels or encoder differ)."""
+        """Refuse an export made from another model than the folder's: the source model's weights (sha256), the
+        labels or the encoder differ."""
+        if self.source_sha256 is None or self.source_sha256 != info.get("sha256"):
+            raise EmoadaptError(self.path, f"this ONNX file was exported from another model (source weights "
+                                           f"{str(self.source_sha256)[:12]}, the model folder's "
+                                           f"{str(info.get('sha256'))[:12]}); export it again: emoadapt export "
+                                           f"--model MODEL")
         if self.labels != info["labels"]:
             raise EmoadaptError(self.path, "this ONNX file was exported from another model (its labels differ from "
                                            "the model folder's); export it again")

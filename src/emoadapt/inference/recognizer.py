@@ -55,6 +55,7 @@ class Prediction:
     duration: float                   # seconds of audio
     normalization: str                # how the inputs were normalised (see the module docstring)
     segments: list[Segment] = field(default_factory=list)  # the timeline of a long recording; [] for a clip
+    warnings: list[str] = field(default_factory=list)  # what to doubt (silent audio, weak calibration, ...)
 
     def top(self, k: int = 3) -> list[tuple[str, float]]:
         return sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
@@ -91,6 +92,7 @@ class Recognizer:
         self.trained_normalization = model_normalization(self.loaded)
         self._speaker: tuple[np.ndarray, np.ndarray] | None = None
         self._speaker_clips = 0
+        self._calibration_notes: list[str] = []
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike = "default", **options) -> Recognizer:
@@ -105,26 +107,36 @@ class Recognizer:
     def calibrate(self, clips: Sequence[Audio], sample_rate: int | None = None) -> Recognizer:
         """Use these unlabeled clips of one speaker as that speaker's reference for every later prediction (a model
         trained with ``normalize=speaker``). Returns the recognizer."""
+        if isinstance(clips, (str, os.PathLike, np.ndarray)) or hasattr(clips, "numpy"):
+            clips = [clips]  # one clip given alone
         if self.trained_normalization != "speaker":
             raise EmoadaptError(self.model_dir, f"this model was trained with normalize="
                                                 f"{self.trained_normalization}: calibration clips do not apply to it")
-        waves = [self._load(clip, sample_rate, f"calibration clip {k}")[1] for k, clip in enumerate(clips)]
+        loaded = [self._load(clip, sample_rate, f"calibration clip {k}") for k, clip in enumerate(clips)]
+        waves = [wave for _, wave, _ in loaded]
+        notes = [note for _, _, clip_notes in loaded for note in clip_notes]
         if not waves:
             raise EmoadaptError(None, "calibrate needs at least one clip of the speaker")
         features = encode_waveforms(self.loaded, self.encoder, waves, self.batch_size)
         self._speaker, self._speaker_clips = array_statistics(features), len(waves)
+        self._calibration_notes = [f"calibration: {note}" for note in notes]
         trained_on = ((self.loaded.info.get("config") or {}).get("calibration") or {})
         if trained_on.get("apply_to") == "all" and trained_on.get("only_label"):
-            warnings.warn(f"this model was trained on speakers normalised by their {trained_on['only_label']!r} clips "
-                          f"only: calibrate it with {trained_on['only_label']} speech of the speaker", stacklevel=2)
+            self._warn_calibration(f"this model was trained on speakers normalised by their {trained_on['only_label']!r} "
+                                   f"clips only: calibrate it with {trained_on['only_label']} speech of the speaker")
         elif len(waves) < FEW_CLIPS:
-            warnings.warn(f"calibrating from {len(waves)} clip(s): with fewer than {FEW_CLIPS} clips of varied speech "
-                          "the reference carries those clips' own emotion (docs/RESULTS.md: one clip is worse than "
-                          "no calibration, five still clearly below all of a speaker's clips)", stacklevel=2)
+            self._warn_calibration(f"calibrating from {len(waves)} clip(s): with fewer than {FEW_CLIPS} clips of varied "
+                                   "speech the reference carries those clips' own emotion (docs/RESULTS.md: one clip is "
+                                   "worse than no calibration, five still clearly below all of a speaker's clips)")
         return self
 
+    def _warn_calibration(self, message: str) -> None:
+        """A Python warning for the caller, and a note on every later prediction (so JSON, CSV and HTTP see it)."""
+        self._calibration_notes.append(f"calibration: {message}")
+        warnings.warn(message, stacklevel=3)
+
     def reset_calibration(self) -> None:
-        self._speaker, self._speaker_clips = None, 0
+        self._speaker, self._speaker_clips, self._calibration_notes = None, 0, []
 
     # --- prediction ---------------------------------------------------------------------------------------------
     def predict(self, audio: Audio | Sequence[Audio], sample_rate: int | None = None) -> Prediction | list[Prediction]:
@@ -163,10 +175,10 @@ class Recognizer:
                     yield item
                 elif k in clips:
                     yield self._prediction(item[0], item[1], clips[k][0], [(0, len(item[1]))], clips[k][0][None],
-                                           clips[k][1])
+                                           clips[k][1], notes=item[2])
                 else:
                     try:
-                        yield self._prediction(item[0], item[1], *self._run(*item))
+                        yield self._prediction(item[0], item[1], *self._run(item[0], item[1]), notes=item[2])
                     except EmoadaptError as error:
                         yield error
 
@@ -174,23 +186,35 @@ class Recognizer:
         """The utterance vector the classifier sees, ``[N, E]`` for N inputs (a long recording: the mean over its
         segments, weighted by duration)."""
         inputs = audio if isinstance(audio, (list, tuple)) else [audio]
-        return np.stack([self._run(*self._load(a, sample_rate, f"array[{k}]"), embed=True)[0]
+        return np.stack([self._run(*self._load(a, sample_rate, f"array[{k}]")[:2], embed=True)[0]
                          for k, a in enumerate(inputs)])
 
     def _predict_one(self, audio: Audio, sample_rate: int | None, k: int) -> Prediction:
-        source, wave = self._load(audio, sample_rate, f"array[{k}]")
-        return self._prediction(source, wave, *self._run(source, wave))
+        source, wave, notes = self._load(audio, sample_rate, f"array[{k}]")
+        return self._prediction(source, wave, *self._run(source, wave), notes=notes)
 
-    def _prediction(self, source: str, wave: np.ndarray, overall, pieces, per_piece, normalization) -> Prediction:
+    def _prediction(self, source: str, wave: np.ndarray, overall, pieces, per_piece, normalization, *,
+                    notes: Sequence[str] = ()) -> Prediction:
         labels = self.labels
         segments = [] if len(pieces) == 1 and pieces[0] == (0, len(wave)) else [
             Segment(round(a / SAMPLE_RATE, 3), round(b / SAMPLE_RATE, 3), labels[int(p.argmax())],
                     dict(zip(labels, map(float, p)))) for (a, b), p in zip(pieces, per_piece)]
         return Prediction(source=source, label=labels[int(overall.argmax())],
                           probabilities=dict(zip(labels, map(float, overall))),
-                          duration=round(len(wave) / SAMPLE_RATE, 3), normalization=normalization, segments=segments)
+                          duration=round(len(wave) / SAMPLE_RATE, 3), normalization=normalization, segments=segments,
+                          warnings=[*notes, *(self._calibration_notes if self.trained_normalization == "speaker"
+                                              else [])])
 
-    def _load(self, audio: Audio, sample_rate: int | None, name: str) -> tuple[str, np.ndarray]:
+    def _load(self, audio: Audio, sample_rate: int | None, name: str) -> tuple[str, np.ndarray, list[str]]:
+        """(source, 16 kHz waveform, the warnings reading it raised, e.g. silence)."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            source, wave = self._read(audio, sample_rate, name)
+        for w in caught:  # a Python caller still sees them as warnings
+            warnings.warn(w.message, stacklevel=3)
+        return source, wave, [str(w.message) for w in caught]
+
+    def _read(self, audio: Audio, sample_rate: int | None, name: str) -> tuple[str, np.ndarray]:
         if isinstance(audio, np.ndarray) or hasattr(audio, "numpy"):
             return name, validate_waveform(audio, path=name, sample_rate=SAMPLE_RATE if sample_rate is None
                                            else sample_rate, max_seconds=self.max_seconds,

@@ -37,6 +37,7 @@ from .seen import Seen, write_seen
 MODEL_FORMAT = "emoadapt-model"
 VERSION = 1
 WEIGHTS, CONFIG = "model.safetensors", "model.json"
+LABELS_KEY = "emoadapt.labels"  # the class labels, in the weights' safetensors header
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -68,7 +69,10 @@ def save_model(model: nn.Module, folder: str | os.PathLike, *, kind: str, build:
     if bad:
         raise TrainingError(folder, f"the trained weights hold NaN or infinite values ({bad}): training diverged "
                                     f"or its inputs were damaged; the model was not saved")
-    atomic_write(weights, lambda tmp: save_file(state, str(tmp), metadata={"format": MODEL_FORMAT}))
+    metadata = {"format": MODEL_FORMAT}
+    if labels is not None:  # in the weights' own header, so their sha256 covers the labels too
+        metadata[LABELS_KEY] = json.dumps(list(labels))
+    atomic_write(weights, lambda tmp: save_file(state, str(tmp), metadata=metadata))
     if seen is not None:
         extra = {**(extra or {}), "seen": write_seen(folder, seen)}
     info = {"format": MODEL_FORMAT, "version": VERSION, "kind": kind, "build": build,
@@ -122,8 +126,7 @@ def read_model_info(folder: str | os.PathLike) -> dict:
     if not folder.is_dir():
         raise CheckpointError(folder, "no such model folder")
     if not path.is_file():
-        raise CheckpointError(folder, f"not a model folder: {CONFIG} is missing (an interrupted run writes it last; "
-                                      f"re-run the training command to finish it)")
+        raise CheckpointError(folder, f"not a model folder: {_what_folder_is(folder)}")
     try:
         info = json.loads(path.read_text())
     except (OSError, ValueError) as error:
@@ -134,6 +137,22 @@ def read_model_info(folder: str | os.PathLike) -> dict:
         raise CheckpointError(path, f"model format version {info['version']} is newer than this emoadapt reads "
                                     f"({VERSION}); upgrade emoadapt")
     return info
+
+
+def _what_folder_is(folder: Path) -> str:
+    """What a folder given as a model is instead, and what to pass."""
+    if (folder / "adapter" / CONFIG).is_file():
+        return ("it is a stage-1 run (emoadapt pretrain): its adapter is not a classifier; fine-tune it first "
+                "(emoadapt finetune --init " + str(folder) + ") and pass that run")
+    if (folder / "meta.json").is_file() and (folder / "shards").is_dir():
+        return "it is a feature store (emoadapt extract), not a model; pass a model folder or a finetune run folder"
+    if any(folder.glob(f"fold_*/model/{CONFIG}")):
+        return ("it is a cross-validation run: pass one fold's run folder (e.g. " + str(folder / "fold_1") + "), or "
+                "train the model to use on every speaker: emoadapt finetune --fold all")
+    if (folder / "config.json").is_file() or (folder / "checkpoints").is_dir():
+        return (f"{CONFIG} is missing: a run interrupted before it saved its model writes it last; re-run the same "
+                f"training command to finish it")
+    return f"{CONFIG} is missing; pass a folder that emoadapt finetune, cv or pretrain wrote"
 
 
 def load_model(folder: str | os.PathLike, info: dict | None = None) -> LoadedModel:
@@ -147,8 +166,9 @@ def load_model(folder: str | os.PathLike, info: dict | None = None) -> LoadedMod
     if info.get("sha256") and _sha256(weights) != info["sha256"]:
         raise CheckpointError(weights, f"the weights do not match {CONFIG} (sha256 differs): the folder was "
                                        f"partly overwritten; re-run the training command")
-    shapes = _tensor_shapes(weights)
+    shapes, metadata = _tensor_shapes(weights)
     _check_sizes(info, shapes, folder / CONFIG)
+    check_labels(info, metadata, folder)
     with torch.device("meta"):  # the described network without allocating it: its shapes are checked first
         described = _build(info, folder)
     missing, unexpected = _compare_keys(described.state_dict(), shapes)
@@ -172,6 +192,35 @@ def load_model(folder: str | os.PathLike, info: dict | None = None) -> LoadedMod
         raise CheckpointError(weights, f"non-finite values (NaN or inf) in {bad}: the model is unusable; "
                                        f"re-train it")
     return LoadedModel(model.eval(), info, folder)
+
+
+def check_labels(info: dict, metadata: dict[str, str], folder: Path) -> None:
+    """A classifier's labels are part of the model: a list of distinct, non-empty names, one per output, and the
+    same as those saved in the weights' header (covered by their sha256). Models saved before labels went into the
+    header get the first checks only."""
+    if info.get("kind") != "classifier":
+        return
+    path = folder / CONFIG
+    labels = info.get("labels")
+    if not isinstance(labels, list) or not all(isinstance(c, str) and c.strip() for c in labels):
+        raise CheckpointError(path, f"'labels' must be a list of class names, not {labels!r}; restore the model "
+                                    f"folder or re-train it")
+    if len(set(labels)) != len(labels):
+        twice = sorted({c for c in labels if labels.count(c) > 1})
+        raise CheckpointError(path, f"'labels' names {', '.join(map(repr, twice))} twice; restore the model folder or "
+                                    f"re-train it")
+    outputs = (info.get("build") or {}).get("num_classes")
+    if outputs is not None and len(labels) != outputs:
+        raise CheckpointError(path, f"'labels' names {len(labels)} classes but the model has {outputs} outputs; "
+                                    f"restore the model folder or re-train it")
+    if LABELS_KEY in metadata:
+        try:
+            saved = json.loads(metadata[LABELS_KEY])
+        except ValueError:
+            saved = None
+        if saved != labels:
+            raise CheckpointError(path, f"'labels' {labels} differ from those saved with the weights ({saved}): "
+                                        f"{CONFIG} was edited; restore it or re-train the model")
 
 
 def _non_finite(state: dict[str, torch.Tensor]) -> str | None:
@@ -219,11 +268,11 @@ def _check_sizes(info: dict, shapes: dict[str, tuple], path: Path) -> None:
                                         f"was edited or belongs to other weights")
 
 
-def _tensor_shapes(path: Path) -> dict[str, tuple]:
-    """Names and shapes from the safetensors header only (no tensor is read)."""
+def _tensor_shapes(path: Path) -> tuple[dict[str, tuple], dict[str, str]]:
+    """(names and shapes, metadata) from the safetensors header only (no tensor is read)."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(path, f"unreadable safetensors file ({error})") from None
 

@@ -15,6 +15,7 @@ Retry-After. Nothing a client sends gives a 5xx.
 
 import asyncio
 import errno
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -23,6 +24,23 @@ from ..audio import AUDIO_EXTENSIONS
 from ..errors import AudioError, EmoadaptError, TooLongAudio
 
 PAGE = Path(__file__).with_name("page.html")
+UPLOADS_PREFIX = "emoadapt-serve-"  # + the server's pid: a folder per request in the temp dir, removed after it
+
+
+def remove_stale_uploads(temp_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The upload folders of servers that were killed mid-request (``kill -9`` skips every clean-up): a user's audio
+    must not linger. Run when a server starts; folders of servers still running are left alone."""
+    import re
+    import shutil
+
+    from ..atomic import process_alive
+    removed = []
+    for folder in Path(temp_dir or tempfile.gettempdir()).glob(f"{UPLOADS_PREFIX}*"):
+        m = re.match(rf"^{UPLOADS_PREFIX}(\d+)-", folder.name)
+        if folder.is_dir() and not folder.is_symlink() and (m is None or not process_alive(int(m.group(1)))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 class UploadLimit:
@@ -116,7 +134,7 @@ def create_app(recognizer, *, max_upload_bytes: int = 20 * 2**20, max_concurrent
                                      f"retry in a moment", headers={"Retry-After": "2"}) from None
         try:
             suffix = Path(name).suffix if Path(name).suffix.lower() in AUDIO_EXTENSIONS else ""
-            with tempfile.TemporaryDirectory(prefix="emoadapt-serve-") as tmp:
+            with tempfile.TemporaryDirectory(prefix=f"{UPLOADS_PREFIX}{os.getpid()}-") as tmp:
                 path = Path(tmp) / f"upload{suffix}"
                 path.write_bytes(data)
                 try:
@@ -145,14 +163,20 @@ def _public(error: Exception, path: Path, name: str) -> str:
 
 async def _audio_bytes(request) -> tuple[str, bytes]:
     from fastapi import HTTPException
+    from starlette.requests import ClientDisconnect
     kind = request.headers.get("content-type", "")
-    if kind.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=10)
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise HTTPException(422, "a multipart upload needs the audio in the form field 'file'")
-        return upload.filename or "upload", await upload.read()
-    return request.headers.get("x-filename", "body"), await request.body()
+    try:
+        if kind.startswith("multipart/form-data"):
+            form = await request.form(max_files=1, max_fields=10)
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise HTTPException(422, "a multipart upload needs the audio in the form field 'file'")
+            return upload.filename or "upload", await upload.read()
+        return request.headers.get("x-filename", "body"), await request.body()
+    except ClientDisconnect:  # one line in the log, not a traceback per client that leaves
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        logging.getLogger("emoadapt.serve").warning("%s disconnected during its upload; nothing was recognised", client)
+        raise HTTPException(400, "the client disconnected during the upload") from None
 
 
 def _bounded_malloc() -> None:
@@ -184,6 +208,7 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, max_upload_m
 
     from ..inference import Recognizer
     listening = _listen(host, port)  # first: a taken port is refused before the model loads
+    remove_stale_uploads()
     _bounded_malloc()  # before uvicorn starts its thread pool
     recognizer = Recognizer.from_pretrained(model, max_seconds=max_seconds, window_seconds=window_seconds)
     app = UploadLimit(create_app(recognizer, max_upload_bytes=int(max_upload_mb * 2**20),

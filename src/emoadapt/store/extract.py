@@ -89,9 +89,12 @@ def plan_batches(rows: Iterable, batch_size: int) -> list[list[list]]:
     return [[groups[p] for p in order[i: i + batch_size]] for i in range(0, len(order), batch_size)]
 
 
+MAX_SECONDS = 1200.0  # as predict's: emotion corpora hold utterances of seconds, not recordings of hours
+
+
 def extract(rows: Iterable, encoder, root: str | os.PathLike, *, layers: Sequence[int] | None = None,
             batch_size: int = 8, rank: int | None = None, world_size: int | None = None, progress: bool = True,
-            retry_failed: bool = False, prefetch: int = 2) -> ExtractReport:
+            retry_failed: bool = False, prefetch: int = 2, max_seconds: float | None = MAX_SECONDS) -> ExtractReport:
     """Encode every row not yet stored (or whose audio changed) and commit it to the store at ``root``.
 
     ``encoder`` follows :class:`emoadapt.encoders.base.Encoder` (or is a spec for ``load_encoder``); ``layers``
@@ -99,6 +102,8 @@ def extract(rows: Iterable, encoder, root: str | os.PathLike, *, layers: Sequenc
     is skipped and recorded (``report.failures``, ``failures.jsonl``); unchanged failed audio is not retried
     unless ``retry_failed``. Decoding (``prefetch`` batches ahead) and shard writing run in background threads
     so the encoder stays busy. With several ranks, call ``FeatureStore(root)`` only after all ranks finished.
+    ``max_seconds``: a longer file is a listed failure, refused from its header before it is decoded (an hour of
+    audio would hold gigabytes of hidden states); None: no limit.
     """
     from ..audio import load_audio  # imported here: reading a store must not need the audio stack
 
@@ -138,7 +143,7 @@ def extract(rows: Iterable, encoder, root: str | os.PathLike, *, layers: Sequenc
             path = group[0].path
             stat = audio_identity(path)  # before decoding: a file replaced meanwhile is not mistaken for this one
             try:
-                wave = load_audio(path, min_samples=encoder.min_samples)
+                wave = load_audio(path, min_samples=encoder.min_samples, max_seconds=max_seconds)
                 if len(wave) < encoder.min_samples or encoder.num_frames(len(wave)) < 1:
                     raise TooShortAudio(path, f"{len(wave)} samples, the encoder needs at least "
                                               f"{encoder.min_samples} to produce one frame")

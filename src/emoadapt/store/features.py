@@ -224,8 +224,12 @@ def open_shard(path: Path, rows: int | None = None, crc32: int | None = None,
         shard = np.load(path, mmap_mode="r")
     except FileNotFoundError:
         return None, "shard file is missing although the index lists it"
-    except (ValueError, OSError) as error:
+    except ValueError:  # numpy refuses objects (pickle) and malformed headers: never loaded
+        return None, "shard file is not a plain array this store wrote (unreadable header, or objects)"
+    except OSError as error:
         return None, f"shard file is unreadable ({error})"
+    if not isinstance(shard, np.ndarray):
+        return None, "shard file is not a plain array this store wrote"
     if shard.ndim != 2 or shard.dtype != DTYPE or (rows is not None and shard.shape[0] != rows):
         return None, (f"shard has shape {shard.shape} {shard.dtype}, its index part says {rows} rows of "
                       f"{np.dtype(DTYPE)}")
@@ -329,14 +333,77 @@ def read_meta(root: Path) -> dict:
     return meta
 
 
+def shard_name(part_path: Path) -> str:
+    """The only shard an index part ``shards/rN-NNNNNN.json`` may name: ``rN-NNNNNN.npy`` beside it. A store reads
+    and removes nothing but the names it wrote, so a part edited to point elsewhere (``../../x``, an absolute
+    path) is damage, never a file to open or delete."""
+    return Path(part_path).with_suffix(".npy").name
+
+
+_INT = (int,)
+_ENTRY = {"id": str, "path": str, "offset": _INT, "frames": _INT, "size": _INT, "mtime_ns": _INT}
+_ENTRY_OPTIONAL = {"crc32": _INT, "inode": _INT}
+_FAILURE = {"id": str, "path": str, "error": str}
+_FAILURE_OPTIONAL = {"size": _INT, "mtime_ns": _INT}
+
+
+def part_problem(part, path: Path) -> str | None:
+    """What is wrong with the shape of an index part (its schema), or None."""
+    def typed(value, kind) -> bool:
+        return isinstance(value, kind) and not isinstance(value, bool)
+
+    def record(item, required, optional, what) -> str | None:
+        if not isinstance(item, dict):
+            return f"{what} is a {type(item).__name__}, not an object"
+        for key, kind in required.items():
+            if key not in item:
+                return f"{what} has no {key!r}"
+            if not typed(item[key], kind):
+                return f"{what}'s {key!r} is {item[key]!r}"
+        for key, kind in optional.items():
+            if item.get(key) is not None and not typed(item[key], kind):
+                return f"{what}'s {key!r} is {item[key]!r}"
+        return None
+
+    if not isinstance(part, dict):
+        return "it is not a JSON object"
+    if not typed(part.get("committed_ns"), _INT):
+        return f"'committed_ns' is {part.get('committed_ns')!r}, not a time in nanoseconds"
+    for key in ("entries", "failures"):
+        if not isinstance(part.get(key), list):
+            return f"{key!r} is {part.get(key)!r}, not a list"
+    for key in ("rows", "crc32"):
+        if part.get(key) is not None and not typed(part[key], _INT):
+            return f"{key!r} is {part[key]!r}"
+    if part.get("shard") is not None and part["shard"] != shard_name(path):
+        return f"it names the shard {part['shard']!r}; a store's parts name only their own {shard_name(path)}"
+    if part.get("shard") is None and part["entries"]:
+        return "it lists entries but no shard"
+    for k, e in enumerate(part["entries"]):
+        problem = record(e, _ENTRY, _ENTRY_OPTIONAL, f"entry {k}")
+        if problem is None and (e["offset"] < 0 or e["frames"] < 1):
+            problem = f"entry {k} has offset {e['offset']} and {e['frames']} frames"
+        if problem:
+            return problem
+    for k, f in enumerate(part["failures"]):
+        problem = record(f, _FAILURE, _FAILURE_OPTIONAL, f"failure {k}")
+        if problem:
+            return problem
+    return None
+
+
 def read_part(path: Path) -> dict:
+    """An index part, checked against its schema: a part of the right JSON syntax but the wrong shape is damage."""
     try:
         part = json.loads(path.read_text())
-        part["committed_ns"], part["entries"], part["failures"]  # noqa: B018 - shape check
-        return part
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise FeatureStoreError(path, f"unreadable index part ({error}); delete it and its .npy, then re-run "
-                                      f"extract to redo that batch") from None
+    except (OSError, ValueError) as error:
+        raise FeatureStoreError(path, f"unreadable index part ({error}); run emoadapt extract CORPUS --store S "
+                                      f"--repair to redo that batch") from None
+    problem = part_problem(part, path)
+    if problem:
+        raise FeatureStoreError(path, f"damaged index part: {problem}; run emoadapt extract CORPUS --store S --repair "
+                                      f"to redo that batch")
+    return part
 
 
 def file_stat(path) -> tuple[int, int] | None:

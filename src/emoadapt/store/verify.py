@@ -1,9 +1,8 @@
 """A whole feature store checked at once (``emoadapt extract --verify``) and its damaged batches dropped so that
 extraction re-computes them (``--repair``). Reading a store checks each shard on first use already
-(:func:`emoadapt.features.open_shard`); this looks at every shard and every clip's audio in one pass."""
+(:func:`emoadapt.store.features.open_shard`); this looks at every shard and every clip's audio in one pass."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +10,8 @@ from typing import Iterable
 
 from ..corpora.base import preview
 from ..errors import FeatureStoreError
-from .features import audio_matches, index_parts, layout_problem, open_shard, read_meta, read_part
+from .features import (INDEX_PART, audio_matches, index_parts, layout_problem, open_shard, read_meta, read_part,
+                       shard_name)
 
 
 @dataclass
@@ -57,7 +57,7 @@ def verify_store(root: str | os.PathLike, utterances=()) -> StoreReport:
         if part["shard"] is None:
             continue
         report.unchecked += part.get("crc32") is None
-        shard, problem = open_shard(shard_dir / part["shard"], part.get("rows"), part.get("crc32"),
+        shard, problem = open_shard(shard_dir / shard_name(path), part.get("rows"), part.get("crc32"),
                                     layout_problem(part, n_layers))
         if problem is None:  # older stores have no row count to tile: at least every entry inside its shard
             if any(e["offset"] < 0 or e["frames"] < 1 or e["offset"] + n_layers * e["frames"] > shard.shape[0]
@@ -77,14 +77,11 @@ def verify_store(root: str | os.PathLike, utterances=()) -> StoreReport:
 
 
 def remove_parts(root: str | os.PathLike, parts: Iterable[str]) -> None:
-    """Drop damaged batches: the index part first (it is the commit), then its shard; extract re-computes them."""
+    """Drop damaged batches: the index part first (it is the commit), then its shard; extract re-computes them. Only
+    names the store writes (``shards/rN-NNNNNN.json`` and its ``.npy``) are removed, whatever a part says."""
     shard_dir = Path(root) / "shards"
     for name in parts:
-        part_path = shard_dir / name
-        shard = None
-        try:
-            shard = json.loads(part_path.read_text()).get("shard")
-        except (OSError, ValueError, AttributeError):
-            pass
-        part_path.unlink(missing_ok=True)
-        (shard_dir / (shard or Path(name).with_suffix(".npy").name)).unlink(missing_ok=True)
+        if Path(name).name != name or not INDEX_PART.match(name):
+            raise FeatureStoreError(root, f"{name!r} is not a name this store writes; nothing removed")
+        (shard_dir / name).unlink(missing_ok=True)
+        (shard_dir / shard_name(shard_dir / name)).unlink(missing_ok=True)

@@ -46,6 +46,11 @@ def choose_and_fit(train: tuple, val: tuple, labels, c_grid, log=None, *, refit:
     (``refit``; else the fit on training alone, for a model whose training goes on to be judged on validation).
     Without validation utterances the middle of the grid is used, and the record says so."""
     (x_train, y_train), (x_val, y_val) = train, val
+    present = sorted({int(y) for y in y_train})
+    if len(present) < 2:
+        raise TrainingError(None, f"the training speakers' utterances hold only the class "
+                                  f"{', '.join(labels[k] for k in present) or '(none)'}: a classifier needs at least "
+                                  f"two; check the corpus (emoadapt corpus) and its folds")
     grid = sorted(float(c) for c in c_grid)
     fits = {}
     if len(y_val):
