@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from emoadapt import extraction
+from emoadapt.store import extract as extraction
 from emoadapt.audio import load_audio
 from emoadapt.corpora.manifest import Utterance
 from emoadapt.errors import FeatureStoreError, MissingFeatures, StoreMismatch
