@@ -137,7 +137,7 @@ CASES = {
     "pickle as weights": (lambda w: (pickle_weights(w), ["predict", w.clip(), "--model", w.model])[1],
                           2, ["model.safetensors"]),
     "missing model": (lambda w: ["predict", w.clip(), "--model", w.tmp / "nomodel"], 2, ["nomodel"]),
-    "a store given as model": (lambda w: ["predict", w.clip(), "--model", w.store], 2, ["model.json"]),
+    "a store given as model": (lambda w: ["predict", w.clip(), "--model", w.store], 2, ["a feature store"]),
     # stores
     "index part not JSON": (lambda w: (next((w.store / "shards").glob("*.json")).write_text("[1, 2"),
                                        training(w))[1], 2, [".json"]),
@@ -167,7 +167,7 @@ CASES = {
     # other verbs
     "export into a missing folder": (lambda w: ["export", "--model", w.model, "--out", w.tmp / "no" / "dir" / "m.onnx"],
                                      0, []),
-    "export of a stage-1 folder": (lambda w: ["export", "--model", w.store], 2, ["model.json"]),
+    "export of a stage-1 folder": (lambda w: ["export", "--model", w.store], 2, ["a feature store"]),
     "evaluate with a store of another encoder": (lambda w: ["evaluate", "--model", w.model, "--corpus", w.corpus,
                                                             "--store", other_store(w)], 2, ["fingerprint"]),
     "compare a missing run": (lambda w: ["compare", w.tmp / "norun"], 2, ["norun"]),

@@ -7,6 +7,7 @@ import glob
 import io
 import json
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,8 +71,10 @@ def run_predict(args) -> int:
     for speaker, members in groups:
         if speaker is not None:  # each speaker's own clips are its reference (their audio, never labels)
             calibrate(recognizer, [inputs[k].path for k in members], f"speaker {speaker}")
-        for k, result in zip(members, recognizer.predict_each([inputs[k].path for k in members])):
-            results[k] = result
+        with warnings.catch_warnings():  # each prediction carries its warnings into the table, JSON and CSV
+            warnings.simplefilter("ignore")
+            for k, result in zip(members, recognizer.predict_each([inputs[k].path for k in members])):
+                results[k] = result
     failed = [(inputs[k], r) for k, r in enumerate(results) if isinstance(r, Exception)]
     done = [(inputs[k], r) for k, r in enumerate(results) if not isinstance(r, Exception)]
     out = sys.stdout
@@ -94,7 +97,6 @@ def run_predict(args) -> int:
 
 def calibrate(recognizer, clips: list[str], who: str) -> None:
     """Recognizer.calibrate, its warning (too few clips) printed as one line on stderr."""
-    import warnings
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         recognizer.calibrate(clips)

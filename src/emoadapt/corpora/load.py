@@ -75,7 +75,8 @@ def spelling_variants(values) -> list[str]:
 def check_values(corpus: Corpus, *, strict: bool) -> Corpus:
     """Problems no loader sees alone: labels or speakers that differ only by case or spaces (two classes, or two
     speakers, that are one: folds and the leakage guard would treat them apart), fewer than two classes, and folds
-    whose training speakers lack a class. Raised in strict mode, listed otherwise."""
+    whose training speakers lack a class. Raised in strict mode, listed otherwise (folds lacking a class are only
+    warned of, by :func:`summarize`: a model can be trained, it just never predicts that class)."""
     problems = Problems(corpus.root, strict=False)
     problems.add("labels that differ only by case or spaces (write each class one way)",
                  spelling_variants({u.label for u in corpus.rows}))
@@ -85,17 +86,24 @@ def check_values(corpus: Corpus, *, strict: bool) -> Corpus:
     if corpus.labels and len(corpus.labels) < 2:
         problems.found.append(f"only one class ({corpus.labels[0]!r}): a classifier needs at least two")
         refusing = list(problems.found)
-    if corpus.labels and len(corpus.labels) >= 2 and corpus.folds is not None:
-        for k in corpus.folds.fold_ids():
-            training = {u.label for u in corpus.rows if corpus.folds.assignments.get(u.id) != k}
-            missing = [c for c in corpus.labels if c not in training]
-            if missing:  # trainable, but this fold's model can never predict them: listed, not refused
-                problems.found.append(f"fold {k}: its training speakers have no {', '.join(map(repr, missing))}")
     if strict and refusing:
         raise CorpusError(corpus.root, "; ".join(refusing))
     if not problems.found:
         return corpus
     return replace(corpus, problems=[*corpus.problems, *problems.found])
+
+
+def fold_warnings(corpus: Corpus) -> list[str]:
+    """Folds whose training speakers lack a class: trainable, but that fold's model can never predict it."""
+    if len(corpus.labels) < 2 or corpus.folds is None:
+        return []
+    out = []
+    for k in corpus.folds.fold_ids():
+        training = {u.label for u in corpus.rows if corpus.folds.assignments.get(u.id) != k}
+        missing = [c for c in corpus.labels if c not in training]
+        if missing:
+            out.append(f"fold {k}: its training speakers have no {', '.join(map(repr, missing))}")
+    return out
 
 
 # --- summary ------------------------------------------------------------------------------------------------
@@ -144,4 +152,7 @@ def summarize(corpus: Corpus | str | os.PathLike) -> str:
                        [[s, gender[s] or "-", n, speaker_fold[s] or "-"] for s, n in sorted(speakers.items())]))
     parts.append("problems: none" if not corpus.problems else
                  "problems:\n" + "\n".join(f"  - {p}" for p in corpus.problems))
+    notes = fold_warnings(corpus)
+    if notes:
+        parts.append("warnings:\n" + "\n".join(f"  - {n}" for n in notes))
     return "\n\n".join(parts) + "\n"

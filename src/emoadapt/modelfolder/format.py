@@ -37,7 +37,7 @@ from .seen import Seen, write_seen
 MODEL_FORMAT = "emoadapt-model"
 VERSION = 1
 WEIGHTS, CONFIG = "model.safetensors", "model.json"
-LABELS_KEY = "emoadapt.labels"  # the class labels, in the weights' safetensors header
+LABELS_KEY = "emoadapt.model"  # {"format", "labels"}: the class labels, in the weights' safetensors header
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -69,9 +69,10 @@ def save_model(model: nn.Module, folder: str | os.PathLike, *, kind: str, build:
     if bad:
         raise TrainingError(folder, f"the trained weights hold NaN or infinite values ({bad}): training diverged "
                                     f"or its inputs were damaged; the model was not saved")
+    # one key: safetensors writes its metadata map in no fixed order, and the weights' sha256 must not vary
     metadata = {"format": MODEL_FORMAT}
     if labels is not None:  # in the weights' own header, so their sha256 covers the labels too
-        metadata[LABELS_KEY] = json.dumps(list(labels))
+        metadata = {LABELS_KEY: json.dumps({"format": MODEL_FORMAT, "labels": list(labels)})}
     atomic_write(weights, lambda tmp: save_file(state, str(tmp), metadata=metadata))
     if seen is not None:
         extra = {**(extra or {}), "seen": write_seen(folder, seen)}
@@ -215,8 +216,8 @@ def check_labels(info: dict, metadata: dict[str, str], folder: Path) -> None:
                                     f"restore the model folder or re-train it")
     if LABELS_KEY in metadata:
         try:
-            saved = json.loads(metadata[LABELS_KEY])
-        except ValueError:
+            saved = json.loads(metadata[LABELS_KEY]).get("labels")
+        except (ValueError, AttributeError):
             saved = None
         if saved != labels:
             raise CheckpointError(path, f"'labels' {labels} differ from those saved with the weights ({saved}): "
