@@ -85,7 +85,8 @@ async def run(url: str, requests, concurrency: int) -> list[tuple[str, int, floa
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="default")
-    p.add_argument("--requests", type=int, default=2000)
+    p.add_argument("--requests", type=int, default=2000, help="requests per round")
+    p.add_argument("--rounds", type=int, default=1, help="rounds of --requests; the server's RSS after each")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--good", type=float, default=0.25, help="share of requests with usable audio")
     p.add_argument("--max-concurrent", type=int, default=2, help="the server's own limit on recordings in work")
@@ -117,6 +118,10 @@ def main(argv=None) -> int:
         results = asyncio.run(run(url, requests[:half], args.concurrency))
         middle = rss_mib(server.pid)  # warm: every kind of request has run hundreds of times
         results += asyncio.run(run(url, requests[half:], args.concurrency))
+        rounds = [rss_mib(server.pid)]
+        for _ in range(args.rounds - 1):  # the same mix again: a server that levels off stays where it is
+            results += asyncio.run(run(url, requests, args.concurrency))
+            rounds.append(rss_mib(server.pid))
         wall = time.perf_counter() - t0
         after = rss_mib(server.pid)
         time.sleep(5)
@@ -142,7 +147,9 @@ def main(argv=None) -> int:
         "statuses": dict(codes), "server_errors_5xx": server_errors, "by_kind": by_kind,
         "rss_mib": {"before": round(before, 1), "after_half": round(middle, 1), "after": round(after, 1),
                     "after_5_s": round(settled, 1)},
-        "second_half_growth": round(after / middle - 1, 4),
+        "second_half_growth": round(rounds[0] / middle - 1, 4),
+        "rounds": args.rounds, "rss_mib_after_each_round": [round(r, 1) for r in rounds],
+        "growth_after_the_first_round": round(rounds[-1] / rounds[0] - 1, 4),
         "machine": machine_info(), "loadavg": os.getloadavg(), "commit": git_commit(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -154,8 +161,11 @@ def main(argv=None) -> int:
     for kind, row in by_kind.items():
         print(f"    {kind:<14} n={row['n']:<5} p50 {row['p50_ms']:>8} ms  p99 {row['p99_ms']:>8} ms  {row['statuses']}")
     print(f"  server RSS (MiB): before {before:.1f}, after half the requests {middle:.1f}, after all {after:.1f}, "
-          f"5 s later {settled:.1f}; growth over the second half {100 * (after / middle - 1):+.1f} % (a leak grows "
+          f"5 s later {settled:.1f}; growth over the second half of round 1 {100 * (rounds[0] / middle - 1):+.1f} % (a leak grows "
           f"in both halves; warming caches only in the first)")
+    if args.rounds > 1:
+        print(f"  RSS after each round of {args.requests}: {', '.join(f'{r:.1f}' for r in rounds)} MiB; after the first "
+              f"round {100 * (rounds[-1] / rounds[0] - 1):+.1f} %")
     out = args.out or str(REPO / "docs" / "bench_serve.json")
     Path(out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"  written to {out}")

@@ -1,9 +1,4 @@
-"""The feature store: round trip, layer subsets, resume after a crash or SIGKILL, ranks, failures, lazy reading.
-
-Most tests use `FakeEncoder`, a deterministic stand-in whose frames are simple functions of the waveform. With
-``batch_sensitive=True`` its output also depends on the batch it was encoded in (as padding does for real
-encoders in the last bits), so "resumed == uninterrupted" checks that batch composition never changes.
-"""
+"""Extraction into a feature store: round trip, layer subsets, meta, re-runs, failures, the real encoder."""
 from __future__ import annotations
 
 import json
@@ -26,71 +21,8 @@ from emoadapt.errors import FeatureStoreError, MissingFeatures, StoreMismatch
 from emoadapt.store.extract import extract, plan_batches
 from emoadapt.store.features import FeatureStore, frame_statistics
 
-HOP = 320  # samples per frame: 50 Hz at 16 kHz
-TESTS = Path(__file__).resolve().parent
 
-
-class FakeEncoder:
-    """Implements the Encoder protocol. Hidden state l of frame t = stats of samples [t*HOP, (t+1)*HOP) * (l+1) + l."""
-
-    name = "fake"
-    num_layers = 3
-    dim = 4
-    frame_rate = 50.0
-    min_samples = HOP
-
-    def __init__(self, tag="a", *, batch_sensitive=False, fail_after=None, delay=0.0):
-        self.options = {"tag": tag, "batch_sensitive": batch_sensitive}
-        self.fingerprint = f"fake-{tag}-{int(batch_sensitive)}"
-        self.batch_sensitive, self.fail_after, self.delay = batch_sensitive, fail_after, delay
-        self.calls = 0
-        self.batch_sizes: list[int] = []
-
-    def num_frames(self, num_samples):
-        return num_samples // HOP
-
-    def encode(self, waveforms):
-        self.calls += 1
-        if self.fail_after is not None and self.calls > self.fail_after:
-            raise RuntimeError("simulated encoder crash")
-        time.sleep(self.delay)
-        self.batch_sizes.append(len(waveforms))
-        # a batch-dependent shift, large enough to survive fp16 rounding
-        shift = 0.01 * len(waveforms) + 0.001 * max(len(w) for w in waveforms) / HOP if self.batch_sensitive else 0.0
-        out = []
-        for w in waveforms:
-            w = torch.as_tensor(np.asarray(w, dtype=np.float32))
-            t = len(w) // HOP
-            frames = w[: t * HOP].reshape(t, HOP)
-            base = torch.stack([frames.mean(1), frames.std(1), frames.abs().amax(1), frames[:, 0]], -1)  # (T, D)
-            out.append(torch.stack([base * (l + 1) + l for l in range(self.num_layers + 1)]) + shift)  # (L+1, T, D)
-        return out
-
-
-def write_clip(path: Path, seconds: float, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    sf.write(path, (0.3 * rng.standard_normal(int(seconds * 16_000))).astype(np.float32), 16_000, subtype="PCM_16")
-
-
-def make_rows(folder: Path, n: int = 12, seed: int = 0) -> list[Utterance]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        path = folder / f"clip{i:02d}.wav"
-        write_clip(path, float(rng.uniform(0.1, 0.6)), seed * 1000 + i)
-        rows.append(Utterance(id=f"u{i:02d}", path=str(path), label=None, speaker=None))
-    return rows
-
-
-def snapshot(root) -> dict[str, bytes]:
-    """Every utterance's array as bytes (shape included): equal snapshots = bit-identical stores."""
-    store = FeatureStore(root)
-    return {i: repr(store.get(i).shape).encode() + store.get(i).tobytes() for i in store.ids()}
-
-
-def committed_parts(root) -> list[Path]:
-    return sorted((Path(root) / "shards").glob("r*-*.json"))
+from store_helpers import FakeEncoder, HOP, _spawn, committed_parts, make_rows, snapshot, write_clip
 
 
 # --- round trip, layers, meta ----------------------------------------------------------------------------------
@@ -235,123 +167,6 @@ def test_utterances_sharing_one_file_are_encoded_once(tmp_path):
         extract(rows + [rows[0]], FakeEncoder(), tmp_path / "store2", progress=False)
 
 
-# --- crashes and kills ---------------------------------------------------------------------------------------
-def test_encoder_crash_then_resume_equals_uninterrupted(tmp_path):
-    rows = make_rows(tmp_path / "audio", n=14)
-    extract(rows, FakeEncoder(batch_sensitive=True), tmp_path / "ref", batch_size=3, progress=False)
-
-    with pytest.raises(RuntimeError, match="simulated encoder crash"):
-        extract(rows, FakeEncoder(batch_sensitive=True, fail_after=2), tmp_path / "store", batch_size=3,
-                progress=False)
-    assert len(FeatureStore(tmp_path / "store")) == 6  # the two encoded batches were committed
-    resumed = FakeEncoder(batch_sensitive=True)
-    report = extract(rows, resumed, tmp_path / "store", batch_size=3, progress=False)
-    assert report.skipped == 6 and report.extracted == 8 and resumed.batch_sizes == [3, 3, 2]
-    assert snapshot(tmp_path / "store") == snapshot(tmp_path / "ref")
-
-
-def test_death_between_shard_and_index_leaves_nothing_visible(tmp_path, monkeypatch):
-    rows = make_rows(tmp_path / "audio", n=8)
-    extract(rows, FakeEncoder(batch_sensitive=True), tmp_path / "ref", batch_size=2, progress=False)
-
-    real_replace, seen = os.replace, []
-
-    def dying_replace(src, dst):  # the process "dies" right before committing the 3rd index part
-        if str(dst).endswith(".json"):
-            seen.append(dst)
-            if len(seen) == 3:
-                raise KeyboardInterrupt
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(extraction.os, "replace", dying_replace)
-    with pytest.raises(KeyboardInterrupt):
-        extract(rows, FakeEncoder(batch_sensitive=True), tmp_path / "store", batch_size=2, progress=False)
-    monkeypatch.setattr(extraction.os, "replace", real_replace)
-
-    shards = tmp_path / "store" / "shards"
-    assert (shards / "r0-000002.npy").exists() and not (shards / "r0-000002.json").exists()  # the orphan
-    assert all(p.name.startswith(".") for p in shards.iterdir() if ".tmp" in p.name)  # any temp file is hidden
-    store = FeatureStore(tmp_path / "store")
-    assert len(store) == 4 and all(store.get(i).size for i in store.ids())
-    extract(rows, FakeEncoder(batch_sensitive=True), tmp_path / "store", batch_size=2, progress=False)
-    assert snapshot(tmp_path / "store") == snapshot(tmp_path / "ref")
-    assert not any(".tmp" in p.name for p in shards.iterdir())  # the rank's leftovers were cleaned up
-    assert sorted(p.stem for p in shards.glob("*.npy")) == sorted(p.stem for p in shards.glob("*.json"))
-
-
-def _worker(spec: str) -> None:
-    """Subprocess entry: extract with a FakeEncoder as described by a JSON spec."""
-    s = json.loads(spec)
-    rows = [Utterance(id=i, path=p, label=None, speaker=None) for i, p in s["rows"]]
-    extract(rows, FakeEncoder(batch_sensitive=True, delay=s["delay"]), s["root"], batch_size=s["batch_size"],
-            rank=s.get("rank"), world_size=s.get("world_size"), progress=False)
-
-
-def _spawn(rows, root, *, delay=0.0, batch_size=2, rank=None, world_size=None) -> subprocess.Popen:
-    spec = json.dumps({"rows": [(r.id, r.path) for r in rows], "root": str(root), "delay": delay,
-                       "batch_size": batch_size, "rank": rank, "world_size": world_size})
-    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_features; test_features._worker(sys.argv[1])"
-    return subprocess.Popen([sys.executable, "-c", code, spec], stderr=subprocess.PIPE)
-
-
-def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
-    rows = make_rows(tmp_path / "audio", n=24)
-    extract(rows, FakeEncoder(batch_sensitive=True), tmp_path / "ref", batch_size=2, progress=False)
-    reference = snapshot(tmp_path / "ref")
-
-    proc = _spawn(rows, tmp_path / "store", delay=0.1)
-    deadline = time.time() + 60
-    while len(committed_parts(tmp_path / "store")) < 3 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    time.sleep(0.037)  # somewhere inside a later batch
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
-
-    store = FeatureStore(tmp_path / "store")
-    assert 6 <= len(store) < len(rows)
-    assert all(reference[i] == repr(store.get(i).shape).encode() + store.get(i).tobytes() for i in store.ids())
-    resumed = FakeEncoder(batch_sensitive=True)
-    extract(rows, resumed, tmp_path / "store", batch_size=2, progress=False)
-    assert sum(resumed.batch_sizes) == len(rows) - len(store)
-    assert snapshot(tmp_path / "store") == reference
-
-
-# --- ranks ---------------------------------------------------------------------------------------------------
-def test_two_ranks_in_turn_equal_one_process(tmp_path, monkeypatch):
-    rows = make_rows(tmp_path / "audio", n=11)
-    extract(rows, FakeEncoder(batch_sensitive=True), tmp_path / "ref", batch_size=2, progress=False)
-    r0 = extract(rows, FakeEncoder(batch_sensitive=True), tmp_path / "store", batch_size=2, rank=0, world_size=2,
-                 progress=False)
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's variables give the default rank
-    r1 = extract(rows, FakeEncoder(batch_sensitive=True), tmp_path / "store", batch_size=2, progress=False)
-    assert (r0.rank, r1.rank, r1.world_size) == (0, 1, 2)
-    assert (r0.planned, r1.planned, r0.extracted + r1.extracted) == (6, 5, 11)
-    names = {p.name[:2] for p in committed_parts(tmp_path / "store")}
-    assert names == {"r0", "r1"}
-    assert snapshot(tmp_path / "store") == snapshot(tmp_path / "ref")
-    with pytest.raises(FeatureStoreError, match="rank 2 is not in 0..1"):
-        extract(rows, FakeEncoder(), tmp_path / "x", rank=2, world_size=2, progress=False)
-
-
-def test_two_rank_processes_at_once_equal_one_process(tmp_path):
-    rows = make_rows(tmp_path / "audio", n=16)
-    extract(rows, FakeEncoder(batch_sensitive=True), tmp_path / "ref", batch_size=2, progress=False)
-    procs = [_spawn(rows, tmp_path / "store", rank=r, world_size=2, delay=0.02) for r in (0, 1)]
-    for p in procs:
-        assert p.wait(timeout=120) == 0, p.stderr.read().decode()
-    assert snapshot(tmp_path / "store") == snapshot(tmp_path / "ref")
-
-
-def test_one_rank_cannot_have_two_writers(tmp_path):
-    rows = make_rows(tmp_path / "audio", n=2)
-    (tmp_path / "store" / "shards").mkdir(parents=True)
-    with extraction._ShardWriter(tmp_path / "store" / "shards", rank=0):
-        with pytest.raises(FeatureStoreError, match="already writing rank 0"):
-            extract(rows, FakeEncoder(), tmp_path / "store", progress=False)
-
-
 # --- failures ------------------------------------------------------------------------------------------------
 def test_bad_audio_is_recorded_and_the_rest_stored(tmp_path):
     rows = make_rows(tmp_path / "audio", n=6)
@@ -381,47 +196,6 @@ def test_bad_audio_is_recorded_and_the_rest_stored(tmp_path):
     assert fixed.extracted == 1 and sorted(f.id for f in fixed.failures) == ["missing", "short"]
     assert "corrupt" in FeatureStore(tmp_path / "store")
     assert "corrupt" not in (tmp_path / "store" / "failures.jsonl").read_text()
-
-
-# --- reading -------------------------------------------------------------------------------------------------
-def test_reading_one_utterance_touches_only_its_shard(tmp_path):
-    rows = make_rows(tmp_path / "audio", n=8)
-    extract(rows, FakeEncoder(), tmp_path / "store", batch_size=2, progress=False)
-    expected = snapshot(tmp_path / "store")
-    store = FeatureStore(tmp_path / "store")
-    target = rows[5].id
-    mine = store.entry(target).shard
-    for shard in (tmp_path / "store" / "shards").glob("*.npy"):
-        if shard.name != mine:
-            shard.unlink()  # a reader that touched another shard would now fail
-    got = store.get(target)
-    assert repr(got.shape).encode() + got.tobytes() == expected[target]
-    assert list(store._open) == [mine]
-    other = next(i for i in store.ids() if store.entry(i).shard != mine)
-    with pytest.raises(FeatureStoreError, match="shard file is missing"):
-        store.get(other)
-
-
-def test_a_pickled_store_carries_no_frames(tmp_path):
-    import pickle
-
-    rows = make_rows(tmp_path / "audio", n=4)
-    extract(rows, FakeEncoder(), tmp_path / "store", progress=False)
-    store = FeatureStore(tmp_path / "store")
-    before = store.get(rows[0].id).copy()
-    clone = pickle.loads(pickle.dumps(store))  # as DataLoader workers receive it
-    assert clone._open == {} and len(store._open) == 1
-    np.testing.assert_array_equal(clone.get(rows[0].id), before)
-    assert isinstance(clone.get(rows[0].id), np.memmap)
-
-
-def test_plan_is_sorted_by_size_and_independent_of_the_store(tmp_path):
-    rows = make_rows(tmp_path / "audio", n=9)
-    plan = plan_batches(rows, 4)
-    assert [len(b) for b in plan] == [4, 4, 1]
-    sizes = [os.path.getsize(g[0].path) for b in plan for g in b]
-    assert sizes == sorted(sizes)
-    assert plan_batches(reversed(rows), 4) == plan
 
 
 # --- the real thing ------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from emoadapt.training.settings import load_config
 
 from corpus_fixtures import make_iemocap
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "iemocap-hubert-large.sh"
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "iemocap-hubert-large.sh"
 TINY_RECIPE = [*TINY, "pretrain.epochs=1", "stage2.epochs=2"]
 
 

@@ -19,7 +19,7 @@ from emoadapt.errors import EmoadaptError, NoSpeech
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_recognizer_predicts_files_and_arrays_and_embeds(trained):

@@ -1,0 +1,202 @@
+"""Cross-validation: folds and means, skipping finished folds, the full recipe, shared and per-fold stage 1."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Callback
+from safetensors.torch import load_file as load_safetensors
+
+from corpus_fixtures import make_iemocap, make_ravdess
+from emoadapt import cli, inference
+from emoadapt.training import crossval, stage2, trainer
+from emoadapt.training import data as data_module
+from emoadapt.training.evaluate import evaluate
+from emoadapt.errors import CheckpointError
+from emoadapt.modelfolder import load_model
+from emoadapt.training.checkpoint_io import SafetensorsCheckpointIO, load_checkpoint_file, save_checkpoint_file
+from emoadapt.corpora import load_corpus
+from emoadapt.errors import EmoadaptError, LeakageError, StoreMismatch
+from emoadapt.store.extract import extract
+from emoadapt.store.features import FeatureStore, frame_statistics
+from emoadapt.training.metrics import score
+from emoadapt.model import StatsConfig, build_model
+from emoadapt.training.settings import RunConfig, load_config
+from emoadapt.training.crossval import run_cv
+from emoadapt.store.dataset import FeatureDataset, collate
+from emoadapt.training.data import ShuffleSampler
+from emoadapt.training.stage1 import pretrain
+from emoadapt.training.stage2 import finetune
+from emoadapt.training.trainer import steps_per_epoch
+
+from training_helpers import (data, finetuned, CountSteps, Interrupt, InterruptAfter, ToneEncoder, _encoder_of, _stage1_folder,
+                              assert_same_state, state_of, tiny_config, validation_curve)
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest (conftest)
+
+
+# --- cross-validation ---------------------------------------------------------------------------------------------
+def test_cv_writes_fold_and_mean_results_and_skips_finished_folds(data, tmp_path, monkeypatch):
+    corpus, store = data
+    results = run_cv(corpus, store, "superb", tmp_path, folds=[1, 2], config=tiny_config(), progress=False,
+                     log=lambda *_: None)
+    for k in (1, 2):
+        fold = json.loads((tmp_path / f"fold_{k}" / "results.json").read_text())
+        assert fold["fold"] == k and fold["scores"]["count"] == 20 and fold["recipe"] == "superb"
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["protocol"]["folds"] == [1, 2] and saved["protocol"]["corpus"] == "iemocap"
+    assert saved["classes"] == corpus.labels and saved["seed"] == 0 and saved["recipe"] == "superb"
+    assert saved["encoder"]["fingerprint"] == FeatureStore(store).meta["fingerprint"]
+    assert saved["config"]["stage2"]["epochs"] == 6 and "git" in saved
+    uas = [saved["folds"][k]["ua"] for k in ("1", "2")]
+    assert saved["mean_std"]["ua"]["mean"] == pytest.approx(np.mean(uas))
+    assert saved["mean_std"]["ua"]["std"] == pytest.approx(np.std(uas))
+    assert np.sum(saved["confusion_pooled"]) == 40
+    assert (tmp_path / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert results["mean_std"] == saved["mean_std"]
+
+    calls = []
+    real = crossval.train_stage2
+    monkeypatch.setattr(crossval, "train_stage2", lambda *a, **k: calls.append(a[0].fold) or real(*a, **k))
+    (tmp_path / "fold_2" / "results.json").unlink()
+    again = run_cv(corpus, store, "superb", tmp_path, folds=[1, 2], config=tiny_config(), progress=False,
+                   log=lambda *_: None)
+    assert calls == [2]  # fold 1 was finished: skipped; fold 2 resumed from its own folder
+    assert again["mean_std"] == saved["mean_std"]
+    with pytest.raises(EmoadaptError, match="other settings"):
+        run_cv(corpus, store, "superb", tmp_path, folds=[1, 2], config=tiny_config("seed=4"), progress=False)
+
+
+def test_frozen_adapter_epochs_train_only_the_head_then_everything(data, tmp_path):
+    corpus, store = data
+    seen = []
+
+    class Snapshot(Callback):
+        def on_train_start(self, trainer, module):
+            seen.append((state_of(module.model.adapter), state_of(module.model.pooling)))
+
+        def on_train_epoch_end(self, trainer, module):
+            seen.append((state_of(module.model.adapter), state_of(module.model.pooling)))
+
+    config = tiny_config("stage2.epochs=3", "stage2.freeze_adapter_epochs=2", "stage2.warmup_fraction=0.2")
+    finetune(corpus, store, 1, tmp_path, config=config, progress=False, callbacks=[Snapshot()])
+    start, *epochs = seen
+    assert len(epochs) == 3
+    for adapter, pooling in epochs[:2]:  # a linear probe on the adapter's features: only the head moves
+        assert_same_state(adapter, start[0])
+        assert any(not torch.equal(pooling[k], v) for k, v in start[1].items())
+    assert any(not torch.equal(epochs[2][0][k], v) for k, v in start[0].items())  # then the adapter trains too
+    with pytest.raises(EmoadaptError, match="no adapter"):
+        finetune(corpus, store, 1, tmp_path / "superb", recipe="superb", config=config, progress=False)
+
+
+def test_a_group_held_for_every_update_never_moves():
+    from emoadapt.training.trainer import warmup_cosine
+    held, free = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.AdamW([{"params": [held], "hold_steps": 10}, {"params": [free]}], lr=1.0)
+    scheduler = warmup_cosine(optimizer, 10, 0.1, 0.0)["scheduler"]
+    lrs = []
+    for _ in range(10):
+        lrs.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    assert all(h == 0.0 for h, _ in lrs) and max(f for _, f in lrs) == pytest.approx(1.0)
+
+
+def test_full_recipe_runs_stage1_then_stage2_from_the_teacher(data, tmp_path, monkeypatch):
+    corpus, store = data
+    starts = []
+    monkeypatch.setattr(stage2.FinetuneModule, "on_train_start",
+                        lambda self: starts.append(state_of(self.model.adapter)), raising=False)
+    run_cv(corpus, store, "full", tmp_path, folds=[3], config=tiny_config(), progress=False, log=lambda *_: None)
+    fold = tmp_path / "fold_3"
+    teacher = load_model(fold / "stage1" / "adapter")
+    assert teacher.info["kind"] == "adapter" and teacher.info["utterances"] == \
+        json.loads((fold / "results.json").read_text())["split"]["train"]  # stage 1 saw the training split only
+    assert_same_state(starts[0], teacher.model.state_dict())
+    student = {k[len("objective.student."):]: v for k, v in
+               load_checkpoint_file(fold / "stage1" / "checkpoints" / "last.ckpt")["state_dict"].items()
+               if k.startswith("objective.student.")}
+    assert any(not torch.equal(student[k], v) for k, v in starts[0].items())  # the teacher, not the student
+    assert json.loads((fold / "results.json").read_text())["init"]["path"] == str(fold / "stage1" / "adapter")
+
+
+def test_shared_stage1_from_other_audio_serves_every_fold(data, tmp_path, monkeypatch):
+    corpus, store = data
+    other = tmp_path / "other-store"  # stands in for the unlabeled pool: session 1 only, no speaker of folds 2-3
+    extract([r for r in corpus.rows if r.speaker.startswith("Ses01")], _encoder_of(store), other,
+            layers=FeatureStore(store).layers, progress=False)
+    stage1 = pretrain([other], tmp_path / "stage1", config=tiny_config())
+    starts = []
+    monkeypatch.setattr(stage2.FinetuneModule, "on_train_start",
+                        lambda self: starts.append(state_of(self.model.adapter)), raising=False)
+    results = run_cv(corpus, store, "full", tmp_path / "cv", folds=[2, 3], config=tiny_config(),
+                     stage1=tmp_path / "stage1", progress=False, log=lambda *_: None)
+    teacher = load_model(stage1).model.state_dict()
+    assert len(starts) == 2 and all(assert_same_state(s, teacher) is None for s in starts)
+    assert not (tmp_path / "cv" / "fold_2" / "stage1").exists()  # no per-fold stage 1
+    assert results["shared_stage1"]["path"] == str(stage1) and results["shared_stage1"]["stores"] == [str(other)]
+    assert sorted(results["folds"]) == ["2", "3"]
+
+    # the same corpus extracted into another folder: caught by what the adapter saw, not by the store's path
+    copy = tmp_path / "same-corpus-other-folder"
+    shutil.copytree(store, copy)
+    on_corpus = pretrain([copy], tmp_path / "stage1-on-corpus", config=tiny_config("pretrain.epochs=1"))
+    with pytest.raises(LeakageError, match="trained on 20 of its test utterances .* of fold 2 of iemocap"):
+        run_cv(corpus, store, "full", tmp_path / "cv2", folds=[2], config=tiny_config(),
+               stage1=on_corpus.parent, progress=False)
+    assert not (tmp_path / "cv2").exists()
+    with pytest.raises(EmoadaptError, match="only applies to recipe 'full'"):
+        run_cv(corpus, store, "adapter", tmp_path / "cv3", folds=[2], config=tiny_config(),
+               stage1=tmp_path / "stage1", progress=False)
+
+
+def test_cv_with_an_unlabeled_store_pretrains_on_the_training_split_plus_that_audio(data, tmp_path):
+    corpus, store = data
+    pool = tmp_path / "pool"  # unlabeled audio of session 1 only: no speaker of fold 3
+    pool_rows = [r for r in corpus.rows if r.speaker.startswith("Ses01")]
+    extract(pool_rows, _encoder_of(store), pool, layers=FeatureStore(store).layers, progress=False)
+    results = run_cv(corpus, store, "full", tmp_path / "cv", folds=[3], config=tiny_config("pretrain.epochs=1"),
+                     extra_unlabeled_stores=[pool], progress=False, log=lambda *_: None)
+    fold = json.loads((tmp_path / "cv" / "fold_3" / "results.json").read_text())
+    adapter = json.loads((tmp_path / "cv" / "fold_3" / "stage1" / "adapter" / "model.json").read_text())
+    assert adapter["utterances"] == fold["split"]["train"] + len(pool_rows)
+    assert results["unlabeled_stores"] == [{"root": str(pool), "utterances": len(pool_rows)}]
+    stage1_config = json.loads((tmp_path / "cv" / "fold_3" / "stage1" / "config.json").read_text())
+    assert stage1_config["data"]["stores"] == [str(store), str(pool)]
+    seen = json.loads((tmp_path / "cv" / "fold_3" / "stage1" / "adapter" / "seen.json").read_text())
+    assert not any(s.startswith("iemocap:Ses03") for s in seen["speakers"])
+
+
+def test_linear_probe_bench_and_its_leakage_guard(data, tmp_path, capsys):
+    import importlib.util
+    corpus, store = data
+    spec = importlib.util.spec_from_file_location("linear_probe", Path(__file__).parents[2] / "bench" / "linear_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    assert probe.run(["--corpus", str(corpus.root), "--store", str(store), "--out", str(tmp_path / "probe.json")]) == 0
+    report = json.loads((tmp_path / "probe.json").read_text())
+    assert sorted(report["folds"]) == ["1", "2", "3", "4", "5"] and report["mean_std"]["ua"]["mean"] > 50
+    assert all(v["C"] in probe.C_GRID for v in report["chosen_on_validation"].values())
+    # a stage 1 trained on the corpus itself (another store folder) has seen every fold's test speakers
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    pretrain([copy], tmp_path / "s1", config=tiny_config("pretrain.epochs=1"), progress=False)
+    capsys.readouterr()
+    assert probe.run(["--corpus", str(corpus.root), "--store", str(store), "--adapter", str(tmp_path / "s1")]) == 2
+    err = capsys.readouterr().err
+    assert "test utterances" in err and "fold 1 of iemocap" in err and len(err.strip().splitlines()) == 1
+
+

@@ -1,0 +1,111 @@
+"""Training data: the dataset, the shuffle sampler and length buckets."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Callback
+from safetensors.torch import load_file as load_safetensors
+
+from corpus_fixtures import make_iemocap, make_ravdess
+from emoadapt import cli, inference
+from emoadapt.training import crossval, stage2, trainer
+from emoadapt.training import data as data_module
+from emoadapt.training.evaluate import evaluate
+from emoadapt.errors import CheckpointError
+from emoadapt.modelfolder import load_model
+from emoadapt.training.checkpoint_io import SafetensorsCheckpointIO, load_checkpoint_file, save_checkpoint_file
+from emoadapt.corpora import load_corpus
+from emoadapt.errors import EmoadaptError, LeakageError, StoreMismatch
+from emoadapt.store.extract import extract
+from emoadapt.store.features import FeatureStore, frame_statistics
+from emoadapt.training.metrics import score
+from emoadapt.model import StatsConfig, build_model
+from emoadapt.training.settings import RunConfig, load_config
+from emoadapt.training.crossval import run_cv
+from emoadapt.store.dataset import FeatureDataset, collate
+from emoadapt.training.data import ShuffleSampler
+from emoadapt.training.stage1 import pretrain
+from emoadapt.training.stage2 import finetune
+from emoadapt.training.trainer import steps_per_epoch
+
+from training_helpers import (data, finetuned, CountSteps, Interrupt, InterruptAfter, ToneEncoder, _encoder_of, _stage1_folder,
+                              assert_same_state, state_of, tiny_config, validation_curve)
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest (conftest)
+
+
+# --- data ---------------------------------------------------------------------------------------------------------
+def test_dataset_reads_one_utterance_at_a_time_and_crops(data):
+    corpus, store_path = data
+    store = FeatureStore(store_path)
+    ids = store.ids()[:12]
+    dataset = FeatureDataset([store], [(0, i, k % 4) for k, i in enumerate(ids)], max_frames=10)
+    shards = sum(p.stat().st_size for p in store.shard_dir.glob("*.npy"))
+    assert len(pickle.dumps(dataset)) < shards / 50  # ids and the store's index only: no frames held in memory
+
+    whole = dataset[3]
+    T = store.num_frames(ids[3])
+    assert whole["hidden_states"].dtype == torch.float32 and whole["hidden_states"].shape[1] == T > 10
+    np.testing.assert_array_equal(whole["hidden_states"].numpy(), store.get(ids[3]).astype(np.float32))
+    crop = dataset[(3, 12345)]["hidden_states"]
+    assert crop.shape[1] == 10 and torch.equal(crop, dataset[(3, 12345)]["hidden_states"])  # draw fixes the crop
+    starts = {int((whole["hidden_states"][0, :, 0] == dataset[(3, d)]["hidden_states"][0, 0, 0]).nonzero()[0])
+              for d in range(20)}
+    assert len(starts) > 3  # different draws, different positions
+
+    batch = collate([dataset[0], dataset[(1, 7)], dataset[2]])
+    lengths = batch["lengths"].tolist()
+    assert batch["hidden_states"].shape[:3] == (3, 2, max(lengths))
+    assert batch["padding_mask"].sum(1).tolist() == [max(lengths) - n for n in lengths]
+    assert float(batch["hidden_states"][batch["padding_mask"][:, None, :, None].expand_as(batch["hidden_states"])]
+                 .abs().sum()) == 0.0
+    assert batch["labels"].tolist() == [0, 1, 2]
+
+
+def test_shuffle_sampler_fixed_by_seed_and_epoch_and_sharded(monkeypatch):
+    sampler = ShuffleSampler(10, seed=1)
+    first = list(sampler)
+    assert first == list(ShuffleSampler(10, seed=1)) and sorted(i for i, _ in first) == list(range(10))
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    shards = []
+    for rank in range(3):  # under DDP every rank takes its share of the same order, padded to equal length
+        monkeypatch.setattr(data_module, "_rank_and_world", lambda rank=rank: (rank, 3))
+        shards.append(list(ShuffleSampler(10, seed=1)))
+    assert [len(s) for s in shards] == [4, 4, 4] and {i for s in shards for i, _ in s} == set(range(10))
+
+
+def test_length_buckets_see_every_utterance_once_with_less_padding(monkeypatch):
+    lengths = np.random.default_rng(0).integers(20, 400, size=203).tolist()
+    buckets = data_module.LengthBuckets(lengths, batch_size=8, seed=3, pool_batches=5)
+    epoch0 = list(buckets)
+    assert len(epoch0) == len(buckets) == math.ceil(203 / 8) and epoch0 == list(buckets)  # fixed by seed and epoch
+    assert sorted(i for batch in epoch0 for i, _ in batch) == list(range(203))
+    plain = list(ShuffleSampler(203, seed=3))
+    assert sorted(draw for batch in epoch0 for _, draw in batch) == sorted(d for _, d in plain)  # same crops
+    padding = lambda batches: sum(max(lengths[i] for i, _ in b) * len(b) - sum(lengths[i] for i, _ in b)  # noqa: E731
+                                  for b in batches)
+    assert padding(epoch0) < 0.5 * padding([plain[k: k + 8] for k in range(0, 203, 8)])
+    buckets.sampler.set_epoch(1)  # what Lightning calls, through .sampler
+    assert list(buckets) != epoch0
+    shards = []
+    for rank in range(2):
+        monkeypatch.setattr(data_module, "_rank_and_world", lambda rank=rank: (rank, 2))
+        shards.append(list(data_module.LengthBuckets(lengths, batch_size=8, seed=3)))
+    assert len(shards[0]) == len(shards[1]) == steps_per_epoch(203, 8, 2)
+    assert {i for s in shards for b in s for i, _ in b} == set(range(203))
+
+
