@@ -262,3 +262,37 @@ def test_export_refuses_to_overwrite_a_file_it_was_not_told_to_replace(tmp_path,
     existing.write_bytes(b"precious")
     assert cli("export", "--model", SHIPPED, "--out", existing) == 2
     assert "--force" in capsys.readouterr().err and existing.read_bytes() == b"precious"
+
+
+def test_ctrl_c_says_to_resume_only_where_work_is_kept(monkeypatch, capsys):
+    from emoadapt.cli import commands
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(commands, "cmd_predict", interrupted)
+    monkeypatch.setattr(commands, "cmd_cv", interrupted)
+    assert cli("predict", "a.wav") == 130
+    assert "nothing was kept" in capsys.readouterr().err
+    assert cli("cv", "--corpus", "c", "--store", "s", "--recipe", "stats", "--out", "o") == 130
+    assert "re-run the same command to resume" in capsys.readouterr().err
+
+
+def test_a_client_that_leaves_mid_upload_is_one_log_line(caplog):
+    import asyncio
+
+    from fastapi import HTTPException
+    from starlette.requests import ClientDisconnect
+
+    from emoadapt.serve import _audio_bytes
+
+    class Leaving:
+        headers = {"content-type": "application/octet-stream"}
+        client = None
+
+        async def body(self):
+            raise ClientDisconnect()
+
+    with caplog.at_level("WARNING", logger="emoadapt.serve"), pytest.raises(HTTPException) as refused:
+        asyncio.run(_audio_bytes(Leaving()))
+    assert refused.value.status_code == 400
+    assert [r.getMessage() for r in caplog.records] == ["a client disconnected during its upload; nothing was recognised"]
