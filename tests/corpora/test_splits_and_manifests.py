@@ -8,16 +8,31 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import soundfile as sf
-from corpus_fixtures import (IEMOCAP_COUNTS, iemocap_expected, make_cremad, make_emodb, make_emovo, make_iemocap,
-                             make_label_folders, make_ravdess, make_unlabeled, write_audio)
+from corpora_helpers import (
+    assert_proper_split,
+)
+from corpus_fixtures import (
+    iemocap_expected,
+    make_emodb,
+    make_label_folders,
+    make_ravdess,
+    make_unlabeled,
+    write_audio,
+)
 
-from emoadapt.corpora import (Folds, Utterance, detect_kind, load_corpus, read_folds, read_manifest, summarize,
-                              write_emobox, write_folds, write_manifest)
-from emoadapt.corpora.splits import PACKAGED
+from emoadapt.corpora import (
+    Folds,
+    Utterance,
+    detect_kind,
+    load_corpus,
+    read_folds,
+    read_manifest,
+    summarize,
+    write_emobox,
+    write_folds,
+    write_manifest,
+)
 from emoadapt.errors import CorpusError
-
-from corpora_helpers import RAVDESS_8, assert_proper_split, fold_file, iemocap_dir, ravdess_dir, source_counts, speaker_table
 
 
 # --- speaker-disjoint splits ------------------------------------------------------------------------------

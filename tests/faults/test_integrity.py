@@ -104,7 +104,7 @@ def test_changed_audio_is_refused_then_re_extracted_alone_and_a_copy_is_still_cu
 
 
 def test_diverging_training_stops_with_a_clear_error_and_saves_nothing(trained, tmp_path, capsys):
-    from conftest import TINY
+    from tiny_settings import TINY
     corpus, store, _, _ = trained
     sets = [a for s in TINY for a in ("--set", s)]
     code = cli("finetune", "--corpus", corpus.root, "--view", "4class", "--store", store, "--fold", 1, "--recipe",

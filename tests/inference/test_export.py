@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import TINY
+from tiny_settings import TINY
 from emoadapt import cli
 from emoadapt.errors import CheckpointError, EmoadaptError
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 
-from conftest import TINY
+from tiny_settings import TINY
 from emoadapt.training.settings import load_config
 
 from corpus_fixtures import make_iemocap

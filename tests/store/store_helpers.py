@@ -4,25 +4,18 @@ for real encoders in the last bits), so "resumed == uninterrupted" checks that b
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import soundfile as sf
 import torch
 
-from emoadapt.store import extract as extraction
-from emoadapt.audio import load_audio
 from emoadapt.corpora.manifest import Utterance
-from emoadapt.errors import FeatureStoreError, MissingFeatures, StoreMismatch
-from emoadapt.store.extract import extract, plan_batches
-from emoadapt.store.features import FeatureStore, frame_statistics
-
+from emoadapt.store.extract import extract
+from emoadapt.store.features import FeatureStore
 
 HOP = 320  # samples per frame: 50 Hz at 16 kHz
 HERE = Path(__file__).resolve().parent

@@ -1,28 +1,19 @@
 """Reading a feature store: only the utterance's own shard is touched, nothing is pickled, plans by size."""
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
-import torch
+from store_helpers import (
+    FakeEncoder,
+    make_rows,
+    snapshot,
+)
 
-from emoadapt.store import extract as extraction
-from emoadapt.audio import load_audio
-from emoadapt.corpora.manifest import Utterance
-from emoadapt.errors import FeatureStoreError, MissingFeatures, StoreMismatch
+from emoadapt.errors import FeatureStoreError
 from emoadapt.store.extract import extract, plan_batches
-from emoadapt.store.features import FeatureStore, frame_statistics
-
-
-from store_helpers import FakeEncoder, HOP, _spawn, committed_parts, make_rows, snapshot, write_clip
+from emoadapt.store.features import FeatureStore
 
 
 # --- reading -------------------------------------------------------------------------------------------------

@@ -2,47 +2,31 @@
 from __future__ import annotations
 
 import json
-import math
-import os
-import pickle
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import Callback
-from safetensors.torch import load_file as load_safetensors
+from training_helpers import (
+    _encoder_of,
+    assert_same_state,
+    state_of,
+    tiny_config,
+)
 
-from corpus_fixtures import make_iemocap, make_ravdess
-from emoadapt import cli, inference
-from emoadapt.training import crossval, stage2, trainer
-from emoadapt.training import data as data_module
-from emoadapt.training.evaluate import evaluate
-from emoadapt.errors import CheckpointError
+from emoadapt.errors import EmoadaptError, LeakageError
 from emoadapt.modelfolder import load_model
-from emoadapt.training.checkpoint_io import SafetensorsCheckpointIO, load_checkpoint_file, save_checkpoint_file
-from emoadapt.corpora import load_corpus
-from emoadapt.errors import EmoadaptError, LeakageError, StoreMismatch
 from emoadapt.store.extract import extract
-from emoadapt.store.features import FeatureStore, frame_statistics
-from emoadapt.training.metrics import score
-from emoadapt.model import StatsConfig, build_model
-from emoadapt.training.settings import RunConfig, load_config
+from emoadapt.store.features import FeatureStore
+from emoadapt.training import crossval, stage2
+from emoadapt.training.checkpoint_io import (
+    load_checkpoint_file,
+)
 from emoadapt.training.crossval import run_cv
-from emoadapt.store.dataset import FeatureDataset, collate
-from emoadapt.training.data import ShuffleSampler
 from emoadapt.training.stage1 import pretrain
 from emoadapt.training.stage2 import finetune
-from emoadapt.training.trainer import steps_per_epoch
-
-from training_helpers import (data, finetuned, CountSteps, Interrupt, InterruptAfter, ToneEncoder, _encoder_of, _stage1_folder,
-                              assert_same_state, state_of, tiny_config, validation_curve)
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest (conftest)
 

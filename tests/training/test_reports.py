@@ -1,15 +1,19 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from pathlib import Path
-
-from emoadapt.training.metrics import CrossValidationReport
 from emoadapt.atomic import atomic_write_json as write_json
-from emoadapt.training.metrics import score
-from emoadapt.training.reports import compare_runs, compare_table, paired_difference, paired_table, plot_confusion
+from emoadapt.training.metrics import CrossValidationReport, score
+from emoadapt.training.reports import (
+    compare_runs,
+    compare_table,
+    paired_difference,
+    paired_table,
+    plot_confusion,
+)
 
 LABELS = ["neutral", "happy", "angry"]
 

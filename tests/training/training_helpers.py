@@ -6,14 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
+from tiny_settings import TINY
 
-from conftest import TINY
-from corpus_fixtures import make_iemocap
-from emoadapt.corpora import load_corpus
-from emoadapt.errors import EmoadaptError
-from emoadapt.store.extract import extract
 from emoadapt.store.features import FeatureStore
 from emoadapt.training.settings import RunConfig, load_config
 
@@ -67,8 +62,8 @@ def validation_curve(run: Path) -> list[float]:
 def _stage1_folder(where: Path) -> Path:
     folder = where / "an-adapter"
     if not (folder / "model.json").is_file():
-        from emoadapt.modelfolder import save_adapter
         from emoadapt.model import AdapterConfig, WAPTransformer
+        from emoadapt.modelfolder import save_adapter
         save_adapter(WAPTransformer(AdapterConfig(input_layers=2, input_dim=8, dim=8, num_heads=2, ffn_dim=16,
                                                   conv_pos_kernel=4, conv_pos_groups=2)), folder)
     return folder
@@ -109,27 +104,3 @@ def _encoder_of(store):
         return ToneEncoder()
     from emoadapt.encoders import load_encoder
     return load_encoder("whisper-tiny.en")
-
-
-@pytest.fixture(scope="session")
-def data(tmp_path_factory):
-    """(corpus, store path): 5 sessions x 20 utterances of 0.4-1.0 s, 4 classes; fold k = session k."""
-    root = tmp_path_factory.mktemp("training")
-    corpus = load_corpus(make_iemocap(root / "iemocap", utts_per_session=20, seconds=(0.4, 1.0)))
-    try:
-        from emoadapt.encoders import load_encoder
-        encoder, layers = load_encoder("whisper-tiny.en"), [2, 4]
-    except EmoadaptError:
-        encoder, layers = ToneEncoder(), None
-    extract(corpus.rows, encoder, root / "store", layers=layers, progress=False)
-    return corpus, root / "store"
-
-
-
-@pytest.fixture(scope="session")
-def finetuned(data, tmp_path_factory):
-    corpus, store = data
-    out = tmp_path_factory.mktemp("finetune")
-    from emoadapt.training.stage2 import finetune
-    return finetune(corpus, store, 1, out, config=tiny_config(), progress=False), out
-

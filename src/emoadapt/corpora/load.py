@@ -74,23 +74,18 @@ def spelling_variants(values) -> list[str]:
 
 def check_values(corpus: Corpus, *, strict: bool) -> Corpus:
     """Problems no loader sees alone: labels or speakers that differ only by case or spaces (two classes, or two
-    speakers, that are one: folds and the leakage guard would treat them apart), fewer than two classes, and folds
-    whose training speakers lack a class. Raised in strict mode, listed otherwise (folds lacking a class are only
-    warned of, by :func:`summarize`: a model can be trained, it just never predicts that class)."""
-    problems = Problems(corpus.root, strict=False)
+    speakers, that are one: folds and the leakage guard would treat them apart), and fewer than two classes. Raised
+    in strict mode, listed otherwise. (Folds whose training speakers lack a class are warnings of
+    :func:`summarize`: such a fold trains, its model just never predicts that class.)"""
+    problems = Problems(corpus.root, strict=strict)
     problems.add("labels that differ only by case or spaces (write each class one way)",
                  spelling_variants({u.label for u in corpus.rows}))
     problems.add("speakers that differ only by case or spaces (write each speaker one way)",
                  spelling_variants({u.speaker for u in corpus.rows}))
-    refusing = list(problems.found)
-    if corpus.labels and len(corpus.labels) < 2:
+    if len(corpus.labels) == 1:
         problems.found.append(f"only one class ({corpus.labels[0]!r}): a classifier needs at least two")
-        refusing = list(problems.found)
-    if strict and refusing:
-        raise CorpusError(corpus.root, "; ".join(refusing))
-    if not problems.found:
-        return corpus
-    return replace(corpus, problems=[*corpus.problems, *problems.found])
+    found = problems.finish()  # raises in strict mode
+    return replace(corpus, problems=[*corpus.problems, *found]) if found else corpus
 
 
 def fold_warnings(corpus: Corpus) -> list[str]:

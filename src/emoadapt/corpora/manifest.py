@@ -43,8 +43,8 @@ COLUMNS = ("id", "path", "label", "speaker", "gender", "duration")
 
 def cell(value) -> str | None:
     """A value as written in a manifest, without the spaces around it; None when empty."""
-    value = (value or "").strip() if isinstance(value, str) or value is None else str(value).strip()
-    return value or None
+    text = "" if value is None else str(value).strip()
+    return text or None
 
 
 def normalise_gender(value: str | None) -> str | None:

@@ -202,8 +202,7 @@ class Recognizer:
         return Prediction(source=source, label=labels[int(overall.argmax())],
                           probabilities=dict(zip(labels, map(float, overall))),
                           duration=round(len(wave) / SAMPLE_RATE, 3), normalization=normalization, segments=segments,
-                          warnings=[*notes, *(self._calibration_notes if self.trained_normalization == "speaker"
-                                              else [])])
+                          warnings=[*notes, *self._calibration_notes])  # calibration: speaker models only
 
     def _load(self, audio: Audio, sample_rate: int | None, name: str) -> tuple[str, np.ndarray, list[str]]:
         """(source, 16 kHz waveform, the warnings reading it raised, e.g. silence)."""

@@ -5,3 +5,8 @@ from .format import (CONFIG, WEIGHTS, LoadedModel, load_classifier, load_model, 
                      read_model_info, read_stage1_adapter, save_adapter, save_model)
 from .seen import Seen, read_seen, refuse_if_seen, refuse_on_folds, speakers_of
 from .shipped import DEFAULT, SHIPPED_MODELS, build_record, resolve_model, shipped_names
+
+__all__ = ["CONFIG", "WEIGHTS", "LoadedModel", "load_classifier", "load_model", "plain_json", "read_classifier",
+           "read_model_info", "read_stage1_adapter", "save_adapter", "save_model", "Seen", "read_seen",
+           "refuse_if_seen", "refuse_on_folds", "speakers_of", "DEFAULT", "SHIPPED_MODELS", "build_record",
+           "resolve_model", "shipped_names"]

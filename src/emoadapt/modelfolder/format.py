@@ -21,9 +21,8 @@ import math
 import os
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError, safe_open

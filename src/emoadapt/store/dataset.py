@@ -10,7 +10,7 @@ this in :mod:`emoadapt.training.data`; inference uses it as it is.
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence
+from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -22,17 +22,23 @@ from ..errors import FeatureStoreError, MissingFeatures, StaleFeatures, StoreMis
 from .features import FeatureStore
 
 
+class Normalizes(Protocol):
+    """What the dataset asks of a normaliser: the (mean, 1 / std) ``[L+1, 1, D]`` to standardise an utterance with."""
+
+    def statistics(self, utt_id: str | None, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
 class FeatureDataset(Dataset):
     """Utterances of one or more feature stores. An item is ``(store index, utterance id, label index)`` with
     label -1 for unlabeled audio; nothing but these ids is held in memory (peak RAM does not grow with the store).
 
     ``dataset[i]`` is the whole utterance; ``dataset[(i, draw)]`` (what :class:`ShuffleSampler` yields) is a random
     crop of at most ``max_frames`` frames whose position is fixed by ``draw``. A ``normalizer`` (speaker or
-    utterance normalisation) standardises the frames as they are read.
+    utterance normalisation, :class:`emoadapt.calibration.Normalizer`) standardises the frames as they are read.
     """
 
     def __init__(self, stores: Sequence[FeatureStore], items: Sequence[tuple[int, str, int]],
-                 max_frames: int | None = None, normalizer: Normalizer | None = None):
+                 max_frames: int | None = None, normalizer: Normalizes | None = None):
         self.stores, self.items, self.max_frames = list(stores), list(items), max_frames
         self.normalizer = normalizer
 

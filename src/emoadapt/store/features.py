@@ -340,11 +340,11 @@ def shard_name(part_path: Path) -> str:
     return Path(part_path).with_suffix(".npy").name
 
 
-_INT = (int,)
-_ENTRY = {"id": str, "path": str, "offset": _INT, "frames": _INT, "size": _INT, "mtime_ns": _INT}
-_ENTRY_OPTIONAL = {"crc32": _INT, "inode": _INT}
+# an index part's records: key -> type (required; then the optional keys, which may also be null)
+_ENTRY = {"id": str, "path": str, "offset": int, "frames": int, "size": int, "mtime_ns": int}
+_ENTRY_OPTIONAL = {"crc32": int, "inode": int}
 _FAILURE = {"id": str, "path": str, "error": str}
-_FAILURE_OPTIONAL = {"size": _INT, "mtime_ns": _INT}
+_FAILURE_OPTIONAL = {"size": int, "mtime_ns": int}
 
 
 def part_problem(part, path: Path) -> str | None:
@@ -367,13 +367,13 @@ def part_problem(part, path: Path) -> str | None:
 
     if not isinstance(part, dict):
         return "it is not a JSON object"
-    if not typed(part.get("committed_ns"), _INT):
+    if not typed(part.get("committed_ns"), int):
         return f"'committed_ns' is {part.get('committed_ns')!r}, not a time in nanoseconds"
     for key in ("entries", "failures"):
         if not isinstance(part.get(key), list):
             return f"{key!r} is {part.get(key)!r}, not a list"
     for key in ("rows", "crc32"):
-        if part.get(key) is not None and not typed(part[key], _INT):
+        if part.get(key) is not None and not typed(part[key], int):
             return f"{key!r} is {part[key]!r}"
     if part.get("shard") is not None and part["shard"] != shard_name(path):
         return f"it names the shard {part['shard']!r}; a store's parts name only their own {shard_name(path)}"
