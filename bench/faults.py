@@ -6,7 +6,7 @@ then the same command again, compared with an uninterrupted run of the same seed
 
 Everything runs the real CLI (``python -m emoadapt.cli``) in subprocesses, one thread each, on a tiny IEMOCAP-shaped
 corpus (tests/corpus_fixtures.py: 5 sessions x 8 clips of 0.4-0.8 s; extraction in batches of 2, so 20 shard
-parts), Whisper tiny.en features (layers 2 and 4) and tiny models (tests/conftest.py TINY, here with 8 stage-1 and
+parts), Whisper tiny.en features (layers 2 and 4) and tiny models (tests/tiny_settings.py TINY, here with 8 stage-1 and
 12 stage-2 epochs); pretrain and finetune on fold 1, cv on folds 1 and 2 with recipe full (stage 1 then stage 2 in
 each fold). The runs import emoadapt from a copy of src/ taken at the start, so that editing the checkout meanwhile
 cannot make the runs differ. First each command runs once uninterrupted: the reference. Then, until --kills SIGKILLs
@@ -61,7 +61,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from conftest import TINY  # noqa: E402  (tests/ is not a package: the tiny-model settings every training test uses)
+from tiny_settings import TINY  # noqa: E402  (tests/ is not a package: the tiny-model settings every training test uses)
 from corpus_fixtures import make_iemocap  # noqa: E402
 
 COMMANDS = ("extract", "pretrain", "finetune", "cv")
