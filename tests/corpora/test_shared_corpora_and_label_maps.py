@@ -133,3 +133,21 @@ def test_merge_writes_one_corpus_with_prefixed_ids_and_united_folds(tmp_path, ca
     assert sorted(back.labels) == sorted(merged.labels) and len(back.rows) == len(merged.rows)
     assert back.folds.assignments == merged.folds.assignments
     assert {u.extras["corpus"] for u in back.rows} == {"ravdess", "emovo"}
+
+
+def test_shared7_covers_ased_and_leave_one_corpus_out_folds_follow_the_corpus_column(shared_data, tmp_path):
+    from emoadapt.corpora import merge_corpora
+    from emoadapt.corpora.splits import corpus_folds
+    ased = load_corpus(shared_data("ased"), label_map="shared7")
+    assert sorted(ased.labels) == ["angry", "fear", "happy", "neutral", "sad"] and len(ased.rows) == 2474
+    emovo = load_corpus(make_emovo(tmp_path / "emovo"), label_map="shared7")
+    merged = merge_corpora([emovo, ased])
+    folds, targets = corpus_folds(merged.rows)
+    assert targets == {1: "ased", 2: "emovo"}
+    split = folds.split(2, val_fraction=0.1)
+    assert {i.split("/")[0] for i in split.test} == {"emovo"}
+    assert {i.split("/")[0] for i in split.train + split.val} == {"ased"}  # validation from the training corpus
+    with pytest.raises(CorpusError, match="only 'ased'"):
+        corpus_folds(merged.rows[-10:])  # ased only
+    with pytest.raises(CorpusError, match="emoadapt merge"):
+        corpus_folds(emovo.rows)

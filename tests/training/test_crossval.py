@@ -184,3 +184,29 @@ def test_linear_probe_bench_and_its_leakage_guard(data, tmp_path, capsys):
     assert "test utterances" in err and "fold 1 of iemocap" in err and len(err.strip().splitlines()) == 1
 
 
+
+
+def test_leave_one_corpus_out_tests_each_corpus_and_scores_closed_over_its_classes(data, tmp_path):
+    from dataclasses import replace
+    corpus, store = data
+    source = {1: "a", 2: "a", 3: "a", 4: "b", 5: "b"}
+    rows = [replace(u, extras={**u.extras, "corpus": source[corpus.folds.assignments[u.id]]}) for u in corpus.rows
+            if not (source[corpus.folds.assignments[u.id]] == "b" and u.label == corpus.labels[0])]  # b lacks a class
+    merged = replace(corpus, rows=rows, folds=corpus.folds.restrict(u.id for u in rows))
+    results = run_cv(merged, store, "stats", tmp_path, config=tiny_config(), protocol="corpus", progress=False,
+                     log=lambda *_: None)
+    assert results["protocol"]["kind"] == "leave-one-corpus-out"
+    assert results["protocol"]["targets"] == {"1": "a", "2": "b"}
+    fold_b = json.loads((tmp_path / "fold_2" / "results.json").read_text())
+    in_b = {u.speaker for u in rows if u.extras["corpus"] == "b"}
+    assert set(fold_b["speakers"]["test"]) == in_b and not in_b & set(fold_b["speakers"]["val"])
+    assert fold_b["split"]["test"] == sum(1 for u in rows if u.extras["corpus"] == "b")
+    closed = np.asarray(fold_b["scores_closed"]["confusion"])
+    assert closed[:, 0].sum() == 0  # never predicts the class corpus b lacks
+    assert np.asarray(fold_b["scores"]["confusion"]).sum() == closed.sum()
+    assert results["folds"]["2"]["closed"]["ua"] == fold_b["scores_closed"]["ua"]
+    assert results["mean_std_closed"]["ua"]["mean"] == pytest.approx(
+        np.mean([results["folds"][k]["closed"]["ua"] for k in ("1", "2")]))
+    with pytest.raises(EmoadaptError, match="emoadapt merge"):
+        run_cv(corpus, store, "stats", tmp_path / "plain", config=tiny_config(), protocol="corpus", progress=False,
+               log=lambda *_: None)

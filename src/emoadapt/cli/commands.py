@@ -193,7 +193,8 @@ def cmd_cv(args) -> int:
     from ..training.crossval import run_cv
     corpus = _corpus(args)
     run_cv(corpus, args.store, args.recipe, args.out, folds=_folds(args.folds), config=_run_config(args),
-           extra_unlabeled_stores=args.unlabeled_store, stage1=args.stage1, progress=not args.no_progress)
+           extra_unlabeled_stores=args.unlabeled_store, stage1=args.stage1, protocol=args.protocol,
+           progress=not args.no_progress)
     print(f"results: {Path(args.out) / 'results.json'}  confusion: {Path(args.out) / 'confusion.png'}")
     return 0
 

@@ -200,6 +200,10 @@ def _add_training_parsers(sub) -> None:
                                                    "without stage 1), superb or emobox")
     p.add_argument("--out", required=True, help="run folder (resumed if it exists)")
     p.add_argument("--folds", help="comma-separated folds to run (default: all)")
+    p.add_argument("--protocol", choices=("folds", "corpus"), default="folds",
+                   help="folds (default): the corpus's own speaker-independent folds; corpus: leave-one-corpus-out "
+                        "over a corpus made by `emoadapt merge` (fold k tests the k-th corpus by name; scored over "
+                        "its classes, closed and open)")
     p.add_argument("--unlabeled-store", action="append", default=[],
                    help="extra unlabeled feature store for stage 1 (repeatable)")
     p.add_argument("--stage1", help="recipe full: a finished `emoadapt pretrain` run on other audio (e.g. the "

@@ -124,6 +124,21 @@ def round_robin_speakers(rows: list[Utterance], k: int) -> Folds:
     return from_speaker_table(rows, {s: i % k + 1 for i, s in enumerate(order)}, f"{k} folds by speaker order")
 
 
+def corpus_folds(rows: list[Utterance], where: str | Path | None = None) -> tuple[Folds, dict[int, str]]:
+    """Leave-one-corpus-out: fold k holds every utterance of the k-th source corpus (by name), read from the
+    ``corpus`` column that ``emoadapt merge`` writes. Returns the folds and fold -> corpus name."""
+    missing = [u.id for u in rows if not (u.extras.get("corpus") or "").strip()]
+    if missing:
+        raise CorpusError(where, f"{len(missing)} utterances have no 'corpus' column value (e.g. {missing[0]}): "
+                                 "leave-one-corpus-out needs a merged corpus; make one with `emoadapt merge A B C "
+                                 "--label-map shared7 --out DIR`")
+    names = sorted({u.extras["corpus"].strip() for u in rows})
+    if len(names) < 2:
+        raise CorpusError(where, f"leave-one-corpus-out needs at least two corpora; this one holds only {names[0]!r}")
+    number = {name: k + 1 for k, name in enumerate(names)}
+    return Folds.from_rows(rows, lambda u: number[u.extras["corpus"].strip()]), {k: n for n, k in number.items()}
+
+
 def packaged_table(name: str) -> dict[str, int]:
     """The speaker -> fold table shipped for a corpus (``folds/<name>.csv``)."""
     return _speaker_table(PACKAGED / f"{name}.csv", _read_csv(PACKAGED / f"{name}.csv"))

@@ -19,6 +19,7 @@ from typing import Sequence
 from ..atomic import atomic_write_json
 from ..calibration import protocol_of
 from ..corpora import Corpus
+from ..corpora.splits import corpus_folds
 from ..errors import CorpusError, EmoadaptError
 from ..model import recipe as lookup_recipe
 from ..modelfolder import read_seen, read_stage1_adapter, refuse_on_folds, speakers_of
@@ -26,12 +27,15 @@ from ..provenance import git_commit, versions
 from ..store.dataset import check_same_features, open_corpus, open_store
 from ..store.features import FeatureStore
 from .data import FoldData
-from .metrics import CrossValidationReport, Scores
+from .metrics import METRICS, CrossValidationReport, Scores
 from .reports import plot_confusion
 from .settings import RunConfig, load_config, validate, with_store_dims
 from .stage1 import train_stage1
 from .stage2 import train_stage2
 from .trainer import check_trainer, claim_run_dir, is_global_zero
+
+
+PROTOCOLS = ("folds", "corpus")  # the corpus's own folds; leave-one-corpus-out
 
 
 def check_shared_stage1(stage1: str | os.PathLike, corpus: Corpus, folds: Sequence[int]) -> dict:
@@ -50,7 +54,8 @@ def check_shared_stage1(stage1: str | os.PathLike, corpus: Corpus, folds: Sequen
 def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.PathLike, recipe: str,
            out_dir: str | os.PathLike, folds: Sequence[int] | None = None, seed: int | None = None, *,
            config: RunConfig | None = None, overrides: Sequence[str] = (), extra_unlabeled_stores: Sequence = (),
-           stage1: str | os.PathLike | None = None, progress: bool = True, log=print) -> dict:
+           stage1: str | os.PathLike | None = None, protocol: str = "folds", progress: bool = True,
+           log=print) -> dict:
     """Cross-validation over the corpus's folds (or ``folds``). Per fold: split (validation = whole speakers from
     the training speakers), stage 1 on the fold's training split (+ ``extra_unlabeled_stores``) for recipe
     ``full``, stage 2, test with the best-validation checkpoint; ``fold_<k>/results.json`` is written as each fold
@@ -59,6 +64,10 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
     ``overrides`` ("stage2.lr=3e-4" ...) apply on top of ``config``; ``seed``, when given, on top of both.
     ``stage1`` (recipe ``full`` only): a finished stage-1 run trained on other audio than this corpus (e.g. the
     unlabeled pool), used for every fold instead of pre-training per fold: one stage 1 for all folds and seeds.
+    ``protocol`` "folds": the corpus's own (speaker-independent) folds; "corpus": leave-one-corpus-out over a
+    merged corpus (``emoadapt merge``): fold k tests the k-th source corpus, trained and validated on the others
+    only, and scored over the target's classes both "open" (argmax over every class) and "closed" (over the
+    target's classes only).
     """
     spec = lookup_recipe(recipe)
     out_dir = Path(out_dir)
@@ -82,6 +91,12 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
     check_trainer(config.trainer)
     if not corpus.labels:
         raise CorpusError(corpus.root, "cross-validation needs labelled utterances; this corpus has no labels")
+    if protocol not in PROTOCOLS:
+        raise EmoadaptError(None, f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    targets = None
+    if protocol == "corpus":
+        folds_by_corpus, targets = corpus_folds(corpus.rows, corpus.root)
+        corpus = replace(corpus, folds=folds_by_corpus)
     if corpus.folds is None:
         raise CorpusError(corpus.root, f"corpus {corpus.name} has no folds; give it a folds.csv (path,speaker,fold)")
     all_folds = corpus.folds.fold_ids()
@@ -93,12 +108,16 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
     protocol = {"corpus": corpus.name, "view": corpus.view, "root": str(corpus.root), "folds": folds,
                 "all_folds": all_folds, "val_fraction": config.val_fraction,
                 "validation": "whole speakers drawn from each fold's training speakers, never from the test fold"}
+    if targets is not None:
+        protocol.update(kind="leave-one-corpus-out", targets={str(k): targets[k] for k in folds},
+                        validation="whole speakers drawn from the training corpora's speakers, never from the "
+                                   "held-out corpus")
     claim_run_dir(out_dir, {"stage": "cv", "recipe": recipe, "config": config.to_dict(), "encoder": encoder,
                             "protocol": {k: v for k, v in protocol.items() if k != "folds"},
                             "unlabeled_stores": [str(s.root) for s in extras],
                             "shared_stage1": shared_stage1})
     protocol.update(protocol_of(config))
-    report, per_fold = CrossValidationReport(), {}
+    report, closed, per_fold = CrossValidationReport(), CrossValidationReport(), {}
     frame_rate = float(encoder["frame_rate"] or 50.0)
     for k in folds:
         fold_dir = out_dir / f"fold_{k}"
@@ -119,9 +138,13 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
                          progress=progress)
         per_fold[k] = json.loads((fold_dir / "results.json").read_text())
         report.folds[k] = Scores(**per_fold[k]["scores"])
-        log(f"fold {k}: {report.folds[k].line()}")
+        closed.folds[k] = Scores(**(per_fold[k].get("scores_closed") or per_fold[k]["scores"]))
+        name = f" ({targets[k]})" if targets else ""
+        log(f"fold {k}{name}: {report.folds[k].line()}")
+        if targets:
+            log(f"fold {k}{name}, closed over its classes: {closed.folds[k].line()}")
 
-    summary = report.to_json()
+    summary, summary_closed = report.to_json(), closed.to_json()
     results = {
         "protocol": protocol, "recipe": recipe, "classes": corpus.labels, "config": config.to_dict(),
         "seed": config.seed, "encoder": encoder, "git": git_commit(), "versions": versions(),
@@ -129,8 +152,9 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
         "shared_stage1": shared_stage1,
         "folds": {str(k): {**summary["folds"][str(k)], "best_val_ua": per_fold[k].get("best_val_ua"),
                            "best_epoch": per_fold[k].get("best_epoch"), "split": per_fold[k].get("split"),
-                           "seconds": per_fold[k].get("seconds")} for k in folds},
-        "mean_std": summary["mean_std"],
+                           "seconds": per_fold[k].get("seconds"),
+                           "closed": {m: summary_closed["folds"][str(k)][m] for m in METRICS}} for k in folds},
+        "mean_std": summary["mean_std"], "mean_std_closed": summary_closed["mean_std"],
         "confusion_pooled": report.pooled_confusion().tolist(),
     }
     if is_global_zero():

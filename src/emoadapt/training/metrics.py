@@ -50,6 +50,14 @@ def score(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -
     )
 
 
+def closed_predictions(y_true: Sequence[int], probabilities: np.ndarray) -> list[int]:
+    """The argmax over the classes present in ``y_true`` only: a test corpus that has fewer classes than the model
+    (leave-one-corpus-out) scored as if the model knew just the target's classes ("closed"); the plain argmax over
+    every class is "open"."""
+    present = np.array(sorted(set(int(y) for y in y_true)))
+    return present[np.asarray(probabilities)[:, present].argmax(1)].tolist()
+
+
 @dataclass
 class CrossValidationReport:
     """Per-fold scores and their mean ± std (population std over folds, as EmoBox reports)."""

@@ -31,11 +31,11 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
             raise ValueError(f"{path}: not a cross-validation results file ({error})") from None
         seed = config.pop("seed", r.get("seed"))
         stage1 = (r.get("shared_stage1") or {}).get("path")
-        key = json.dumps([protocol["corpus"], protocol.get("view"), r["recipe"], config, stage1,
-                          r.get("unlabeled_stores")], sort_keys=True)
+        key = json.dumps([protocol["corpus"], protocol.get("view"), protocol.get("kind"), r["recipe"], config,
+                          stage1, r.get("unlabeled_stores")], sort_keys=True)
         g = groups.setdefault(key, {"runs": [], "corpus": protocol["corpus"], "view": protocol.get("view"),
                                     "recipe": r["recipe"], "shared_stage1": stage1, "scores": {}, "val_ua": [],
-                                    "protocol": protocol_name(protocol)})
+                                    "protocol": protocol_name(protocol), "targets": protocol.get("targets")})
         if seed in g["scores"]:
             raise ValueError(f"{path}: two runs with the same settings and seed {seed}")
         g["runs"].append(str(path.parent) if path.name == "results.json" else str(path.with_suffix("")))
@@ -43,7 +43,7 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
         g["val_ua"] += [v.get("best_val_ua") for v in r["folds"].values() if v.get("best_val_ua") is not None]
     rows = []
     for g in groups.values():
-        row = {k: g[k] for k in ("runs", "corpus", "view", "recipe", "shared_stage1", "protocol")}
+        row = {k: g[k] for k in ("runs", "corpus", "view", "recipe", "shared_stage1", "protocol", "targets")}
         row["seeds"] = sorted(g["scores"])
         row["folds"] = sorted({int(k) for folds in g["scores"].values() for k in folds})
         for m in METRICS:
@@ -51,6 +51,12 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
             per_seed = [float(np.mean([f[m] for f in folds.values()])) for folds in g["scores"].values()]
             row[m] = {"mean": float(np.mean(every)), "std": float(np.std(every)), "n": len(every),
                       "std_of_seed_means": float(np.std(per_seed))}
+            closed = [(folds[k].get("closed") or folds[k])[m] for folds in g["scores"].values() for k in folds]
+            row[f"closed_{m}"] = {"mean": float(np.mean(closed)), "std": float(np.std(closed)), "n": len(closed)}
+        row["by_fold"] = {k: {kind: float(np.mean([(folds[k].get("closed") or folds[k])["ua"] if kind == "closed"
+                                                   else folds[k]["ua"] for folds in g["scores"].values()
+                                                   if k in folds]))
+                              for kind in ("closed", "open")} for k in map(str, row["folds"])}
         row["val_ua"] = float(np.mean(g["val_ua"])) if g["val_ua"] else None
         row["ua_by_seed_and_fold"] = {str(seed): {k: v["ua"] for k, v in folds.items()}
                                       for seed, folds in g["scores"].items()}
@@ -69,7 +75,11 @@ def paired_difference(row: dict, baseline: dict) -> dict | None:
 
 
 def protocol_name(protocol: dict) -> str:
-    """"speaker-independent", or what a speaker-calibrated run used of its test speakers."""
+    """"speaker-independent", or what a speaker-calibrated run used of its test speakers; leave-one-corpus-out
+    runs are named so first."""
+    if protocol.get("kind") == "leave-one-corpus-out":
+        rest = protocol_name({k: v for k, v in protocol.items() if k != "kind"})
+        return "leave-one-corpus-out" + ("" if rest == "speaker-independent" else f", {rest}")
     if protocol.get("speaker_independent", True):
         return "speaker-independent"
     calibration = protocol.get("calibration") or {}
@@ -91,6 +101,8 @@ def compare_table(rows: list[dict]) -> str:
 
 
 def _table(rows: list[dict]) -> str:
+    if rows and rows[0].get("targets"):
+        return _corpus_table(rows)
     out = ["| run | corpus | recipe | seeds × folds | UA | WA | macro-F1 | weighted-F1 | val UA |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -99,6 +111,22 @@ def _table(rows: list[dict]) -> str:
         val = f"{r['val_ua']:.2f}" if r["val_ua"] is not None else "–"
         out.append(f"| {name} | {r['corpus']} | {r['recipe']} | {len(r['seeds'])} × {len(r['folds'])} | "
                    + " | ".join(cells) + f" | {val} |")
+    return "\n".join(out)
+
+
+def _corpus_table(rows: list[dict]) -> str:
+    """Leave-one-corpus-out rows: UA on each held-out corpus over its classes, closed / open, then the means."""
+    targets = rows[0]["targets"]
+    out = ["| run | recipe | seeds | " + " | ".join(f"{name} UA closed / open" for name in targets.values())
+           + " | mean UA closed | mean UA open | WA closed | macro-F1 closed | val UA |",
+           "|---|---|---|" + "---|" * (len(targets) + 5)]
+    for r in rows:
+        cells = [f"{r['by_fold'][k]['closed']:.2f} / {r['by_fold'][k]['open']:.2f}" if k in r["by_fold"] else "–"
+                 for k in targets]
+        val = f"{r['val_ua']:.2f}" if r["val_ua"] is not None else "–"
+        out.append(f"| {_run_name(r)} | {r['recipe']} | {len(r['seeds'])} | " + " | ".join(cells)
+                   + f" | {r['closed_ua']['mean']:.2f} | {r['ua']['mean']:.2f} | {r['closed_wa']['mean']:.2f} | "
+                     f"{r['closed_macro_f1']['mean']:.2f} | {val} |")
     return "\n".join(out)
 
 

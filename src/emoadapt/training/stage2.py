@@ -33,7 +33,7 @@ from .checkpoint_io import load_checkpoint_file
 from .closed_form import fit_closed_form, start_from_statistics
 from .data import FoldData, fit_standardizers
 from .evaluate import write_predictions
-from .metrics import score
+from .metrics import closed_predictions, score
 from .settings import FinetuneConfig, RunConfig, recipe_options, structural_adapter_fields, validate, with_store_dims
 from .trainer import (SavesRandomState, check_trainer, claim_run_dir, fit_timed, last_checkpoint,
                       last_checkpoint_callback, make_trainer, param_groups, quiet_lightning, steps_per_epoch,
@@ -185,12 +185,14 @@ def train_stage2(data: FoldData, out_dir: str | os.PathLike, *, recipe: str, con
         model, build, trained, trainer = _train_by_gradient(data, recipe, config, encoder, out_dir, init_model,
                                                             progress, callbacks)
     init_info = trained.pop("init", None)
-    scores = predictions = None
+    scores = closed = predictions = None
     if len(data.test):
         predictions = predict(model, data.test, config.stage2.batch_size)
-        scores = asdict(score([it[2] for it in data.test.items], predictions.argmax(1).tolist(), data.labels))
+        truth = [it[2] for it in data.test.items]
+        scores = asdict(score(truth, predictions.argmax(1).tolist(), data.labels))
+        closed = asdict(score(truth, closed_predictions(truth, predictions), data.labels))
     results = {
-        "fold": fold, "recipe": recipe, "scores": scores, **trained,
+        "fold": fold, "recipe": recipe, "scores": scores, "scores_closed": closed, **trained,
         "split": {k: len(v) for k, v in data.split.items()}, "skipped_utterances": data.split["skipped"],
         "speakers": {k: data.speakers(k) for k in ("train", "val", "test")},
         "init": init_info, "encoder": encoder, "seed": config.seed,
