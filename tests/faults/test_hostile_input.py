@@ -250,11 +250,11 @@ def test_calibrate_takes_one_clip_given_alone(trained):
     from emoadapt import Recognizer
     corpus, _, models, _ = trained
     recognizer = Recognizer.from_pretrained(models["speaker"])
-    with pytest.warns(UserWarning, match="calibrating from 1 clip"):
+    with pytest.warns(UserWarning, match="reference of 1 clip"):
         recognizer.calibrate(corpus.rows[0].path)
     result = recognizer.predict(corpus.rows[1].path)
-    assert result.normalization.startswith("speaker (calibrated from 1 clip") and any(
-        "calibration" in w for w in result.warnings)
+    assert result.normalization.startswith("speaker (reference of 1 clip") and any(
+        "reference" in w for w in result.warnings)
 
 
 def test_export_refuses_to_overwrite_a_file_it_was_not_told_to_replace(tmp_path, capsys):

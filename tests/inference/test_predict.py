@@ -40,7 +40,7 @@ def test_recognizer_predicts_files_and_arrays_and_embeds(trained):
     assert one.source == "array[0]" and one.label == results[0].label
     vectors = recognizer.embed([test[0].path, wave])
     assert vectors.shape == (2, 2 * 5 * 384) and np.allclose(vectors[0], vectors[1], atol=1e-4)  # tiny.en: 5 x 384
-    with pytest.raises(EmoadaptError, match="calibration clips do not apply"):
+    with pytest.raises(EmoadaptError, match="reference clips do not apply"):
         recognizer.calibrate([test[0].path])
     with pytest.raises(EmoadaptError, match="no such model folder"):
         Recognizer.from_pretrained(models["global"].parent / "nope")
@@ -58,11 +58,12 @@ def test_speaker_calibration_matches_evaluate_on_the_speakers_own_clips(trained)
     recognizer = Recognizer.from_pretrained(models["speaker"], encoder=encoder)
     clips = [u for u in corpus.rows if u.speaker == "Actor_11"]
     uncalibrated = recognizer.predict(clips[0].path)
-    assert "uncalibrated" in uncalibrated.normalization
-    with pytest.warns(UserWarning, match="calibrating from 8 clip"):  # fewer than 10: weak, and it says so
+    assert "no reference" in uncalibrated.normalization
+    with pytest.warns(UserWarning, match="reference of 8 clip"):  # fewer than 10: weak, and it says so
         recognizer.calibrate([u.path for u in clips])
     for u, r in zip(clips, recognizer.predict([u.path for u in clips])):
-        assert r.normalization == "speaker (calibrated from 8 clip(s))"
+        assert r.normalization.startswith("speaker (reference of 8 clip(s), kept at weight 1.00")
+        assert r.reference == {"clips": 8, "weight": 1.0, "shrink": 0.0}
         assert np.allclose([r.probabilities[c] for c in corpus.labels], expected[u.id], atol=2e-4), u.id
 
 
@@ -78,9 +79,9 @@ def test_a_model_trained_on_neutral_calibration_asks_for_neutral_clips(trained, 
                                        "calibration.apply_to=all", "val_fraction=0.2"]))
     recognizer = Recognizer.from_pretrained(tmp_path / "neutral" / "model", encoder=encoder)
     neutral = [u.path for u in corpus.rows if u.speaker == "Actor_11" and u.label == "neutral"]
-    with pytest.warns(UserWarning, match="calibrate it with neutral speech"):
+    with pytest.warns(UserWarning, match="give it neutral speech"):
         recognizer.calibrate(neutral)
-    assert recognizer.predict(neutral[0]).normalization.startswith("speaker (calibrated")
+    assert recognizer.predict(neutral[0]).normalization.startswith("speaker (reference")
 
 
 def test_a_long_recording_becomes_a_timeline_of_speech_segments(trained, shared_data):
@@ -131,10 +132,10 @@ def test_predict_command_tables_json_csv_manifests_and_failures(trained, tmp_pat
     captured = capsys.readouterr()
     report = json.loads(captured.out)
     assert code == 0 and len(report["predictions"]) == 16
-    assert "warning (speaker Actor_01): calibrating from 8 clip(s)" in captured.err
-    assert {p["normalization"] for p in report["predictions"]} == {"speaker (calibrated from 8 clip(s))"}
-    code = cli.main(["predict", test[0].path, "--model", str(models["global"]), "--calibrate", test[1].path])
-    assert code == 2 and "calibration clips do not apply" in capsys.readouterr().err
+    assert "warning (speaker Actor_01): a reference of 8 clip(s) is small" in captured.err
+    assert {p["reference"]["clips"] for p in report["predictions"]} == {8}
+    code = cli.main(["predict", test[0].path, "--model", str(models["global"]), "--reference", test[1].path])
+    assert code == 2 and "reference clips do not apply" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["predict", test[0].path, "--top-k", "0"])
     assert "'0' is not a whole number >= 1" in capsys.readouterr().err

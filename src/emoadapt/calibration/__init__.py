@@ -22,7 +22,9 @@ from ..store.features import FeatureStore, array_statistics
 
 NORMALIZATIONS = ("global", "speaker", "utterance")
 CALIBRATED_SPEAKERS = ("test", "all")  # calibration.apply_to
+SCOPES = ("speaker", "corpus")         # calibration.scope
 FEW_CLIPS = 10  # calibration below this many clips is weak (docs/RESULTS.md, the calibration curve)
+ONE_SIDED = 0.6  # a reference whose clips read as one emotion this often (without a reference) looks one-sided
 
 
 @dataclass
@@ -35,6 +37,9 @@ class CalibrationConfig:
     clips: int | None = None         # k clips drawn at random (fixed by the seed); None: all of the speaker's clips
     only_label: str | None = None    # draw only among the speaker's clips with this label, e.g. neutral
     apply_to: str = "test"           # "test" or "all"
+    scope: str = "speaker"           # "speaker": each test speaker is its own reference; "corpus": the test set is one
+    shrink: float = 0.0              # τ, in clips: a reference of n clips weighs n / (n + τ) against the training
+    #                                  population's statistics (0: the reference alone), so a small one does less
 
 
 class Normalizer:
@@ -48,6 +53,8 @@ class Normalizer:
         self.mode, self.speaker_of, self.eps = mode, dict(speaker_of or {}), eps
         self._by_speaker = {s: self._pair(m, d) for s, (m, d) in (statistics or {}).items()}
         self.everyone = None  # one_speaker: the statistics of every utterance
+        self.population = None  # the training population's (mean, std): what a reference is shrunk toward
+        self.weights: dict[str, float] = {}  # speaker -> the weight its reference kept after shrinking
 
     def _pair(self, mean, std) -> tuple[np.ndarray, np.ndarray]:
         """(mean, 1 / sqrt(std² + eps)) as float32 [L+1, 1, D], ready to broadcast over frames."""
@@ -77,6 +84,19 @@ class Normalizer:
 
 
 
+def shrunk(reference: tuple[np.ndarray, np.ndarray], population: tuple[np.ndarray, np.ndarray] | None,
+           clips: int, tau: float) -> tuple[tuple[np.ndarray, np.ndarray], float]:
+    """(mean, std) of a reference of ``clips`` clips moved toward the training population's by the weight
+    n / (n + τ) of the reference (its first and second moments mixed, so the std stays a std), and that weight."""
+    if population is None or tau <= 0:
+        return reference, 1.0
+    weight = clips / (clips + tau)
+    (mean, std), (pop_mean, pop_std) = reference, population
+    mixed = weight * mean + (1 - weight) * pop_mean
+    second = weight * (np.square(std) + np.square(mean)) + (1 - weight) * (np.square(pop_std) + np.square(pop_mean))
+    return (mixed, np.sqrt(np.maximum(second - np.square(mixed), 0.0))), weight
+
+
 def normalizer_for(normalize: str, statistics: tuple[np.ndarray, np.ndarray] | None = None) -> Normalizer | None:
     """How hidden states of new audio are normalised for a model trained with ``normalize``, as its training inputs
     were: not at all (``global``), each by itself (``utterance``), or with a speaker's (mean, std) ``statistics``
@@ -101,19 +121,25 @@ def make_normalizer(config, corpus: Corpus, store: FeatureStore, test_ids: Itera
     if config.normalize == "utterance":
         return Normalizer("utterance")
     by_id = {u.id: u for u in corpus.rows}
-    group = speaker_group(corpus)
+    group, test_ids = speaker_group(corpus), set(test_ids)
+    calibration = config.calibration
+    if calibration.scope == "corpus":  # the test set is one reference: one "speaker" for the statistics
+        group = (lambda base: lambda i: "test set" if i in test_ids else base(i))(group)
     clips: dict[str, list[str]] = {}
     for u in corpus.rows:
         if u.id in store:
             clips.setdefault(group(u.id), []).append(u.id)
-    calibrated = set(clips) if config.calibration.apply_to == "all" else {group(i) for i in test_ids}
-    statistics = {}
+    calibrated = set(clips) if calibration.apply_to == "all" else {group(i) for i in test_ids}
+    population = array_statistics(store.get(i) for ids in clips.values() for i in ids if i not in test_ids)
+    statistics, weights = {}, {}
     for speaker, ids in clips.items():
         if speaker in calibrated:
-            ids = calibration_clips(ids, config.calibration, by_id, seed=config.seed, speaker=speaker,
-                                    where=corpus.root)
-        statistics[speaker] = array_statistics(store.get(i) for i in ids)
-    return Normalizer("speaker", {i: group(i) for ids in clips.values() for i in ids}, statistics)
+            ids = calibration_clips(ids, calibration, by_id, seed=config.seed, speaker=speaker, where=corpus.root)
+        statistics[speaker], weights[speaker] = shrunk(array_statistics(store.get(i) for i in ids), population,
+                                                       len(ids), calibration.shrink)
+    normalizer = Normalizer("speaker", {i: group(i) for ids in clips.values() for i in ids}, statistics)
+    normalizer.population, normalizer.weights = population, weights
+    return normalizer
 
 
 def calibration_clips(ids: Sequence[str], calibration, by_id: dict, *, seed: int, speaker: str, where) -> list[str]:

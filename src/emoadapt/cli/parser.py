@@ -154,8 +154,10 @@ def _add_training_parsers(sub) -> None:
     out.add_argument("--json", action="store_true", help="JSON on stdout instead of a table")
     out.add_argument("--csv", action="store_true", help="CSV on stdout: one row per recording and per segment")
     p.add_argument("--top-k", type=_positive_int, default=3, help="classes shown per prediction (default 3)")
-    p.add_argument("--calibrate", nargs="+", metavar="CLIP", help="unlabeled clips of the (one) speaker, as their "
-                   "reference; for models trained with --normalize speaker")
+    p.add_argument("--reference", "--calibrate", dest="reference", nargs="+", metavar="CLIPS",
+                   help="unlabeled audio (files, folders, globs) of the speaker, session or corpus to recognise, as "
+                        "the reference of a model trained with --normalize speaker; shrunk toward the training "
+                        "population's statistics by the model's calibration.shrink")
     p.add_argument("--group-by", choices=("speaker",), help="with a manifest that has a speaker column: each "
                    "speaker's own files are their reference (speaker-normalised models)")
     p.add_argument("--window", type=_positive_float, default=10.0, help="recordings up to this many seconds are "

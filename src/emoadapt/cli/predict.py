@@ -53,11 +53,11 @@ def run_predict(args) -> int:
         raise EmoadaptError(None, "nothing to predict: give audio files, folders, globs or a manifest")
     recognizer = Recognizer.from_pretrained(args.model, window_seconds=args.window, max_seconds=args.max_seconds,
                                             batch_size=args.batch_size, backend=args.backend)
-    if args.calibrate and args.group_by:
-        raise EmoadaptError(None, "give either --calibrate clips (one speaker) or --group-by speaker, not both")
+    if args.reference and args.group_by:
+        raise EmoadaptError(None, "give either --reference clips (one speaker) or --group-by speaker, not both")
     groups: list[tuple[str | None, list[int]]] = [(None, list(range(len(inputs))))]
-    if args.calibrate:
-        calibrate(recognizer, expand_inputs_paths(args.calibrate), "--calibrate")
+    if args.reference:
+        adapt(recognizer, expand_inputs_paths(args.reference), "--reference")
     elif args.group_by:
         unknown = [i.path for i in inputs if i.speaker is None]
         if unknown:
@@ -70,7 +70,7 @@ def run_predict(args) -> int:
     results: list = [None] * len(inputs)
     for speaker, members in groups:
         if speaker is not None:  # each speaker's own clips are its reference (their audio, never labels)
-            calibrate(recognizer, [inputs[k].path for k in members], f"speaker {speaker}")
+            adapt(recognizer, [inputs[k].path for k in members], f"speaker {speaker}")
         with warnings.catch_warnings():  # each prediction carries its warnings into the table, JSON and CSV
             warnings.simplefilter("ignore")
             for k, result in zip(members, recognizer.predict_each([inputs[k].path for k in members])):
@@ -95,11 +95,11 @@ def run_predict(args) -> int:
     return 1 if failed else 0
 
 
-def calibrate(recognizer, clips: list[str], who: str) -> None:
-    """Recognizer.calibrate, its warning (too few clips) printed as one line on stderr."""
+def adapt(recognizer, clips: list[str], who: str) -> None:
+    """Recognizer.adapt, its warnings (a small or one-sided reference) printed as one line each on stderr."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        recognizer.calibrate(clips)
+        recognizer.adapt(clips)
     for w in caught:
         print(f"warning ({who}): {w.message}", file=sys.stderr)
 

@@ -5,7 +5,7 @@
     result = recognizer.predict("call.wav")                      # Prediction: label, probabilities, segments
     results = recognizer.predict(["a.wav", wave], sample_rate=8000)
     vectors = recognizer.embed("a.wav")                          # the utterance vector the classifier sees
-    recognizer.calibrate(["me-1.wav", "me-2.wav"])               # a speaker-normalised model: this speaker's voice
+    recognizer.adapt(["me-1.wav", "me-2.wav"])                   # a speaker-normalised model: the reference audio
 
 A recording up to ``window_seconds`` is classified whole, as the models were trained. A longer one is cut into
 speech segments by a voice-activity detector (:mod:`emoadapt.inference.segments`); each segment is classified
@@ -13,8 +13,8 @@ and the recording's result is their duration-weighted mean, with the segments ke
 
 Inputs are normalised the way the model's training inputs were (``Prediction.normalization`` says how):
 ``global`` models need nothing; ``utterance`` models normalise each clip or segment by itself; ``speaker`` models use
-the statistics of :meth:`Recognizer.calibrate`'s clips when given, otherwise the statistics of the recording itself
-(all of its speech segments) — weaker on a short clip, which is then its own reference. Everything goes through
+the statistics of :meth:`Recognizer.adapt`'s reference clips when given (shrunk toward the training population's),
+otherwise the training population's own (models saved before these were kept: the recording itself). Everything goes through
 :mod:`emoadapt.inference.runtime`, the one path from a model folder to predictions.
 """
 from __future__ import annotations
@@ -28,10 +28,11 @@ from typing import Sequence, Union
 import numpy as np
 
 from ..audio import SAMPLE_RATE, load_audio, validate_waveform
-from ..calibration import FEW_CLIPS
+from ..calibration import FEW_CLIPS, ONE_SIDED, shrunk
 from ..encoders import use_onnx
 from ..errors import AudioError, EmoadaptError
 from ..modelfolder import load_classifier, resolve_model
+from ..modelfolder.reference import read_population
 from ..store.features import array_statistics
 from .runtime import classify, encode_waveforms, model_encoder, model_normalization, waveform_normalizer
 from .segments import overall, pieces_of
@@ -56,6 +57,7 @@ class Prediction:
     normalization: str                # how the inputs were normalised (see the module docstring)
     segments: list[Segment] = field(default_factory=list)  # the timeline of a long recording; [] for a clip
     warnings: list[str] = field(default_factory=list)  # what to doubt (silent audio, weak calibration, ...)
+    reference: dict | None = None     # speaker models: the reference used (clips, the weight it kept, τ); None: none
 
     def top(self, k: int = 3) -> list[tuple[str, float]]:
         return sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
@@ -93,6 +95,9 @@ class Recognizer:
         self._speaker: tuple[np.ndarray, np.ndarray] | None = None
         self._speaker_clips = 0
         self._calibration_notes: list[str] = []
+        self.reference: dict | None = None  # the reference in use: clips, the weight it kept, τ
+        self.population = read_population(self.loaded.folder, self.loaded.info)  # speaker models saved with one
+        self.shrink = float((self.loaded.info.get("reference") or {}).get("shrink") or 0.0)
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike = "default", **options) -> Recognizer:
@@ -103,42 +108,62 @@ class Recognizer:
     def labels(self) -> list[str]:
         return list(self.loaded.info["labels"])
 
-    # --- speaker calibration ------------------------------------------------------------------------------------
-    def calibrate(self, clips: Sequence[Audio], sample_rate: int | None = None) -> Recognizer:
-        """Use these unlabeled clips of one speaker as that speaker's reference for every later prediction (a model
-        trained with ``normalize=speaker``). Returns the recognizer."""
+    # --- reference adaptation -----------------------------------------------------------------------------------
+    def adapt(self, clips: Sequence[Audio], sample_rate: int | None = None) -> Recognizer:
+        """Use these unlabeled clips (one speaker, one session or a whole target corpus) as the reference for every
+        later prediction of a model trained with ``normalize=speaker``. Their statistics are shrunk toward the
+        training population's by n / (n + τ) (τ: the model's ``calibration.shrink``); a warning says when the
+        reference is small or looks one-sided (most of its clips read as one emotion: a reference of one emotion
+        takes that emotion away). Returns the recognizer."""
         if isinstance(clips, (str, os.PathLike, np.ndarray)) or hasattr(clips, "numpy"):
             clips = [clips]  # one clip given alone
         if self.trained_normalization != "speaker":
             raise EmoadaptError(self.model_dir, f"this model was trained with normalize="
-                                                f"{self.trained_normalization}: calibration clips do not apply to it")
-        loaded = [self._load(clip, sample_rate, f"calibration clip {k}") for k, clip in enumerate(clips)]
+                                                f"{self.trained_normalization}: reference clips do not apply to it")
+        loaded = [self._load(clip, sample_rate, f"reference clip {k}") for k, clip in enumerate(clips)]
         waves = [wave for _, wave, _ in loaded]
         notes = [note for _, _, clip_notes in loaded for note in clip_notes]
         if not waves:
-            raise EmoadaptError(None, "calibrate needs at least one clip of the speaker")
+            raise EmoadaptError(None, "adapt needs at least one reference clip")
         features = encode_waveforms(self.loaded, self.encoder, waves, self.batch_size)
-        self._speaker, self._speaker_clips = array_statistics(features), len(waves)
-        self._calibration_notes = [f"calibration: {note}" for note in notes]
+        statistics, weight = shrunk(array_statistics(features), self.population, len(waves), self.shrink)
+        self._speaker, self._speaker_clips = statistics, len(waves)
+        self.reference = {"clips": len(waves), "weight": round(weight, 4), "shrink": self.shrink}
+        self._calibration_notes = [f"reference: {note}" for note in notes]
         trained_on = ((self.loaded.info.get("config") or {}).get("calibration") or {})
         if trained_on.get("apply_to") == "all" and trained_on.get("only_label"):
             self._warn_calibration(f"this model was trained on speakers normalised by their {trained_on['only_label']!r} "
-                                   f"clips only: calibrate it with {trained_on['only_label']} speech of the speaker")
+                                   f"clips only: give it {trained_on['only_label']} speech of the speaker")
         elif len(waves) < FEW_CLIPS:
-            self._warn_calibration(f"calibrating from {len(waves)} clip(s): with fewer than {FEW_CLIPS} clips of varied "
-                                   "speech the reference carries those clips' own emotion (docs/RESULTS.md: one clip is "
-                                   "worse than no calibration, five still clearly below all of a speaker's clips)")
+            self._warn_calibration(f"a reference of {len(waves)} clip(s) is small: with fewer than {FEW_CLIPS} clips "
+                                   f"of varied speech it carries those clips' own emotion (kept at weight "
+                                   f"{weight:.2f} against the training population's statistics)")
+        if self.population is not None and len(waves) >= 3:
+            self._warn_if_one_sided(features)
         return self
+
+    calibrate = adapt  # the earlier name
+
+    def _warn_if_one_sided(self, features: list[np.ndarray]) -> None:
+        """The reference clips as the model reads them without a reference: mostly one emotion means a one-sided
+        reference (e.g. a speaker angry in every clip), which would shift every prediction away from it."""
+        normalizer = waveform_normalizer(self.loaded, self.population)
+        values = classify(self.head, [normalizer.normalize(x) for x in features], self.batch_size)
+        counts = np.bincount(np.asarray(values).argmax(1), minlength=len(self.labels))
+        top = int(counts.argmax())
+        if counts[top] >= ONE_SIDED * len(features):
+            self._warn_calibration(f"the reference looks one-sided: {counts[top]} of {len(features)} clips read as "
+                                   f"{self.labels[top]}; a reference of one emotion takes that emotion away from "
+                                   f"every prediction: give varied speech")
 
     def _warn_calibration(self, message: str) -> None:
         """A Python warning for the caller, and a note on every later prediction (so JSON, CSV and HTTP see it)."""
-        self._calibration_notes.append(f"calibration: {message}")
+        self._calibration_notes.append(f"reference: {message}")
         warnings.warn(message, stacklevel=3)
 
     def reset_calibration(self) -> None:
-        self._speaker, self._speaker_clips, self._calibration_notes = None, 0, []
+        self._speaker, self._speaker_clips, self._calibration_notes, self.reference = None, 0, [], None
 
-    # --- prediction ---------------------------------------------------------------------------------------------
     def predict(self, audio: Audio | Sequence[Audio], sample_rate: int | None = None) -> Prediction | list[Prediction]:
         """One Prediction per input: a path or a 1-D waveform (at ``sample_rate``, 16 kHz when None); a list gives a
         list. A bad input raises its AudioError naming it (:meth:`predict_each` reports it and goes on)."""
@@ -202,7 +227,8 @@ class Recognizer:
         return Prediction(source=source, label=labels[int(overall.argmax())],
                           probabilities=dict(zip(labels, map(float, overall))),
                           duration=round(len(wave) / SAMPLE_RATE, 3), normalization=normalization, segments=segments,
-                          warnings=[*notes, *self._calibration_notes])  # calibration: speaker models only
+                          warnings=[*notes, *self._calibration_notes],  # references: speaker models only
+                          reference=dict(self.reference) if self.reference and self._speaker is not None else None)
 
     def _load(self, audio: Audio, sample_rate: int | None, name: str) -> tuple[str, np.ndarray, list[str]]:
         """(source, 16 kHz waveform, the warnings reading it raised, e.g. silence)."""
@@ -240,7 +266,11 @@ class Recognizer:
         how = {"global": "global (the model's training statistics)",
                "utterance": "utterance (each clip or segment by itself)"}.get(mode)
         if mode == "speaker" and self._speaker is not None:
-            statistics, how = self._speaker, f"speaker (calibrated from {self._speaker_clips} clip(s))"
+            statistics = self._speaker
+            how = (f"speaker (reference of {self._speaker_clips} clip(s), kept at weight "
+                   f"{self.reference['weight']:.2f} against the training population's statistics)")
+        elif mode == "speaker" and self.population is not None:
+            statistics, how = self.population, "speaker (no reference: the training population's statistics)"
         elif mode == "speaker":
             statistics = array_statistics(features)
             how = (f"speaker (uncalibrated: this recording's own {pieces} segment(s), "

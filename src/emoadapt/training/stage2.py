@@ -25,8 +25,9 @@ from ..atomic import atomic_write_json
 from ..corpora import Corpus
 from ..errors import CorpusError, EmoadaptError
 from ..inference.runtime import predict
-from ..model import StatsConfig, build_model, recipe as lookup_recipe
 from ..modelfolder import Seen, load_model, plain_json, read_seen, read_stage1_adapter, refuse_if_seen, save_model, speakers_of
+from ..modelfolder.reference import write_population
+from ..model import StatsConfig, build_model, recipe as lookup_recipe
 from ..store.dataset import encoder_info, open_corpus, open_store, require_same_features
 from ..store.features import FeatureStore
 from .checkpoint_io import load_checkpoint_file
@@ -202,13 +203,23 @@ def train_stage2(data: FoldData, out_dir: str | os.PathLike, *, recipe: str, con
                    config=config.to_dict(), seen=seen,
                    extra={"stage": 2, "fold": fold, "best_val_ua": trained["best_val_ua"],
                           "best_epoch": trained["best_epoch"], "init": init_info,
-                          "corpus": {"name": corpus.name, "view": corpus.view}})
+                          "corpus": {"name": corpus.name, "view": corpus.view},
+                          **reference_record(data, config, out_dir / "model")})
         if predictions is not None:
             write_predictions(out_dir / "predictions.csv", data.test, predictions, data.labels)
         atomic_write_json(results, done)
     if trainer is not None:
         trainer.strategy.barrier()
     return results
+
+
+def reference_record(data: FoldData, config: RunConfig, folder: Path) -> dict:
+    """A speaker-normalised model keeps its training population's statistics (``reference.safetensors``): used when
+    no reference audio is given, and what a small reference is shrunk toward."""
+    population = getattr(data.normalizer, "population", None)
+    if population is None:
+        return {}
+    return {"reference": write_population(folder, population, config.calibration.shrink)}
 
 
 def _stderr(line: str) -> None:
