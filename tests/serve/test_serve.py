@@ -131,3 +131,28 @@ def test_the_page_uploads_a_clip_and_shows_the_bars(server, tmp_path):
         browser.save_screenshot(shot or str(tmp_path / "page.png"))
     finally:
         browser.quit()
+
+
+def test_reference_clips_adapt_a_speaker_model_for_their_request_only(trained):
+    from fastapi.testclient import TestClient
+
+    from emoadapt import Recognizer
+    from emoadapt.serve import create_app
+    corpus, _, models, encoder = trained
+    recognizer = Recognizer.from_pretrained(models["speaker"], encoder=encoder)
+    client = TestClient(create_app(recognizer))
+    speaker = [Path(u.path) for u in corpus.rows if u.speaker == "Actor_11"]
+    files = [("file", (speaker[0].name, speaker[0].read_bytes()))]
+    adapted = client.post("/predict", files=files + [("reference", (p.name, p.read_bytes())) for p in speaker])
+    assert adapted.status_code == 200, adapted.text
+    answer = adapted.json()
+    assert answer["reference"] == {"clips": 8, "weight": 1.0, "shrink": 0.0}
+    assert any("reference of 8 clip(s) is small" in w for w in answer["warnings"])
+    with pytest.warns(UserWarning):
+        expected = Recognizer.from_pretrained(models["speaker"], encoder=encoder).adapt(speaker).predict(speaker[0])
+    assert np.allclose(list(answer["probabilities"].values()), list(expected.probabilities.values()), atol=1e-5)
+    plain = client.post("/predict", files=files).json()  # the next request has no reference: none is kept
+    assert plain["reference"] is None and plain["normalization"].startswith("speaker (no reference")
+    assert recognizer.reference is None
+    text = client.post("/predict", files=files, data={"reference": "me.wav"})
+    assert text.status_code == 422 and "takes audio files" in text.json()["detail"]

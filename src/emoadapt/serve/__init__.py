@@ -1,7 +1,8 @@
 """`emoadapt serve`: a Recognizer behind HTTP (FastAPI + uvicorn) with a web page.
 
     GET  /          the page: upload a file or record from the microphone; probabilities as bars, a timeline
-    POST /predict   an upload (multipart field ``file``) or the raw audio bytes as the body -> the Prediction as JSON
+    POST /predict   an upload (multipart field ``file``) or the raw audio bytes as the body -> the Prediction as JSON;
+                    a speaker model also takes reference clips (repeated field ``reference``) for that request
     GET  /health    {"status": "ok", ...}
     GET  /labels    the model's classes
     GET  /docs      OpenAPI documentation (FastAPI's)
@@ -18,12 +19,14 @@ import errno
 import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 from ..audio import AUDIO_EXTENSIONS
 from ..errors import AudioError, EmoadaptError, TooLongAudio
 
 PAGE = Path(__file__).with_name("page.html")
+MAX_REFERENCE_CLIPS = 50  # reference clips per request (form field "reference")
 UPLOADS_PREFIX = "emoadapt-serve-"  # + the server's pid: a folder per request in the temp dir, removed after it
 
 
@@ -124,7 +127,7 @@ def create_app(recognizer, *, max_upload_bytes: int = 20 * 2**20, max_concurrent
     async def predict(request: Request):
         """The audio as a multipart upload (field ``file``) or as the raw request body (any format libsndfile reads:
         WAV, FLAC, Ogg, MP3, ...)."""
-        name, data = await _audio_bytes(request)
+        name, data, references = await _audio_bytes(request)
         if not data:
             raise HTTPException(422, "empty upload: send an audio file as the body or as the form field 'file'")
         try:  # wait for a free slot a little, then say busy
@@ -138,7 +141,7 @@ def create_app(recognizer, *, max_upload_bytes: int = 20 * 2**20, max_concurrent
                 path = Path(tmp) / f"upload{suffix}"
                 path.write_bytes(data)
                 try:
-                    result = await run_in_threadpool(recognizer.predict, path)
+                    result = await run_in_threadpool(_predict, recognizer, path, _written(references, Path(tmp)))
                 except TooLongAudio as error:
                     raise HTTPException(413, _public(error, path, name)) from None
                 except AudioError as error:
@@ -156,23 +159,51 @@ def create_app(recognizer, *, max_upload_bytes: int = 20 * 2**20, max_concurrent
     return app
 
 
+def _written(references: list[tuple[str, bytes]], folder: Path) -> list[Path]:
+    paths = []
+    for k, (name, data) in enumerate(references):
+        suffix = Path(name).suffix if Path(name).suffix.lower() in AUDIO_EXTENSIONS else ""
+        paths.append(folder / f"reference-{k}{suffix}")
+        paths[-1].write_bytes(data)
+    return paths
+
+
+def _predict(recognizer, path: Path, references: list[Path]):
+    """One request's prediction; its reference clips (if any) adapt a copy of the recognizer, so that requests in
+    flight never see each other's reference."""
+    if references:
+        import copy
+        recognizer = copy.copy(recognizer)
+        recognizer.reset_calibration()
+        with warnings.catch_warnings():  # the warnings travel in the answer's "warnings"
+            warnings.simplefilter("ignore")
+            recognizer.adapt(references)
+    return recognizer.predict(path)
+
+
 def _public(error: Exception, path: Path, name: str) -> str:
-    """The error's message with the server's temp path replaced by the client's file name."""
-    return str(error).replace(str(path), name)
+    """The error's message with the server's temp path replaced by the client's file name (a reference clip's by
+    its name in the request's temp folder)."""
+    return str(error).replace(str(path), name).replace(str(path.parent) + os.sep, "")
 
 
-async def _audio_bytes(request) -> tuple[str, bytes]:
+async def _audio_bytes(request) -> tuple[str, bytes, list[tuple[str, bytes]]]:
     from fastapi import HTTPException
     from starlette.requests import ClientDisconnect
     kind = request.headers.get("content-type", "")
     try:
         if kind.startswith("multipart/form-data"):
-            form = await request.form(max_files=1, max_fields=10)
+            form = await request.form(max_files=1 + MAX_REFERENCE_CLIPS, max_fields=10)
             upload = form.get("file")
             if upload is None or isinstance(upload, str):
                 raise HTTPException(422, "a multipart upload needs the audio in the form field 'file'")
-            return upload.filename or "upload", await upload.read()
-        return request.headers.get("x-filename", "body"), await request.body()
+            references = [r for r in form.getlist("reference")]
+            if any(isinstance(r, str) for r in references):
+                raise HTTPException(422, "the form field 'reference' takes audio files (unlabeled clips of the "
+                                         "speaker), not text")
+            return (upload.filename or "upload", await upload.read(),
+                    [(r.filename or f"reference-{k}", await r.read()) for k, r in enumerate(references)])
+        return request.headers.get("x-filename", "body"), await request.body(), []
     except ClientDisconnect:  # one line in the log, not a traceback per client that leaves
         client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
         logging.getLogger("emoadapt.serve").warning("%s disconnected during its upload; nothing was recognised", client)
