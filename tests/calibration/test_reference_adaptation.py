@@ -69,7 +69,7 @@ def test_adapt_reports_the_reference_and_warns_when_it_looks_one_sided(trained):
         recognizer.adapt([u.path for u in speaker])
     assert not any("one-sided" in str(w.message) for w in caught)  # 8 clips of 4 emotions: only "small"
     result = recognizer.predict(speaker[0].path)
-    assert result.reference == {"clips": 8, "weight": 1.0, "shrink": 0.0}
+    assert result.reference == {"clips": 8, "weight": 1.0, "shrink": 0.0, "balance": 1.0}
     assert not any("one-sided" in w for w in result.warnings)
 
 
@@ -88,3 +88,18 @@ def test_cv_shrinks_test_references_and_records_the_weights(trained):
                             test_ids=test)
     assert set(whole.weights) >= {"test set"} and "Actor_01" not in whole.weights
     assert whole.speaker_of[test[0]] == whole.speaker_of[test[-1]] == "test set"
+
+
+def test_balance_weighs_a_one_sided_reference_down(trained):
+    from emoadapt.calibration import balance_of
+    from emoadapt.store import FeatureStore
+    from emoadapt.training.evaluate import evaluate
+    assert balance_of(np.full((4, 4), 0.25)) == pytest.approx(1.0)
+    assert balance_of(np.eye(4)[[0, 0, 0]]) < 0.01 and 0.4 < balance_of(np.eye(4)[[0, 0, 1, 1]]) < 0.6
+    corpus, store, models, _ = trained
+    evaluated = {}
+    for label in ("angry", None):
+        reference = {"balance": True, "shrink": 0} | ({"only_label": label} if label else {})
+        evaluated[label] = evaluate(models["speaker"], corpus, FeatureStore(store), fold=1, reference=reference,
+                                    out=str(models["speaker"].parent / f"balance-{label}.json"))["reference_weight"]
+    assert evaluated["angry"]["max"] < 0.2 < 0.6 < evaluated[None]["min"]  # one emotion: little weight; all: most

@@ -63,7 +63,7 @@ def test_speaker_calibration_matches_evaluate_on_the_speakers_own_clips(trained)
         recognizer.calibrate([u.path for u in clips])
     for u, r in zip(clips, recognizer.predict([u.path for u in clips])):
         assert r.normalization.startswith("speaker (reference of 8 clip(s), kept at weight 1.00")
-        assert r.reference == {"clips": 8, "weight": 1.0, "shrink": 0.0}
+        assert r.reference == {"clips": 8, "weight": 1.0, "shrink": 0.0, "balance": 1.0}
         assert np.allclose([r.probabilities[c] for c in corpus.labels], expected[u.id], atol=2e-4), u.id
 
 

@@ -22,7 +22,7 @@ from ..store.features import FeatureStore, array_statistics
 
 NORMALIZATIONS = ("global", "speaker", "utterance")
 CALIBRATED_SPEAKERS = ("test", "all")  # calibration.apply_to
-SCOPES = ("speaker", "corpus")         # calibration.scope
+SCOPES = ("speaker", "corpus", "none")  # calibration.scope
 FEW_CLIPS = 10  # calibration below this many clips is weak (docs/RESULTS.md, the calibration curve)
 ONE_SIDED = 0.6  # a reference whose clips read as one emotion this often (without a reference) looks one-sided
 
@@ -37,9 +37,13 @@ class CalibrationConfig:
     clips: int | None = None         # k clips drawn at random (fixed by the seed); None: all of the speaker's clips
     only_label: str | None = None    # draw only among the speaker's clips with this label, e.g. neutral
     apply_to: str = "test"           # "test" or "all"
-    scope: str = "speaker"           # "speaker": each test speaker is its own reference; "corpus": the test set is one
+    scope: str = "speaker"           # "speaker": each test speaker is its own reference; "corpus": the test set is one;
+    #                                  "none": no reference, the training population's statistics (what a speaker model
+    #                                  does without reference audio)
     shrink: float = 0.0              # τ, in clips: a reference of n clips weighs n / (n + τ) against the training
     #                                  population's statistics (0: the reference alone), so a small one does less
+    balance: bool = False            # also weigh it by how evenly the model, without a reference, spreads the
+    #                                  reference's clips over the classes (1: evenly; less: one-sided, e.g. all angry)
 
 
 class Normalizer:
@@ -55,6 +59,17 @@ class Normalizer:
         self.everyone = None  # one_speaker: the statistics of every utterance
         self.population = None  # the training population's (mean, std): what a reference is shrunk toward
         self.weights: dict[str, float] = {}  # speaker -> the weight its reference kept after shrinking
+        self.references: dict = {}  # test speaker -> (its reference's raw (mean, std), the reference clips' ids)
+        self.shrink = 0.0
+
+    def rebalance(self, probabilities_without_reference) -> None:
+        """Weigh every test reference by its balance (:func:`balance_of`) as well as its size:
+        ``probabilities_without_reference(ids)`` gives the model's probabilities [n, C] for those clips normalised with
+        the population's statistics (as without a reference)."""
+        for speaker, (raw, ids) in self.references.items():
+            balance = balance_of(probabilities_without_reference(ids))
+            stats, self.weights[speaker] = shrunk(raw, self.population, len(ids), self.shrink, balance)
+            self._by_speaker[speaker] = self._pair(*stats)
 
     def _pair(self, mean, std) -> tuple[np.ndarray, np.ndarray]:
         """(mean, 1 / sqrt(std² + eps)) as float32 [L+1, 1, D], ready to broadcast over frames."""
@@ -84,13 +99,21 @@ class Normalizer:
 
 
 
+def balance_of(probabilities: np.ndarray) -> float:
+    """How evenly clips spread over the classes: the entropy of their mean class probabilities over log C (1: every
+    class alike; near 0: one class). Read without a reference, a reference of one emotion scores low."""
+    mean = np.clip(np.asarray(probabilities, np.float64).mean(0), 1e-12, None)
+    return float(-(mean * np.log(mean)).sum() / np.log(len(mean))) if len(mean) > 1 else 1.0
+
+
 def shrunk(reference: tuple[np.ndarray, np.ndarray], population: tuple[np.ndarray, np.ndarray] | None,
-           clips: int, tau: float) -> tuple[tuple[np.ndarray, np.ndarray], float]:
+           clips: int, tau: float, balance: float = 1.0) -> tuple[tuple[np.ndarray, np.ndarray], float]:
     """(mean, std) of a reference of ``clips`` clips moved toward the training population's by the weight
-    n / (n + τ) of the reference (its first and second moments mixed, so the std stays a std), and that weight."""
-    if population is None or tau <= 0:
+    n / (n + τ) × ``balance`` of the reference (its first and second moments mixed, so the std stays a std), and
+    that weight."""
+    weight = (clips / (clips + tau) if tau > 0 else 1.0) * balance
+    if population is None or weight >= 1.0:
         return reference, 1.0
-    weight = clips / (clips + tau)
     (mean, std), (pop_mean, pop_std) = reference, population
     mixed = weight * mean + (1 - weight) * pop_mean
     second = weight * (np.square(std) + np.square(mean)) + (1 - weight) * (np.square(pop_std) + np.square(pop_mean))
@@ -111,11 +134,13 @@ def normalizer_for(normalize: str, statistics: tuple[np.ndarray, np.ndarray] | N
     return Normalizer.one_speaker(statistics)
 
 
-def make_normalizer(config, corpus: Corpus, store: FeatureStore, test_ids: Iterable[str] = ()) -> Normalizer | None:
+def make_normalizer(config, corpus: Corpus, store: FeatureStore, test_ids: Iterable[str] = (),
+                    population: tuple[np.ndarray, np.ndarray] | None = None) -> Normalizer | None:
     """The normalisation ``config.normalize`` asks for (None for "global": the model's own standardisation only).
     "speaker": each speaker's statistics from all of their clips in ``store`` (their audio, never their labels),
     except that the speakers of ``test_ids`` (every speaker, with ``calibration.apply_to: all``) use the clips
-    ``config.calibration`` draws."""
+    ``config.calibration`` draws, shrunk toward ``population`` (default: the statistics of every utterance that is not
+    a test utterance; a trained model's own when it is evaluated)."""
     if config.normalize == "global":
         return None
     if config.normalize == "utterance":
@@ -130,15 +155,26 @@ def make_normalizer(config, corpus: Corpus, store: FeatureStore, test_ids: Itera
         if u.id in store:
             clips.setdefault(group(u.id), []).append(u.id)
     calibrated = set(clips) if calibration.apply_to == "all" else {group(i) for i in test_ids}
-    population = array_statistics(store.get(i) for ids in clips.values() for i in ids if i not in test_ids)
-    statistics, weights = {}, {}
+    if population is None:
+        training = [i for ids in clips.values() for i in ids if i not in test_ids]
+        population = array_statistics(store.get(i) for i in training) if training else None
+    if calibration.scope == "none" and population is None:
+        raise EmoadaptError(None, "calibration.scope=none needs the training population's statistics (a model saved "
+                                  "with reference.safetensors)")
+    statistics, weights, references = {}, {}, {}
     for speaker, ids in clips.items():
+        if speaker in calibrated and calibration.scope == "none" and any(i in test_ids for i in ids):
+            statistics[speaker], weights[speaker] = population, 0.0
+            continue
         if speaker in calibrated:
             ids = calibration_clips(ids, calibration, by_id, seed=config.seed, speaker=speaker, where=corpus.root)
-        statistics[speaker], weights[speaker] = shrunk(array_statistics(store.get(i) for i in ids), population,
-                                                       len(ids), calibration.shrink)
+        raw = array_statistics(store.get(i) for i in ids)
+        if speaker in calibrated and any(i in test_ids for i in clips[speaker]):
+            references[speaker] = (raw, ids)  # a test reference: re-weighed by its balance once a model exists
+        statistics[speaker], weights[speaker] = shrunk(raw, population, len(ids), calibration.shrink)
     normalizer = Normalizer("speaker", {i: group(i) for ids in clips.values() for i in ids}, statistics)
     normalizer.population, normalizer.weights = population, weights
+    normalizer.references, normalizer.shrink = references, calibration.shrink
     return normalizer
 
 

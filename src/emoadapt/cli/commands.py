@@ -142,9 +142,14 @@ def cmd_evaluate(args) -> int:
     from ..training.evaluate import evaluate
     from ..training.metrics import Scores
     corpus = _corpus(args)
-    results = evaluate(args.model, corpus, args.store, args.fold, batch_size=args.batch_size, out=args.out)
+    reference = {k: v for k, v in (("scope", args.reference), ("clips", args.reference_clips),
+                                   ("only_label", args.reference_label), ("shrink", args.shrink)) if v is not None}
+    results = evaluate(args.model, corpus, args.store, args.fold, batch_size=args.batch_size, out=args.out,
+                       protocol=args.protocol, reference=reference or None)
     print(f"{corpus.name}" + (f" fold {args.fold}" if args.fold is not None else "") +
           f": {Scores(**results['scores']).line()}")
+    if results["scores_closed"]["confusion"] != results["scores"]["confusion"]:
+        print(f"closed over the test classes: {Scores(**results['scores_closed']).line()}")
     print(f"results: {results['path']}")
     return 0
 

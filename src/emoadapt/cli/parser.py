@@ -137,6 +137,16 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--fold", type=int, help="only this fold's test utterances (default: all)")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--out", help="results JSON (default: <model>/evaluate-<corpus>[-fold<k>].json)")
+    p.add_argument("--protocol", choices=("folds", "corpus"), default="folds",
+                   help="corpus: --fold k is the k-th source corpus of a merged corpus (leave-one-corpus-out)")
+    g = p.add_argument_group("reference conditions (a model trained with --normalize speaker)")
+    g.add_argument("--reference", choices=("speaker", "corpus", "none"),
+                   help="each test speaker's own clips, the whole test set as one reference, or none (the training "
+                        "population's statistics)")
+    g.add_argument("--reference-clips", type=_positive_int, help="k clips drawn at random per reference")
+    g.add_argument("--reference-label", help="draw only clips with this label (e.g. neutral; or one emotion, the "
+                                             "adversarial case)")
+    g.add_argument("--shrink", type=float, help="τ in clips (default: the model's calibration.shrink)")
 
     p = sub.add_parser("merge", help="several corpora mapped onto one label set, written as one manifest corpus "
                                      "(ids and speakers prefixed by corpus; fold k = every corpus's fold k)")

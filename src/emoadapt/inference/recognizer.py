@@ -28,7 +28,7 @@ from typing import Sequence, Union
 import numpy as np
 
 from ..audio import SAMPLE_RATE, load_audio, validate_waveform
-from ..calibration import FEW_CLIPS, ONE_SIDED, shrunk
+from ..calibration import FEW_CLIPS, ONE_SIDED, balance_of, shrunk
 from ..encoders import use_onnx
 from ..errors import AudioError, EmoadaptError
 from ..modelfolder import load_classifier, resolve_model
@@ -97,7 +97,9 @@ class Recognizer:
         self._calibration_notes: list[str] = []
         self.reference: dict | None = None  # the reference in use: clips, the weight it kept, τ
         self.population = read_population(self.loaded.folder, self.loaded.info)  # speaker models saved with one
-        self.shrink = float((self.loaded.info.get("reference") or {}).get("shrink") or 0.0)
+        recorded = (self.loaded.info.get("config") or {}).get("calibration") or {}
+        self.shrink = float(recorded.get("shrink") or 0.0)
+        self.balance = bool(recorded.get("balance"))
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike = "default", **options) -> Recognizer:
@@ -126,9 +128,12 @@ class Recognizer:
         if not waves:
             raise EmoadaptError(None, "adapt needs at least one reference clip")
         features = encode_waveforms(self.loaded, self.encoder, waves, self.batch_size)
-        statistics, weight = shrunk(array_statistics(features), self.population, len(waves), self.shrink)
+        without = self._without_reference(features)  # the clips as the model reads them with no reference
+        balance = balance_of(without) if self.balance and without is not None else 1.0
+        statistics, weight = shrunk(array_statistics(features), self.population, len(waves), self.shrink, balance)
         self._speaker, self._speaker_clips = statistics, len(waves)
-        self.reference = {"clips": len(waves), "weight": round(weight, 4), "shrink": self.shrink}
+        self.reference = {"clips": len(waves), "weight": round(weight, 4), "shrink": self.shrink,
+                          "balance": round(balance, 4)}
         self._calibration_notes = [f"reference: {note}" for note in notes]
         trained_on = ((self.loaded.info.get("config") or {}).get("calibration") or {})
         if trained_on.get("apply_to") == "all" and trained_on.get("only_label"):
@@ -138,21 +143,26 @@ class Recognizer:
             self._warn_calibration(f"a reference of {len(waves)} clip(s) is small: with fewer than {FEW_CLIPS} clips "
                                    f"of varied speech it carries those clips' own emotion (kept at weight "
                                    f"{weight:.2f} against the training population's statistics)")
-        if self.population is not None and len(waves) >= 3:
-            self._warn_if_one_sided(features)
+        if without is not None and len(waves) >= 3:
+            self._warn_if_one_sided(without)
         return self
 
     calibrate = adapt  # the earlier name
 
-    def _warn_if_one_sided(self, features: list[np.ndarray]) -> None:
-        """The reference clips as the model reads them without a reference: mostly one emotion means a one-sided
-        reference (e.g. a speaker angry in every clip), which would shift every prediction away from it."""
+    def _without_reference(self, features: list[np.ndarray]) -> np.ndarray | None:
+        """Class probabilities [n, C] of these clips normalised with the training population's statistics."""
+        if self.population is None:
+            return None
         normalizer = waveform_normalizer(self.loaded, self.population)
-        values = classify(self.head, [normalizer.normalize(x) for x in features], self.batch_size)
-        counts = np.bincount(np.asarray(values).argmax(1), minlength=len(self.labels))
+        return np.asarray(classify(self.head, [normalizer.normalize(x) for x in features], self.batch_size))
+
+    def _warn_if_one_sided(self, probabilities: np.ndarray) -> None:
+        """Mostly one emotion among the reference clips, read without a reference, means a one-sided reference (e.g.
+        a speaker angry in every clip), which would shift every prediction away from that emotion."""
+        counts = np.bincount(probabilities.argmax(1), minlength=len(self.labels))
         top = int(counts.argmax())
-        if counts[top] >= ONE_SIDED * len(features):
-            self._warn_calibration(f"the reference looks one-sided: {counts[top]} of {len(features)} clips read as "
+        if counts[top] >= ONE_SIDED * len(probabilities):
+            self._warn_calibration(f"the reference looks one-sided: {counts[top]} of {len(probabilities)} clips read as "
                                    f"{self.labels[top]}; a reference of one emotion takes that emotion away from "
                                    f"every prediction: give varied speech")
 

@@ -16,14 +16,14 @@ from ..errors import CheckpointError
 REFERENCE = "reference.safetensors"
 
 
-def write_population(folder: str | Path, population: tuple[np.ndarray, np.ndarray], shrink: float) -> dict:
+def write_population(folder: str | Path, population: tuple[np.ndarray, np.ndarray]) -> dict:
     """Write the population statistics into ``folder`` (before ``model.json``, which records what this returns)."""
     from .format import _sha256
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     mean, std = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in population)
     atomic_write(folder / REFERENCE, lambda tmp: save_file({"population_mean": mean, "population_std": std}, str(tmp)))
-    return {"file": REFERENCE, "sha256": _sha256(folder / REFERENCE), "shape": list(mean.shape), "shrink": shrink}
+    return {"file": REFERENCE, "sha256": _sha256(folder / REFERENCE), "shape": list(mean.shape)}
 
 
 def read_population(folder: str | Path, info: dict) -> tuple[np.ndarray, np.ndarray] | None:

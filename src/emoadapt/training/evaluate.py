@@ -5,24 +5,26 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ..atomic import atomic_write, atomic_write_json
-from ..calibration import make_normalizer, protocol_of
+from ..calibration import Normalizer, make_normalizer, protocol_of
 from ..corpora import Corpus
+from ..corpora.splits import corpus_folds
 from ..errors import CheckpointError, CorpusError, EmoadaptError
 from ..inference.runtime import predict
 from ..modelfolder import load_classifier, read_seen, refuse_if_seen, speakers_of
+from ..modelfolder.reference import read_population
 from ..provenance import git_commit
 from ..store.dataset import FeatureDataset, encoder_info, open_corpus, open_store, require_same_features, usable_ids
 from ..store.features import FeatureStore
 from .data import labelled_dataset
-from .metrics import score
-from .settings import RunConfig, config_from_record
+from .metrics import closed_predictions, score
+from .settings import RunConfig, config_from_record, load_config
 
 
 def write_predictions(path: Path, dataset: FeatureDataset, probs: np.ndarray, labels: Sequence[str]) -> None:
@@ -35,6 +37,16 @@ def write_predictions(path: Path, dataset: FeatureDataset, probs: np.ndarray, la
     atomic_write(path, write)
 
 
+def rebalance_references(model, normalizer, store: FeatureStore, batch_size: int = 32) -> None:
+    """``calibration.balance``: each test reference weighed by how evenly the trained model, without a reference,
+    spreads its clips over the classes (:meth:`emoadapt.calibration.Normalizer.rebalance`)."""
+    if normalizer is None or not normalizer.references or normalizer.population is None:
+        return
+    without = Normalizer.one_speaker(normalizer.population)
+    normalizer.rebalance(lambda ids: predict(model, FeatureDataset([store], [(0, i, -1) for i in ids], None, without),
+                                             batch_size))
+
+
 def model_settings(folder: Path, info: dict) -> RunConfig:
     """The run settings a model folder records (how its inputs were normalised, among others)."""
     try:
@@ -45,12 +57,17 @@ def model_settings(folder: Path, info: dict) -> RunConfig:
 
 def evaluate(model_dir: str | os.PathLike, corpus: Corpus | str | os.PathLike,
              store: FeatureStore | str | os.PathLike, fold: int | None = None, *, batch_size: int = 32,
-             out: str | os.PathLike | None = None) -> dict:
+             out: str | os.PathLike | None = None, protocol: str = "folds", reference: dict | None = None) -> dict:
     """Score a stage-2 model on a corpus (its ``fold`` test speakers, or every labelled utterance) and write the
-    JSON (default: ``<model>/evaluate-<corpus>[-fold<k>].json``) and its predictions beside it."""
+    JSON (default: ``<model>/evaluate-<corpus>[-fold<k>].json``) and its predictions beside it. ``protocol``
+    "corpus": folds are the source corpora of a merged corpus (leave-one-corpus-out). ``reference``: calibration
+    settings (scope, clips, only_label, shrink) that replace the model's for the test speakers of a speaker model:
+    one trained model measured under many reference conditions."""
     loaded = load_classifier(model_dir)
     info, folder = loaded.info, loaded.folder
     corpus, store = open_corpus(corpus), open_store(store)
+    if protocol == "corpus":
+        corpus = replace(corpus, folds=corpus_folds(corpus.rows, corpus.root)[0])
     encoder = encoder_info(store)
     require_same_features(info.get("encoder", {}), encoder, where=store.root,
                           what="the model was trained on other features")
@@ -64,13 +81,29 @@ def evaluate(model_dir: str | os.PathLike, corpus: Corpus | str | os.PathLike,
     ids, skipped = usable_ids(corpus, store, ids)
     labels = info["labels"]
     config = model_settings(folder, info)
-    dataset = labelled_dataset(corpus, store, ids, labels, normalizer=make_normalizer(config, corpus, store, ids))
+    if reference:
+        if config.normalize != "speaker":
+            raise EmoadaptError(folder, f"this model was trained with normalize={config.normalize}: reference "
+                                        f"settings do not apply to it")
+        config = load_config(None, [f"calibration.{k}={'null' if v is None else v}" for k, v in reference.items()],
+                             base=config)
+    normalizer = make_normalizer(config, corpus, store, ids, population=read_population(folder, info))
+    if config.calibration.balance:
+        rebalance_references(loaded.model, normalizer, store, batch_size)
+    dataset = labelled_dataset(corpus, store, ids, labels, normalizer=normalizer)
     if len(dataset) == 0:
         raise CorpusError(corpus.root, "no utterances to evaluate")
     probs = predict(loaded.model, dataset, batch_size)
-    scores = score([it[2] for it in dataset.items], probs.argmax(1).tolist(), labels)
+    truth = [it[2] for it in dataset.items]
+    scores = score(truth, probs.argmax(1).tolist(), labels)
+    closed = score(truth, closed_predictions(truth, probs), labels)
+    weights = [normalizer.weights[normalizer.speaker_of[i]] for i in ids] if normalizer is not None and \
+        normalizer.weights else []
     results = {"model": str(folder), "corpus": {"name": corpus.name, "view": corpus.view, "root": str(corpus.root)},
-               "fold": fold, "classes": labels, "scores": asdict(scores), "skipped_utterances": skipped,
+               "fold": fold, "classes": labels, "scores": asdict(scores), "scores_closed": asdict(closed),
+               "reference_weight": {"mean": float(np.mean(weights)), "min": float(np.min(weights)),
+                                    "max": float(np.max(weights))} if weights else None,
+               "skipped_utterances": skipped,
                "encoder": encoder,
                "protocol": protocol_of(config), "git": git_commit()}
     name = f"evaluate-{corpus.name}" + (f"-fold{fold}" if fold is not None else "") + ".json"

@@ -33,7 +33,7 @@ from ..store.features import FeatureStore
 from .checkpoint_io import load_checkpoint_file
 from .closed_form import fit_closed_form, start_from_statistics
 from .data import FoldData, fit_standardizers
-from .evaluate import write_predictions
+from .evaluate import rebalance_references, write_predictions
 from .metrics import closed_predictions, score
 from .settings import FinetuneConfig, RunConfig, recipe_options, structural_adapter_fields, validate, with_store_dims
 from .trainer import (SavesRandomState, check_trainer, claim_run_dir, fit_timed, last_checkpoint,
@@ -188,6 +188,8 @@ def train_stage2(data: FoldData, out_dir: str | os.PathLike, *, recipe: str, con
     init_info = trained.pop("init", None)
     scores = closed = predictions = None
     if len(data.test):
+        if config.calibration.balance:
+            rebalance_references(model, data.normalizer, data.store, config.stage2.batch_size)
         predictions = predict(model, data.test, config.stage2.batch_size)
         truth = [it[2] for it in data.test.items]
         scores = asdict(score(truth, predictions.argmax(1).tolist(), data.labels))
@@ -204,7 +206,7 @@ def train_stage2(data: FoldData, out_dir: str | os.PathLike, *, recipe: str, con
                    extra={"stage": 2, "fold": fold, "best_val_ua": trained["best_val_ua"],
                           "best_epoch": trained["best_epoch"], "init": init_info,
                           "corpus": {"name": corpus.name, "view": corpus.view},
-                          **reference_record(data, config, out_dir / "model")})
+                          **reference_record(data, out_dir / "model")})
         if predictions is not None:
             write_predictions(out_dir / "predictions.csv", data.test, predictions, data.labels)
         atomic_write_json(results, done)
@@ -213,13 +215,13 @@ def train_stage2(data: FoldData, out_dir: str | os.PathLike, *, recipe: str, con
     return results
 
 
-def reference_record(data: FoldData, config: RunConfig, folder: Path) -> dict:
+def reference_record(data: FoldData, folder: Path) -> dict:
     """A speaker-normalised model keeps its training population's statistics (``reference.safetensors``): used when
     no reference audio is given, and what a small reference is shrunk toward."""
     population = getattr(data.normalizer, "population", None)
     if population is None:
         return {}
-    return {"reference": write_population(folder, population, config.calibration.shrink)}
+    return {"reference": write_population(folder, population)}
 
 
 def _stderr(line: str) -> None:
