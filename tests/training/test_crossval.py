@@ -25,6 +25,7 @@ from emoadapt.training.checkpoint_io import (
     load_checkpoint_file,
 )
 from emoadapt.training.crossval import run_cv
+from emoadapt.training.settings import load_config
 from emoadapt.training.stage1 import pretrain
 from emoadapt.training.stage2 import finetune
 
@@ -209,4 +210,22 @@ def test_leave_one_corpus_out_tests_each_corpus_and_scores_closed_over_its_class
         np.mean([results["folds"][k]["closed"]["ua"] for k in ("1", "2")]))
     with pytest.raises(EmoadaptError, match="emoadapt merge"):
         run_cv(corpus, store, "stats", tmp_path / "plain", config=tiny_config(), protocol="corpus", progress=False,
+               log=lambda *_: None)
+
+
+def test_choose_by_corpus_holds_each_training_corpus_out_in_turn(data, tmp_path):
+    from dataclasses import replace
+
+    corpus, store = data
+    source = {1: "a", 2: "a", 3: "c", 4: "b", 5: "b"}
+    rows = [replace(u, extras={**u.extras, "corpus": source[corpus.folds.assignments[u.id]]}) for u in corpus.rows]
+    merged = replace(corpus, rows=rows)
+    config = load_config(None, ["choose_by=corpus", "head.c_grid=[0.01,1.0]"], base=tiny_config())
+    run_cv(merged, store, "stats", tmp_path, folds=[2], config=config, protocol="corpus", progress=False,
+           log=lambda *_: None)
+    chosen = json.loads((tmp_path / "fold_2" / "results.json").read_text())["closed_form"]
+    assert chosen["chosen_on"] == "each training corpus held out in turn (a, c)"
+    assert set(chosen["val_ua"]) == {"0.01", "1.0"} and chosen["C"] in (0.01, 1.0)
+    with pytest.raises(EmoadaptError, match="choose_by=corpus applies to the closed-form recipes"):
+        run_cv(merged, store, "superb", tmp_path / "superb", config=config, protocol="corpus", progress=False,
                log=lambda *_: None)

@@ -19,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 
 from ..errors import TrainingError
 from ..store.dataset import FeatureDataset, eval_loader
-from .metrics import score
+from .metrics import closed_predictions, score
 
 
 @torch.inference_mode()
@@ -38,6 +38,36 @@ def pooled_features(pool, dataset: FeatureDataset, batch_size: int) -> tuple[np.
 def fit_logistic(x: np.ndarray, y: np.ndarray, c: float) -> tuple[StandardScaler, LogisticRegression]:
     scaler = StandardScaler().fit(x)
     return scaler, LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(x), y)
+
+
+def choose_by_held_out_corpus(x: np.ndarray, y: np.ndarray, groups: np.ndarray, labels, c_grid, log=None
+                              ) -> tuple[StandardScaler, LogisticRegression, dict]:
+    """C with the best mean UA over the training corpora, each held out in turn (fitted on the others, scored over
+    its own classes, "closed"), then refitted on every training utterance: validation that imitates a corpus never
+    heard (leave-one-corpus-out)."""
+    names = sorted(set(groups.tolist()))
+    if len(names) < 2:
+        raise TrainingError(None, f"choose_by=corpus needs at least two training corpora; the training utterances "
+                                  f"come from {', '.join(names) or 'none'}: use choose_by=speakers")
+    grid, held_out_ua = sorted(float(c) for c in c_grid), {}
+    for c in grid:
+        per_corpus = {}
+        for name in names:
+            inside = groups == name
+            scaler, model = fit_logistic(x[~inside], y[~inside], c)
+            probabilities = model.predict_proba(scaler.transform(x[inside]))
+            full = np.zeros((len(probabilities), len(labels)))
+            full[:, model.classes_] = probabilities
+            truth = y[inside].tolist()
+            per_corpus[name] = score(truth, closed_predictions(truth, full), labels).ua
+        held_out_ua[c] = float(np.mean(list(per_corpus.values())))
+        if log:
+            log(f"  C={c:g}: held-out-corpus UA {held_out_ua[c]:.2f} "
+                f"({', '.join(f'{k} {v:.1f}' for k, v in per_corpus.items())})")
+    best = max(grid, key=lambda c: (held_out_ua[c], -c))
+    scaler, model = fit_logistic(x, y, best)
+    return scaler, model, {"C": best, "val_ua": {str(c): v for c, v in held_out_ua.items()},
+                           "chosen_on": f"each training corpus held out in turn ({', '.join(names)})"}
 
 
 def choose_and_fit(train: tuple, val: tuple, labels, c_grid, log=None, *, refit: bool = True
@@ -92,9 +122,10 @@ def load_logistic(model, scaler: StandardScaler, logistic: LogisticRegression) -
     model.head.bias.copy_(torch.as_tensor(bias))
 
 
-def _fit_on_statistics(pool, data, batch_size: int, c_grid, log=None, refit: bool = True):
+def _fit_on_statistics(pool, data, batch_size: int, c_grid, log=None, refit: bool = True,
+                       choose_by: str = "speakers"):
     """The pooled features of the fold's training and validation utterances, checked, then C chosen on validation
-    (:func:`choose_and_fit`)."""
+    (:func:`choose_and_fit`) or on each training corpus held out in turn (:func:`choose_by_held_out_corpus`)."""
     t0 = time.perf_counter()
     train = pooled_features(pool, data.train, batch_size)  # evaluation loader: whole utterances, never crops
     val = pooled_features(pool, data.val, batch_size)
@@ -105,6 +136,11 @@ def _fit_on_statistics(pool, data, batch_size: int, c_grid, log=None, refit: boo
         if not np.isfinite(features).all():
             raise TrainingError(None, f"the pooled statistics of the {name} utterances hold NaN or infinite values; "
                                       f"check the features (emoadapt extract CORPUS --store S --verify)")
+    if choose_by == "corpus":
+        corpus_of = {u.id: (u.extras.get("corpus") or "").strip() for u in data.corpus.rows}
+        ids = [item[1] for item in data.train.items] + [item[1] for item in data.val.items]
+        return choose_by_held_out_corpus(np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]),
+                                         np.array([corpus_of[i] for i in ids]), data.labels, c_grid, log)
     return choose_and_fit(train, val, data.labels, c_grid, log, refit=refit)
 
 
@@ -127,12 +163,13 @@ def start_from_statistics(model, data, batch_size: int, c_grid, log=None) -> dic
     return {"C": chosen["C"], "val_ua": chosen["val_ua"].get(str(chosen["C"]))}
 
 
-def fit_closed_form(model, data, batch_size: int, log=None) -> dict:
+def fit_closed_form(model, data, batch_size: int, log=None, choose_by: str = "speakers") -> dict:
     """Fit ``model`` (a closed-form recipe, e.g. StatsClassifier) on a fold (``FoldData``); returns what the fold's
     results record (``best_val_ua``: the chosen C's validation UA). ``log``: a function for progress lines."""
     t0 = time.perf_counter()
     model.eval()
-    scaler, logistic, chosen = _fit_on_statistics(model.pooled, data, batch_size, model.config.c_grid, log)
+    scaler, logistic, chosen = _fit_on_statistics(model.pooled, data, batch_size, model.config.c_grid, log,
+                                                  choose_by=choose_by)
     load_logistic(model, scaler, logistic)
     best_val = chosen["val_ua"].get(str(chosen["C"]))
     return {"best_val_ua": best_val, "best_epoch": None, "epochs_run": 0, "world_size": 1,

@@ -79,11 +79,17 @@ class TrainerConfig:
     log_every_n_steps: int = 10
 
 
+CHOICES = ("speakers", "corpus")  # choose_by
+
+
 @dataclass
 class RunConfig:
     """Everything one run uses; stored as ``config.json`` in the run folder."""
     seed: int = 0
     val_fraction: float = 0.1        # validation = this share of the training speakers, whole speakers
+    choose_by: str = "speakers"      # what closed-form recipes choose C on: "speakers" (the validation speakers) or
+    #                                  "corpus" (each training corpus of a merged corpus held out in turn, scored over
+    #                                  its own classes: the choice for audio unlike the training data)
     standardize: bool = True         # per-layer, per-dimension mean/std of the training frames, fixed in the model
     #                                  (a stage-2 adapter from stage 1 keeps the statistics it was trained with)
     normalize: str = "global"        # global: only that; speaker: first each speaker's frames with the speaker's own
@@ -234,18 +240,22 @@ def validate(config: RunConfig, recipe: str | None = None, *, stage1: bool = Fal
             ("pretrain.max_crop_seconds", config.pretrain.max_crop_seconds, config.pretrain.max_crop_seconds > 0),
             ("trainer.num_workers", config.trainer.num_workers, config.trainer.num_workers >= 0),
             ("normalize", config.normalize, config.normalize in NORMALIZATIONS),
+            ("choose_by", config.choose_by, config.choose_by in CHOICES),
             ("calibration.clips", config.calibration.clips,
              config.calibration.clips is None or config.calibration.clips >= 1),
             ("calibration.apply_to", config.calibration.apply_to, config.calibration.apply_to in CALIBRATED_SPEAKERS),
             ("calibration.scope", config.calibration.scope, config.calibration.scope in SCOPES),
             ("calibration.shrink", config.calibration.shrink, config.calibration.shrink >= 0)):
         if not ok:
-            choices = {"normalize": NORMALIZATIONS, "calibration.apply_to": CALIBRATED_SPEAKERS,
+            choices = {"normalize": NORMALIZATIONS, "choose_by": CHOICES, "calibration.apply_to": CALIBRATED_SPEAKERS,
                        "calibration.scope": SCOPES}.get(key)
             problems.append(f"{key}={value!r} is out of range" + (f" (one of {', '.join(choices)})" if choices else ""))
     if problems:
         raise EmoadaptError(None, "invalid settings: " + "; ".join(problems))
     if recipe is not None:
+        if config.choose_by == "corpus" and lookup_recipe(recipe).fit != "closed_form":
+            raise EmoadaptError(None, f"choose_by=corpus applies to the closed-form recipes (stats); {recipe!r} "
+                                      "chooses its epoch on the validation speakers")
         if config.stage2.freeze_adapter_epochs and not lookup_recipe(recipe).uses_adapter:
             raise EmoadaptError(None, f"stage2.freeze_adapter_epochs applies to the adapter recipes; {recipe!r} has "
                                       "no adapter")

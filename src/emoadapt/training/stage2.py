@@ -180,7 +180,8 @@ def train_stage2(data: FoldData, out_dir: str | os.PathLike, *, recipe: str, con
         return json.loads(done.read_text())  # finished before
     if spec.fit == "closed_form":
         model, build = build_classifier(recipe, config, encoder, len(data.labels))
-        trained = fit_closed_form(model, data, config.stage2.batch_size, log=_stderr if progress else None)
+        trained = fit_closed_form(model, data, config.stage2.batch_size, log=_stderr if progress else None,
+                                  choose_by=config.choose_by)
         trainer = None
     else:
         model, build, trained, trainer = _train_by_gradient(data, recipe, config, encoder, out_dir, init_model,
