@@ -23,6 +23,7 @@ from ..store.features import FeatureStore, array_statistics
 NORMALIZATIONS = ("global", "speaker", "utterance")
 CALIBRATED_SPEAKERS = ("test", "all")  # calibration.apply_to
 SCOPES = ("speaker", "corpus", "none")  # calibration.scope
+IF_MISSING = ("refuse", "none")         # calibration.if_missing
 FEW_CLIPS = 10  # calibration below this many clips is weak (docs/RESULTS.md, the calibration curve)
 ONE_SIDED = 0.6  # a reference whose clips read as one emotion this often (without a reference) looks one-sided
 
@@ -44,6 +45,8 @@ class CalibrationConfig:
     #                                  population's statistics (0: the reference alone), so a small one does less
     balance: bool = False            # also weigh it by how evenly the model, without a reference, spreads the
     #                                  reference's clips over the classes (1: evenly; less: one-sided, e.g. all angry)
+    if_missing: str = "refuse"       # a test speaker without a clip labelled only_label: "refuse", or "none" (no
+    #                                  reference for that speaker: the training population's statistics)
 
 
 class Normalizer:
@@ -168,6 +171,9 @@ def make_normalizer(config, corpus: Corpus, store: FeatureStore, test_ids: Itera
             continue
         if speaker in calibrated:
             ids = calibration_clips(ids, calibration, by_id, seed=config.seed, speaker=speaker, where=corpus.root)
+            if not ids:  # if_missing "none": this speaker has no clip of the asked label
+                statistics[speaker], weights[speaker] = population, 0.0
+                continue
         raw = array_statistics(store.get(i) for i in ids)
         if speaker in calibrated and any(i in test_ids for i in clips[speaker]):
             references[speaker] = (raw, ids)  # a test reference: re-weighed by its balance once a model exists
@@ -184,6 +190,8 @@ def calibration_clips(ids: Sequence[str], calibration, by_id: dict, *, seed: int
     pool = sorted(ids)
     if calibration.only_label is not None:
         pool = [i for i in pool if by_id[i].label == calibration.only_label]
+        if not pool and calibration.if_missing == "none":
+            return []
         if not pool:
             raise CorpusError(where, f"speaker {speaker} has no clip labelled {calibration.only_label!r} to calibrate "
                                      f"with; choose another calibration.only_label or none")

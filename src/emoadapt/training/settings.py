@@ -25,7 +25,7 @@ from typing import Any, Iterable
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from ..calibration import CALIBRATED_SPEAKERS, NORMALIZATIONS, SCOPES, CalibrationConfig
+from ..calibration import CALIBRATED_SPEAKERS, IF_MISSING, NORMALIZATIONS, SCOPES, CalibrationConfig
 from ..errors import EmoadaptError
 from ..model import AdapterConfig, PretrainConfig, head_settings
 from ..model import recipe as lookup_recipe
@@ -245,10 +245,11 @@ def validate(config: RunConfig, recipe: str | None = None, *, stage1: bool = Fal
              config.calibration.clips is None or config.calibration.clips >= 1),
             ("calibration.apply_to", config.calibration.apply_to, config.calibration.apply_to in CALIBRATED_SPEAKERS),
             ("calibration.scope", config.calibration.scope, config.calibration.scope in SCOPES),
-            ("calibration.shrink", config.calibration.shrink, config.calibration.shrink >= 0)):
+            ("calibration.shrink", config.calibration.shrink, config.calibration.shrink >= 0),
+            ("calibration.if_missing", config.calibration.if_missing, config.calibration.if_missing in IF_MISSING)):
         if not ok:
             choices = {"normalize": NORMALIZATIONS, "choose_by": CHOICES, "calibration.apply_to": CALIBRATED_SPEAKERS,
-                       "calibration.scope": SCOPES}.get(key)
+                       "calibration.scope": SCOPES, "calibration.if_missing": IF_MISSING}.get(key)
             problems.append(f"{key}={value!r} is out of range" + (f" (one of {', '.join(choices)})" if choices else ""))
     if problems:
         raise EmoadaptError(None, "invalid settings: " + "; ".join(problems))

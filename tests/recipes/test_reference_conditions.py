@@ -1,0 +1,48 @@
+"""tools/reference_conditions.py end to end on a three-"corpus" fixture: the choice made on the training corpora
+only, every condition measured on the held-out one, the table and JSON, and a re-run that reuses its evaluations."""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_reference_conditions_choose_on_training_corpora_and_measure_the_target(trained, tmp_path, capsys):
+    import reference_conditions
+    from emoadapt.corpora import load_corpus, write_manifest
+    from emoadapt.training.crossval import run_cv
+    from emoadapt.training.settings import load_config
+    corpus, store, _, _ = trained
+    group = {f"Actor_{k:02d}": "abc"[(k - 1) // 4] for k in range(1, 13)}
+    rows = [replace(u, extras={**u.extras, "corpus": group[u.speaker]}) for u in corpus.rows]
+    write_manifest(rows, tmp_path / "merged" / "manifest.csv")
+    merged = load_corpus(tmp_path / "merged")
+    config = load_config(None, ["normalize=speaker", "calibration.scope=none", "choose_by=corpus",
+                                "head.c_grid=[0.1]"])
+    run_cv(merged, store, "stats", tmp_path / "run", config=config, protocol="corpus", progress=False,
+           log=lambda *_: None)
+    argv = ["--corpus", str(tmp_path / "merged"), "--store", str(store), "--run", str(tmp_path / "run"),
+            "--json", str(tmp_path / "references.json"), "--settings", "tau0", "tau5-balance",
+            "--conditions", "none", "speaker", "k1", "only-angry"]
+    assert reference_conditions.main(argv) == 0
+    summary = json.loads((tmp_path / "references.json").read_text())
+    assert set(summary["targets"]) == {"a", "b", "c"}
+    for name, target in summary["targets"].items():
+        assert target["chosen"] in ("tau0", "tau5-balance")
+        assert set(target["closed_ua"]["tau0"]) == {"none", "speaker", "k1", "only-angry"}
+        inner = json.loads((tmp_path / "run" / "inner" / name / "results.json").read_text())
+        assert name not in inner["protocol"]["targets"].values()  # chosen without the target
+    table = capsys.readouterr().out
+    assert "| auto | only-angry |" in table and table.count("\n| tau0 |") == 4
+    evaluations = sorted((tmp_path / "run" / "references").rglob("*.json"))
+    assert len(evaluations) == 3 * 3 * 2 * 4  # 3 targets x (2 inner folds + the target) x settings x conditions
+    before = [p.stat().st_mtime_ns for p in evaluations]
+    assert reference_conditions.main(argv) == 0
+    assert [p.stat().st_mtime_ns for p in evaluations] == before  # reused, not re-made
