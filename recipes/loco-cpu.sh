@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Leave-one-corpus-out (LOCO) rows of docs/RESULTS.md: train on two of RAVDESS, EMOVO and ASED (mapped onto the
+# shared7 classes), test on the third; the embedded Whisper-base encoder, the stats recipe, on a CPU.
+#
+#   recipes/loco-cpu.sh [ROW ...]      # no ROW: all of them, in this order; `recipes/loco-cpu.sh --list`
+#
+# ROW is loco-features, loco-stats, loco-stats-choose-corpus, loco-stats-speaker, loco-references.
+# Environment: DATA (default ../shared/data), WORK (default runs), EMOADAPT (default `emoadapt`), PYTHON (default
+# python). Every command resumes after an interruption and skips what is finished: re-run the same line.
+set -euo pipefail
+data=${DATA:-../shared/data}
+work=${WORK:-runs}
+read -r -a emoadapt <<< "${EMOADAPT:-emoadapt}"
+read -r -a python <<< "${PYTHON:-python}"
+corpus=$work/loco/ravdess-emovo-ased          # the merged corpus (a manifest with a corpus column)
+store=$work/loco/features-whisper-base
+out=$work/loco
+loco=(--corpus "$corpus" --store "$store" --protocol corpus --recipe stats --no-progress)
+grid=(--set choose_by=corpus --set "head.c_grid=[0.001,0.01]")   # C chosen with each training corpus held out
+
+row() {
+    case "$1" in
+        loco-features)
+            [[ -f $corpus/manifest.csv ]] || "${emoadapt[@]}" merge "$data/ravdess" "$data/emovo" "$data/ased" \
+                --label-map shared7 --out "$corpus"
+            "${emoadapt[@]}" extract "$corpus" --store "$store" --no-progress ;;
+        loco-stats)  # the stats recipe as it is within a corpus: C on validation speakers of the training corpora
+            "${emoadapt[@]}" cv "${loco[@]}" --out "$out/stats" ;;
+        loco-stats-choose-corpus)  # C chosen by holding each training corpus out in turn
+            "${emoadapt[@]}" cv "${loco[@]}" "${grid[@]}" --out "$out/stats-choose-corpus" ;;
+        loco-stats-speaker)  # speaker-normalised; tested without a reference (the training population's statistics)
+            "${emoadapt[@]}" cv "${loco[@]}" "${grid[@]}" --normalize speaker --set calibration.scope=none \
+                --out "$out/stats-speaker" ;;
+        loco-references)  # every reference condition x setting on the speaker model; the setting chosen per target
+            "${python[@]}" tools/reference_conditions.py --corpus "$corpus" --store "$store" --run "$out/stats-speaker" \
+                --json "$out/references.json" ;;
+        *) echo "unknown row $1 (see recipes/loco-cpu.sh --list)" >&2; return 2 ;;
+    esac
+}
+
+all=(loco-features loco-stats loco-stats-choose-corpus loco-stats-speaker loco-references)
+if [[ ${1:-} == --list ]]; then printf '%s\n' "${all[@]}"; exit 0; fi
+if (( $# )); then rows=("$@"); else rows=("${all[@]}"); fi
+for r in "${rows[@]}"; do row "$r"; done
+runs=()
+for run in "$out"/stats*; do [[ -f $run/results.json ]] && runs+=("$run"); done
+if (( ${#runs[@]} )); then "${emoadapt[@]}" compare "${runs[@]}"; fi
