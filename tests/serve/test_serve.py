@@ -31,7 +31,7 @@ def server(trained):
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "emoadapt.cli", "serve", "--model", str(models["global"]),
                                 "--port", str(port), "--max-upload-mb", "0.5", "--max-seconds", "5",
-                                "--max-concurrent", "1", "--queue-seconds", "0.05"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                "--max-concurrent", "1", "--queue-seconds", "0.05", "--header-timeout", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -97,6 +97,25 @@ def test_concurrent_requests_beyond_the_limit_get_429_never_5xx(server):
         codes = list(pool.map(lambda _: httpx.post(url + "/predict", content=body, timeout=120).status_code,
                               range(8)))
     assert set(codes) <= {200, 429} and 200 in codes, codes
+
+
+def test_clients_that_never_finish_their_headers_are_closed(server):
+    url, _ = server
+    port = int(url.rsplit(":", 1)[1])
+    slow = []
+    for _ in range(20):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # no blank line: the headers never end
+        slow.append(s)
+    time.sleep(2.5)
+    for s in slow:
+        assert s.recv(1024) == b""  # closed by the server after --header-timeout 1
+        s.close()
+    prompt = socket.create_connection(("127.0.0.1", port), timeout=10)
+    prompt.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert prompt.recv(1024).startswith(b"HTTP/1.1 200")
+    prompt.close()
+    assert httpx.get(url + "/health").status_code == 200
 
 
 def test_the_page_uploads_a_clip_and_shows_the_bars(server, tmp_path):

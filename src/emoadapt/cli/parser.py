@@ -202,6 +202,9 @@ def _add_training_parsers(sub) -> None:
                    help="how long a request waits for a free slot before 429 (default 10)")
     p.add_argument("--window", type=_positive_float, default=10.0,
                    help="longer recordings are cut into speech segments (default 10 s)")
+    p.add_argument("--header-timeout", type=_positive_float, default=10.0,
+                   help="a connection whose request headers have not all arrived within this many seconds is closed "
+                        "(default 10)")
 
     p = sub.add_parser("cv", help="cross-validation: per fold [stage 1 ->] stage 2 -> test; mean ± std "
                                   "(resumable: finished folds are skipped)")

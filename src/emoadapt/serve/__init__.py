@@ -232,9 +232,52 @@ def _trim() -> None:
         trim(0)
 
 
+def header_timeout_protocol(seconds: float):
+    """uvicorn's h11 protocol, closing a connection whose request line and headers have not all arrived within
+    ``seconds`` of it opening (or of the first byte after the previous response): a client that sends its headers
+    byte by byte cannot hold connections open for good. uvicorn has no such setting of its own."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeout(H11Protocol):
+        _header_deadline = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is h11.IDLE:
+                if self._header_deadline is None:
+                    self._arm()
+            elif self._header_deadline is not None:
+                self._header_deadline.cancel()
+                self._header_deadline = None
+
+        def connection_lost(self, exc):
+            if self._header_deadline is not None:
+                self._header_deadline.cancel()
+                self._header_deadline = None
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._header_deadline = self.loop.call_later(seconds, self._headers_too_slow)
+
+        def _headers_too_slow(self) -> None:
+            self._header_deadline = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                client = "%s:%d" % self.client if self.client else "a client"
+                logging.getLogger("emoadapt.serve").warning("%s sent no complete request headers within %g s; "
+                                                            "closed", client, seconds)
+                self.transport.close()
+
+    return HeaderTimeout
+
+
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 20.0,
           max_seconds: float = 120.0, max_concurrent: int = 2, window_seconds: float = 10.0,
-          queue_seconds: float = 10.0) -> None:
+          queue_seconds: float = 10.0, header_timeout: float = 10.0) -> None:
     import uvicorn
 
     from ..inference import Recognizer
@@ -247,7 +290,8 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, max_upload_m
                        int(max_upload_mb * 2**20))
     print(f"emoadapt serve: model {recognizer.model_dir} ({', '.join(recognizer.labels)}) on http://{host}:{port}/",
           flush=True)
-    config = uvicorn.Config(app, host=host, port=port, log_level=os.environ.get("EMOADAPT_LOG_LEVEL", "warning"))
+    config = uvicorn.Config(app, host=host, port=port, log_level=os.environ.get("EMOADAPT_LOG_LEVEL", "warning"),
+                            http=header_timeout_protocol(header_timeout))
     uvicorn.Server(config).run(sockets=[listening])
 
 
