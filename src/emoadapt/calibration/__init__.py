@@ -204,11 +204,14 @@ def calibration_clips(ids: Sequence[str], calibration, by_id: dict, *, seed: int
 def protocol_of(config) -> dict:
     """How test speakers are treated: speaker-independent, or speaker-calibrated (their unlabeled audio gives their
     normalisation statistics: a different protocol from EmoBox's, tabled apart)."""
-    calibrated = config.normalize == "speaker"
+    calibrated = config.normalize == "speaker" and config.calibration.scope != "none"
     out = {"normalize": config.normalize, "speaker_independent": not calibrated}
+    if config.normalize == "speaker" and not calibrated:
+        out["reference"] = "none: test speakers normalised with the training population's statistics"
     if calibrated:
         out["calibration"] = {"clips": config.calibration.clips, "only_label": config.calibration.only_label,
-                              "apply_to": config.calibration.apply_to,
+                              "apply_to": config.calibration.apply_to, "scope": config.calibration.scope,
+                              "shrink": config.calibration.shrink, "balance": config.calibration.balance,
                               "uses": "the test speakers' unlabeled audio"
                                       + (f" (clips chosen by the label {config.calibration.only_label!r})"
                                          if config.calibration.only_label else "")}

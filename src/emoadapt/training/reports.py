@@ -10,7 +10,8 @@ import numpy as np
 
 from ..atomic import atomic_write
 from .metrics import METRICS
-from .settings import with_defaults
+from ..calibration import protocol_of
+from .settings import config_from_record, with_defaults
 
 
 def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
@@ -24,6 +25,8 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
         try:
             r = json.loads(path.read_text())
             protocol, config = r["protocol"], with_defaults(r["config"])
+            # how test speakers were treated follows from the settings (runs saved before a setting existed too)
+            protocol = {**protocol, **protocol_of(config_from_record(r["config"], where=str(path)))}
         except KeyError as error:
             raise ValueError(f"{path}: not a cross-validation results file (it has no {error} field; `emoadapt cv` "
                              f"writes one, a single finetune run does not)") from None
@@ -87,7 +90,10 @@ def protocol_name(protocol: dict) -> str:
     clips = "all clips" if k is None else f"{k} clip{'s' if k != 1 else ''}"
     label = f" labelled {calibration['only_label']}" if calibration.get("only_label") else ""
     every = "; training speakers alike" if calibration.get("apply_to") == "all" else ""
-    return f"speaker-calibrated ({clips}{label} of each test speaker, unlabeled audio{every})"
+    whom = "the test set as one reference" if calibration.get("scope") == "corpus" else "each test speaker"
+    shrunk = f"; shrunk, τ = {calibration['shrink']:g}" if calibration.get("shrink") else ""
+    balanced = "; balance-weighted" if calibration.get("balance") else ""
+    return f"speaker-calibrated ({clips}{label} of {whom}, unlabeled audio{every}{shrunk}{balanced})"
 
 
 def compare_table(rows: list[dict]) -> str:
