@@ -7,10 +7,11 @@ target's unlabeled audio scores against no reference, and which setting is chose
 For each held-out corpus (fold k of the run):
 1. **the choice, on the training corpora only**: the run's recipe and settings are cross-validated over the other
    corpora, one held out in turn (``cv --protocol corpus`` on them: ``<run>/inner/<target>``); every reference
-   setting is measured there under every condition, and the one whose worst gain over no reference is largest (ties:
-   the larger mean gain) is chosen;
-2. **the measurement**: the model of fold k is evaluated on the target under every condition and setting
-   (``evaluate --protocol corpus --reference ...``), the chosen setting marked.
+   setting is measured there under the choice conditions (``--choice-conditions``), and the one whose worst gain over
+   no reference is largest (ties: the larger mean gain) is chosen;
+2. **the measurement**: the model of fold k is evaluated on the target under every condition and setting (what
+   ``evaluate --protocol corpus --reference ...`` measures, computed from each clip's frame moments: :class:`Moments`),
+   the chosen setting marked.
 Conditions: no reference; the whole target as one reference; each speaker's own clips (all; k = 1, 5, 20 at
 random); only its neutral clips; only clips of one emotion (the adversarial case; the emotions every corpus has).
 Settings: the shrinkage τ (clips) and whether the reference's balance is weighed. Every evaluation is written as
@@ -33,6 +34,7 @@ EMOTIONS = ("angry", "happy", "sad", "fear")  # one emotion per speaker: the lab
 # (a speaker with no clip of that emotion gets no reference: calibration.if_missing=none)
 SETTINGS = {"tau0": {"shrink": 0, "balance": False}, "tau5": {"shrink": 5, "balance": False},
             "tau5-balance": {"shrink": 5, "balance": True}, "tau20-balance": {"shrink": 20, "balance": True}}
+CHOICE_CONDITIONS = ("none", "speaker", "k1", "k5", "neutral", "only-angry", "only-sad")  # the choice's (cost: time)
 
 
 def conditions(names=None) -> dict[str, dict]:
@@ -41,17 +43,93 @@ def conditions(names=None) -> dict[str, dict]:
     return {k: v for k, v in every.items() if names is None or k in names}
 
 
-def measure(model: Path, corpus, store, fold: int, out: Path, settings: dict, chosen_conditions: dict
-            ) -> dict[str, dict[str, float]]:
-    """closed UA of ``model`` on fold ``fold`` under every setting x condition (cached as JSON in ``out``)."""
-    from emoadapt.training.evaluate import evaluate
+class Moments:
+    """Every utterance's frame mean and mean square ``[L+1, D]`` and frame count, read once. For the ``stats``
+    recipe a reference only standardises frames, z = (x - m) / sqrt(s² + eps), so the statistics the model pools
+    from z follow exactly from these: mean (mean(x) - m) a, std std(x) a, with a = 1 / sqrt(s² + eps). That turns
+    hundreds of evaluations of one model into seconds; ``test_reference_conditions`` checks it against
+    ``emoadapt evaluate``."""
+
+    def __init__(self, store, ids):
+        self.index = {i: k for k, i in enumerate(ids)}
+        first = np.asarray(store.get(ids[0]))
+        self.mean = np.zeros((len(ids), *first.shape[::2]))
+        self.square, self.frames = np.zeros_like(self.mean), np.zeros(len(ids))
+        for k, i in enumerate(ids):
+            x = np.asarray(store.get(i), np.float64)
+            self.mean[k], self.square[k], self.frames[k] = x.mean(1), np.square(x).mean(1), x.shape[1]
+
+    def statistics(self, ids) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) over every frame of ``ids``, as :func:`emoadapt.store.features.array_statistics` gives."""
+        rows = [self.index[i] for i in ids]
+        w = self.frames[rows][:, None, None]
+        mean = (self.mean[rows] * w).sum(0) / w.sum()
+        return mean, np.sqrt(np.maximum((self.square[rows] * w).sum(0) / w.sum() - np.square(mean), 0.0))
+
+    def probabilities(self, model, ids, reference, eps: float = 1e-5) -> np.ndarray:
+        """The stats model's class probabilities [n, C] for ``ids``, each normalised with ``reference[i]``."""
+        import torch
+        rows = [self.index[i] for i in ids]
+        mean, std = self.mean[rows], np.sqrt(np.maximum(self.square[rows] - np.square(self.mean[rows]), 0.0))
+        m = np.stack([reference[i][0] for i in ids])
+        a = 1.0 / np.sqrt(np.square(np.stack([reference[i][1] for i in ids])) + eps)
+        pooled = np.concatenate([(mean - m) * a, std * a], axis=-1).reshape(len(ids), -1)
+        with torch.no_grad():
+            u = (torch.from_numpy(pooled) - model.feature_mean) / model.feature_scale
+            return torch.softmax(model.head(u.to(model.head.weight.dtype)), -1).double().numpy()
+
+
+def measure(model_dir: Path, corpus, store, fold: int, out: Path, settings: dict, chosen_conditions: dict,
+            moments: Moments) -> dict[str, dict[str, float]]:
+    """closed UA of the stats model in ``model_dir`` on fold ``fold`` under every setting x condition, references
+    drawn, shrunk and balanced by emoadapt.calibration's own functions (cached as JSON in ``out``)."""
+    from emoadapt.atomic import atomic_write_json
+    from emoadapt.calibration import balance_of, calibration_clips, shrunk
+    from emoadapt.corpora.splits import corpus_folds
+    from emoadapt.modelfolder import load_classifier
+    from emoadapt.modelfolder.reference import read_population
+    from emoadapt.training.evaluate import model_settings
+    from emoadapt.training.metrics import closed_predictions, score
+    from emoadapt.training.settings import load_config
+    loaded = load_classifier(model_dir)
+    if loaded.info["build"]["recipe"] != "stats":
+        raise SystemExit(f"{model_dir}: the fast path covers the stats recipe only; use `emoadapt evaluate`")
+    population, labels = read_population(loaded.folder, loaded.info), loaded.info["labels"]
+    folds = corpus_folds(corpus.rows, corpus.root)[0]
+    test = [i for i in folds.split(fold, val_fraction=0).test if i in moments.index]
+    by_id = {u.id: u for u in corpus.rows}
+    truth = [labels.index(by_id[i].label) for i in test]
     table: dict[str, dict[str, float]] = {}
     for setting, options in settings.items():
         for condition, reference in chosen_conditions.items():
             path = out / f"fold{fold}-{setting}-{condition}.json"
             if not path.is_file():
-                evaluate(model, corpus, store, fold, protocol="corpus", reference={**reference, **options},
-                         out=path)
+                config = load_config(None, [f"calibration.{k}={v}" for k, v in {**reference, **options}.items()],
+                                     base=model_settings(loaded.folder, loaded.info))
+                calibration = config.calibration
+                groups: dict[str, list[str]] = {}
+                for i in test:
+                    groups.setdefault("test set" if calibration.scope == "corpus" else folds.group(i), []).append(i)
+                statistics, weights = {}, {}
+                for group, ids in groups.items():
+                    chosen = [] if calibration.scope == "none" else calibration_clips(
+                        ids, calibration, by_id, seed=config.seed, speaker=group, where=corpus.root)
+                    if not chosen:
+                        statistics[group], weights[group] = population, 0.0
+                        continue
+                    balance = 1.0
+                    if calibration.balance:
+                        balance = balance_of(moments.probabilities(loaded.model, chosen, {i: population for i in chosen}))
+                    statistics[group], weights[group] = shrunk(moments.statistics(chosen), population, len(chosen),
+                                                               calibration.shrink, balance)
+                group_of = {i: g for g, ids in groups.items() for i in ids}
+                probabilities = moments.probabilities(loaded.model, test, {i: statistics[group_of[i]] for i in test})
+                closed = score(truth, closed_predictions(truth, probabilities), labels)
+                atomic_write_json({"model": str(loaded.folder), "fold": fold, "setting": options,
+                                   "condition": reference, "scores_closed": {"ua": closed.ua, "wa": closed.wa,
+                                                                             "macro_f1": closed.macro_f1},
+                                   "reference_weight": {"mean": float(np.mean([weights[group_of[i]] for i in test]))}},
+                                  path)
             table.setdefault(setting, {})[condition] = json.loads(path.read_text())["scores_closed"]["ua"]
     return table
 
@@ -81,12 +159,16 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the tables here as well")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--conditions", nargs="+", choices=list(conditions()), default=list(conditions()))
+    parser.add_argument("--choice-conditions", nargs="+", choices=list(conditions()), default=list(CHOICE_CONDITIONS),
+                        help="the conditions the setting is chosen on, on the training corpora (default: "
+                             f"{' '.join(CHOICE_CONDITIONS)}; every condition costs one evaluation per setting)")
     args = parser.parse_args(argv)
     settings = {k: SETTINGS[k] for k in args.settings}
     chosen_conditions = conditions(args.conditions)
-    if "none" not in chosen_conditions:
-        parser.error("--conditions must include none: every gain is measured against it")
+    if "none" not in chosen_conditions or "none" not in args.choice_conditions:
+        parser.error("--conditions and --choice-conditions must include none: every gain is measured against it")
     corpus, store, run = load_corpus(args.corpus), FeatureStore(args.store), Path(args.run)
+    moments = Moments(store, [u.id for u in corpus.rows if u.id in store])
     results = json.loads((run / "results.json").read_text())
     _, targets = corpus_folds(corpus.rows, corpus.root)
     config = config_from_record(results["config"], where=str(run / "results.json"))
@@ -103,12 +185,13 @@ def main(argv=None) -> int:
                        progress=False, log=lambda *_: None)
         inner_targets = inner["protocol"]["targets"]
         inner_tables = [measure(inner_run / f"fold_{k}" / "model", inner_corpus, store, int(k),
-                                run / "references" / "inner" / name, settings, chosen_conditions)
+                                run / "references" / "inner" / name, settings,
+                                conditions([c for c in args.choice_conditions if c in chosen_conditions]), moments)
                         for k in sorted(inner_targets)]
         chosen, rows = choose(inner_tables)
         # 2. the measurement on the held-out corpus
         table = measure(run / f"fold_{fold}" / "model", corpus, store, fold, run / "references", settings,
-                        chosen_conditions)
+                        chosen_conditions, moments)
         summary["targets"][name] = {"fold": fold, "chosen": chosen, "choice": rows, "C": chosen_c, "closed_ua": table}
         print(f"{name}: chosen on {', '.join(inner_targets.values())}: {chosen}", flush=True)
     print(table_text(summary))

@@ -43,6 +43,13 @@ def test_reference_conditions_choose_on_training_corpora_and_measure_the_target(
     assert "| auto | only-angry |" in table and table.count("\n| tau0 |") == 4
     evaluations = sorted((tmp_path / "run" / "references").rglob("*.json"))
     assert len(evaluations) == 3 * 3 * 2 * 4  # 3 targets x (2 inner folds + the target) x settings x conditions
+    from emoadapt.training.evaluate import evaluate  # the fast path gives what `emoadapt evaluate` gives
+    for setting in ("tau0", "tau5-balance"):
+        for condition in ("speaker", "k1", "only-angry"):
+            reference = {**reference_conditions.conditions()[condition], **reference_conditions.SETTINGS[setting]}
+            slow = evaluate(tmp_path / "run" / "fold_1" / "model", merged, store, 1, protocol="corpus",
+                            reference=reference, out=tmp_path / "slow.json")["scores_closed"]["ua"]
+            assert slow == pytest.approx(summary["targets"]["a"]["closed_ua"][setting][condition], abs=1e-9)
     before = [p.stat().st_mtime_ns for p in evaluations]
     assert reference_conditions.main(argv) == 0
     assert [p.stat().st_mtime_ns for p in evaluations] == before  # reused, not re-made

@@ -68,9 +68,14 @@ class Normalizer:
     def rebalance(self, probabilities_without_reference) -> None:
         """Weigh every test reference by its balance (:func:`balance_of`) as well as its size:
         ``probabilities_without_reference(ids)`` gives the model's probabilities [n, C] for those clips normalised with
-        the population's statistics (as without a reference)."""
+        the population's statistics (as without a reference); asked once, for every reference clip."""
+        every = sorted({i for _, ids in self.references.values() for i in ids})
+        if not every:
+            return
+        row = {i: k for k, i in enumerate(every)}
+        probabilities = probabilities_without_reference(every)
         for speaker, (raw, ids) in self.references.items():
-            balance = balance_of(probabilities_without_reference(ids))
+            balance = balance_of(probabilities[[row[i] for i in ids]])
             stats, self.weights[speaker] = shrunk(raw, self.population, len(ids), self.shrink, balance)
             self._by_speaker[speaker] = self._pair(*stats)
 

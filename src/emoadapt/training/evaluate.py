@@ -87,7 +87,9 @@ def evaluate(model_dir: str | os.PathLike, corpus: Corpus | str | os.PathLike,
                                         f"settings do not apply to it")
         config = load_config(None, [f"calibration.{k}={'null' if v is None else v}" for k, v in reference.items()],
                              base=config)
-    normalizer = make_normalizer(config, corpus, store, ids, population=read_population(folder, info))
+    tested = set(ids)  # only the test speakers' statistics are needed: the model brings the population's
+    normalizer = make_normalizer(config, replace(corpus, rows=[u for u in corpus.rows if u.id in tested]), store, ids,
+                                 population=read_population(folder, info))
     if config.calibration.balance:
         rebalance_references(loaded.model, normalizer, store, batch_size)
     dataset = labelled_dataset(corpus, store, ids, labels, normalizer=normalizer)
