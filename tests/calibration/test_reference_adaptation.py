@@ -62,7 +62,7 @@ def test_adapt_reports_the_reference_and_warns_when_it_looks_one_sided(trained):
     recognizer = Recognizer.from_pretrained(models["speaker"], encoder=encoder)
     speaker = [u for u in corpus.rows if u.speaker == "Actor_11"]
     angry = [u.path for u in corpus.rows if u.label == "angry"][:6]  # one emotion (each emotion is its own tone)
-    with pytest.warns(UserWarning, match="looks one-sided: 6 of 6 clips read as angry"):
+    with pytest.warns(UserWarning, match="looks one-sided: .* 6 of 6 as angry"):
         recognizer.adapt(angry)
     assert any("one-sided" in w for w in recognizer.predict(speaker[0].path).warnings)
     with pytest.warns(UserWarning) as caught:

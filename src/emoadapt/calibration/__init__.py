@@ -25,7 +25,10 @@ CALIBRATED_SPEAKERS = ("test", "all")  # calibration.apply_to
 SCOPES = ("speaker", "corpus", "none")  # calibration.scope
 IF_MISSING = ("refuse", "none")         # calibration.if_missing
 FEW_CLIPS = 10  # calibration below this many clips is weak (docs/RESULTS.md, the calibration curve)
-ONE_SIDED = 0.6  # a reference whose clips read as one emotion this often (without a reference) looks one-sided
+# a reference looks one-sided when, read without a reference, its clips spread over less than this share of the
+# model's classes' worth (the exponential of the entropy of their mean probabilities: 4 of 7), or this share of them
+# reads as one class
+ONE_SIDED, MOSTLY_ONE = 4 / 7, 0.6
 
 
 @dataclass

@@ -28,7 +28,7 @@ from typing import Sequence, Union
 import numpy as np
 
 from ..audio import SAMPLE_RATE, load_audio, validate_waveform
-from ..calibration import FEW_CLIPS, ONE_SIDED, balance_of, shrunk
+from ..calibration import FEW_CLIPS, MOSTLY_ONE, ONE_SIDED, balance_of, shrunk
 from ..encoders import use_onnx
 from ..errors import AudioError, EmoadaptError
 from ..modelfolder import load_classifier, resolve_model
@@ -157,12 +157,16 @@ class Recognizer:
         return np.asarray(classify(self.head, [normalizer.normalize(x) for x in features], self.batch_size))
 
     def _warn_if_one_sided(self, probabilities: np.ndarray) -> None:
-        """Mostly one emotion among the reference clips, read without a reference, means a one-sided reference (e.g.
-        a speaker angry in every clip), which would shift every prediction away from that emotion."""
+        """Read without a reference, a one-sided reference (e.g. a speaker angry in every clip) spreads over few
+        classes: its mean class probabilities have an entropy worth less than ONE_SIDED of the classes, or most clips
+        share one label. Such a reference would shift every prediction away from its emotion."""
         counts = np.bincount(probabilities.argmax(1), minlength=len(self.labels))
         top = int(counts.argmax())
-        if counts[top] >= ONE_SIDED * len(probabilities):
-            self._warn_calibration(f"the reference looks one-sided: {counts[top]} of {len(probabilities)} clips read as "
+        worth = float(np.exp(balance_of(probabilities) * np.log(len(self.labels))))
+        if worth < ONE_SIDED * len(self.labels) or counts[top] >= MOSTLY_ONE * len(probabilities):
+            self._warn_calibration(f"the reference looks one-sided: read without a reference its clips spread over "
+                                   f"{worth:.1f} of {len(self.labels)} classes' worth, {counts[top]} of "
+                                   f"{len(probabilities)} as "
                                    f"{self.labels[top]}; a reference of one emotion takes that emotion away from "
                                    f"every prediction: give varied speech")
 
