@@ -4,7 +4,7 @@
 #
 #   recipes/loco-cpu.sh [ROW ...]      # no ROW: all of them, in this order; `recipes/loco-cpu.sh --list`
 #
-# ROW is loco-features, loco-stats, loco-stats-choose-corpus, loco-stats-speaker, loco-references.
+# ROW is loco-features, loco-stats, loco-stats-choose-corpus, loco-stats-speaker, loco-references, loco-adapter.
 # Environment: DATA (default ../shared/data), WORK (default runs), EMOADAPT (default `emoadapt`), PYTHON (default
 # python). Every command resumes after an interruption and skips what is finished: re-run the same line.
 set -euo pipefail
@@ -34,14 +34,17 @@ row() {
         loco-references)  # every reference condition x setting on the speaker model; the setting chosen per target
             "${python[@]}" tools/reference_conditions.py --corpus "$corpus" --store "$store" --run "$out/stats-speaker" \
                 --json "$out/references.json" ;;
+        loco-adapter)  # the trained adapter (stage 2 alone, the CPU-sized config), epochs chosen on validation speakers
+            "${emoadapt[@]}" cv --corpus "$corpus" --store "$store" --protocol corpus --recipe adapter --config cpu \
+                --seed 0 --no-progress --out "$out/adapter" ;;
         *) echo "unknown row $1 (see recipes/loco-cpu.sh --list)" >&2; return 2 ;;
     esac
 }
 
-all=(loco-features loco-stats loco-stats-choose-corpus loco-stats-speaker loco-references)
+all=(loco-features loco-stats loco-stats-choose-corpus loco-stats-speaker loco-references loco-adapter)
 if [[ ${1:-} == --list ]]; then printf '%s\n' "${all[@]}"; exit 0; fi
 if (( $# )); then rows=("$@"); else rows=("${all[@]}"); fi
 for r in "${rows[@]}"; do row "$r"; done
 runs=()
-for run in "$out"/stats*; do [[ -f $run/results.json ]] && runs+=("$run"); done
+for run in "$out"/stats* "$out"/adapter; do [[ -f $run/results.json ]] && runs+=("$run"); done
 if (( ${#runs[@]} )); then "${emoadapt[@]}" compare "${runs[@]}"; fi

@@ -14,8 +14,8 @@ and the recording's result is their duration-weighted mean, with the segments ke
 Inputs are normalised the way the model's training inputs were (``Prediction.normalization`` says how):
 ``global`` models need nothing; ``utterance`` models normalise each clip or segment by itself; ``speaker`` models use
 the statistics of :meth:`Recognizer.adapt`'s reference clips when given (shrunk toward the training population's),
-otherwise the training population's own (models saved before these were kept: the recording itself). Everything goes through
-:mod:`emoadapt.inference.runtime`, the one path from a model folder to predictions.
+otherwise the training population's own (models saved before these were kept: the recording itself). Everything
+goes through :mod:`emoadapt.inference.runtime`, the one path from a model folder to predictions.
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ class Prediction:
     normalization: str                # how the inputs were normalised (see the module docstring)
     segments: list[Segment] = field(default_factory=list)  # the timeline of a long recording; [] for a clip
     warnings: list[str] = field(default_factory=list)  # what to doubt (silent audio, weak calibration, ...)
-    reference: dict | None = None     # speaker models: the reference used (clips, the weight it kept, τ); None: none
+    reference: dict | None = None     # speaker models: the reference used (clips, weight kept, shrink, balance)
 
     def top(self, k: int = 3) -> list[tuple[str, float]]:
         return sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
@@ -95,7 +95,7 @@ class Recognizer:
         self._speaker: tuple[np.ndarray, np.ndarray] | None = None
         self._speaker_clips = 0
         self._calibration_notes: list[str] = []
-        self.reference: dict | None = None  # the reference in use: clips, the weight it kept, τ
+        self.reference: dict | None = None  # the reference in use: clips, the weight it kept, shrink, balance
         self.population = read_population(self.loaded.folder, self.loaded.info)  # speaker models saved with one
         recorded = (self.loaded.info.get("config") or {}).get("calibration") or {}
         self.shrink = float(recorded.get("shrink") or 0.0)
@@ -114,9 +114,9 @@ class Recognizer:
     def adapt(self, clips: Sequence[Audio], sample_rate: int | None = None) -> Recognizer:
         """Use these unlabeled clips (one speaker, one session or a whole target corpus) as the reference for every
         later prediction of a model trained with ``normalize=speaker``. Their statistics are shrunk toward the
-        training population's by n / (n + τ) (τ: the model's ``calibration.shrink``); a warning says when the
-        reference is small or looks one-sided (most of its clips read as one emotion: a reference of one emotion
-        takes that emotion away). Returns the recognizer."""
+        training population's by n / (n + τ) (τ: the model's ``calibration.shrink``; with its ``calibration.balance``,
+        also by how evenly the model spreads them over the classes); a warning says when the reference is small or
+        looks one-sided (a reference of one emotion takes that emotion away). Returns the recognizer."""
         if isinstance(clips, (str, os.PathLike, np.ndarray)) or hasattr(clips, "numpy"):
             clips = [clips]  # one clip given alone
         if self.trained_normalization != "speaker":

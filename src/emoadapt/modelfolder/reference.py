@@ -41,7 +41,8 @@ def read_population(folder: str | Path, info: dict) -> tuple[np.ndarray, np.ndar
     if not path.is_file():
         raise CheckpointError(folder, f"{REFERENCE} is missing; restore the model folder or re-train it")
     if _sha256(path) != record.get("sha256"):
-        raise CheckpointError(path, f"does not match {CONFIG} (sha256 differs): restore the model folder or re-train it")
+        raise CheckpointError(path, f"does not match {CONFIG} (sha256 differs): restore the model folder or "
+                                    f"re-train it")
     try:
         with safe_open(str(path), framework="pt") as f:
             if set(f.keys()) != {"population_mean", "population_std"}:

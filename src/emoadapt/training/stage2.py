@@ -25,7 +25,8 @@ from ..atomic import atomic_write_json
 from ..corpora import Corpus
 from ..errors import CorpusError, EmoadaptError
 from ..inference.runtime import predict
-from ..modelfolder import Seen, load_model, plain_json, read_seen, read_stage1_adapter, refuse_if_seen, save_model, speakers_of
+from ..modelfolder import (Seen, load_model, plain_json, read_seen, read_stage1_adapter, refuse_if_seen, save_model,
+                           speakers_of)
 from ..modelfolder.reference import write_population
 from ..model import StatsConfig, build_model, recipe as lookup_recipe
 from ..store.dataset import encoder_info, open_corpus, open_store, require_same_features
