@@ -4,7 +4,8 @@
 #
 #   recipes/loco-cpu.sh [ROW ...]      # no ROW: all of them, in this order; `recipes/loco-cpu.sh --list`
 #
-# ROW is loco-features, loco-stats, loco-stats-choose-corpus, loco-stats-speaker, loco-references, loco-adapter.
+# ROW is loco-features, loco-stats, loco-stats-choose-corpus, loco-stats-speaker, loco-references, loco-adapter,
+# loco-stage1-pairs (not in the default list: 9 stage-1 and 18 stage-2 runs, hours on a CPU; SEEDS, default "0 1 2").
 # Environment: DATA (default ../shared/data), WORK (default runs), EMOADAPT (default `emoadapt`), PYTHON (default
 # python). Every command resumes after an interruption and skips what is finished: re-run the same line.
 set -euo pipefail
@@ -37,6 +38,14 @@ row() {
         loco-adapter)  # the trained adapter (stage 2 alone, the CPU-sized config), epochs chosen on validation speakers
             "${emoadapt[@]}" cv --corpus "$corpus" --store "$store" --protocol corpus --recipe adapter --config cpu \
                 --seed 0 --no-progress --out "$out/adapter" ;;
+        loco-stage1-pairs)  # the paper's stage 1 on the target's unlabeled audio (+ the sources'), then stage 2 on the
+            # sources' labels, against the same stage 2 without stage 1; paired by seed and target (compare --baseline)
+            for seed in ${SEEDS:-0 1 2}; do
+                "${emoadapt[@]}" cv --corpus "$corpus" --store "$store" --protocol corpus --recipe adapter --config cpu \
+                    --seed "$seed" --no-progress --out "$out/adapter-s$seed"
+                "${emoadapt[@]}" cv --corpus "$corpus" --store "$store" --protocol corpus --recipe full --config cpu \
+                    --set pretrain.test_audio=true --seed "$seed" --no-progress --out "$out/full-test-audio-s$seed"
+            done ;;
         *) echo "unknown row $1 (see recipes/loco-cpu.sh --list)" >&2; return 2 ;;
     esac
 }

@@ -229,3 +229,28 @@ def test_choose_by_corpus_holds_each_training_corpus_out_in_turn(data, tmp_path)
     with pytest.raises(EmoadaptError, match="choose_by=corpus applies to the closed-form recipes"):
         run_cv(merged, store, "superb", tmp_path / "superb", config=config, protocol="corpus", progress=False,
                log=lambda *_: None)
+
+
+def test_stage1_on_the_test_audio_is_a_labelled_protocol_of_its_own(data, tmp_path):
+    """pretrain.test_audio: each fold's stage 1 hears its test utterances (never their labels); the leakage guard lets
+    cv's own stage 1 through and the results say which protocol it was."""
+    from dataclasses import replace
+
+    from emoadapt.modelfolder import read_model_info, read_seen
+    from emoadapt.training.reports import compare_runs
+    corpus, store = data
+    source = {1: "a", 2: "a", 3: "a", 4: "b", 5: "b"}
+    rows = [replace(u, extras={**u.extras, "corpus": source[corpus.folds.assignments[u.id]]}) for u in corpus.rows]
+    merged = replace(corpus, rows=rows)
+    config = load_config(None, ["pretrain.test_audio=true"], base=tiny_config())
+    results = run_cv(merged, store, "full", tmp_path, folds=[2], config=config, protocol="corpus", progress=False,
+                     log=lambda *_: None)
+    stage1 = tmp_path / "fold_2" / "stage1" / "adapter"
+    heard = read_seen(stage1, read_model_info(stage1)).ids
+    test = {u.id for u in rows if u.extras["corpus"] == "b"}
+    assert test <= heard  # the target's audio was in stage 1
+    assert results["protocol"]["stage1_test_audio"] and not results["protocol"]["speaker_independent"]
+    assert compare_runs([tmp_path])[0]["protocol"].startswith("leave-one-corpus-out, stage 1 on the test")
+    with pytest.raises(EmoadaptError, match="pretrain.test_audio applies to recipe 'full'"):
+        run_cv(merged, store, "adapter", tmp_path / "adapter", config=config, protocol="corpus", progress=False,
+               log=lambda *_: None)

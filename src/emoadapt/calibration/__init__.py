@@ -223,4 +223,7 @@ def protocol_of(config) -> dict:
                               "uses": "the test speakers' unlabeled audio"
                                       + (f" (clips chosen by the label {config.calibration.only_label!r})"
                                          if config.calibration.only_label else "")}
+    if config.pretrain.test_audio:
+        out["speaker_independent"] = False
+        out["stage1_test_audio"] = "stage 1 also on the test utterances' unlabeled audio (transductive)"
     return out

@@ -78,6 +78,9 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
         log = lambda *_: None  # noqa: E731 - under DDP every rank runs this loop; one of them talks
     corpus, store = open_corpus(corpus), open_store(store)
     extras = [open_store(s) for s in extra_unlabeled_stores]
+    if config.pretrain.test_audio and (not spec.stage1 or stage1 is not None):
+        raise EmoadaptError(None, "pretrain.test_audio applies to recipe 'full' pre-training on each fold "
+                                  "(without --stage1)")
     if stage1 is not None:
         if not spec.stage1:
             raise EmoadaptError(None, f"a shared stage-1 adapter only applies to recipe 'full', not {recipe!r}")
@@ -131,11 +134,14 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
             elif spec.stage1:
                 log(f"fold {k}: stage 1 on {len(data.split['train'])} training utterances"
                     + (f" + {sum(len(s) for s in extras)} unlabeled" if extras else ""))
-                init = train_stage1(data.unlabeled(extras, config.pretrain.max_crop_seconds), fold_dir / "stage1",
-                                    config=config, encoder=encoder, speakers=speakers_of(corpus), progress=progress)
+                init = train_stage1(data.unlabeled(extras, config.pretrain.max_crop_seconds,
+                                                   test_audio=config.pretrain.test_audio),
+                                    fold_dir / "stage1", config=config, encoder=encoder, speakers=speakers_of(corpus),
+                                    progress=progress)
             log(f"fold {k}: stage 2 ({stage2_recipe})")
             train_stage2(data, fold_dir, recipe=stage2_recipe, config=config, encoder=encoder, init=init,
-                         progress=progress)
+                         progress=progress, init_heard_test_audio=spec.stage1 and config.pretrain.test_audio
+                         and shared_stage1 is None)
         per_fold[k] = json.loads((fold_dir / "results.json").read_text())
         report.folds[k] = Scores(**per_fold[k]["scores"])
         closed.folds[k] = Scores(**(per_fold[k].get("scores_closed") or per_fold[k]["scores"]))

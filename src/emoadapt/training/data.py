@@ -172,10 +172,12 @@ class FoldData(pl.LightningDataModule):
         group = speaker_group(self.corpus)
         return sorted({group(i) for i in self.split[part]})
 
-    def unlabeled(self, extra_stores: Sequence[FeatureStore], max_seconds: float) -> FeatureDataset:
-        """Stage 1's data: the fold's training utterances (never a validation or test speaker) and every utterance of
-        ``extra_stores``, without labels, cropped to ``max_seconds``, normalised as stage 2 will see them."""
-        items = [(0, i, -1) for i in self.split["train"]]
+    def unlabeled(self, extra_stores: Sequence[FeatureStore], max_seconds: float,
+                  test_audio: bool = False) -> FeatureDataset:
+        """Stage 1's data: the fold's training utterances (never a validation speaker) and every utterance of
+        ``extra_stores``, without labels, cropped to ``max_seconds``, normalised as stage 2 will see them;
+        ``test_audio``: the test utterances' audio too (transductive, ``pretrain.test_audio``)."""
+        items = [(0, i, -1) for i in self.split["train"] + (self.split["test"] if test_audio else [])]
         for s, extra in enumerate(extra_stores, start=1):
             items += [(s, i, -1) for i in extra.ids()]
         return FeatureDataset([self.store, *extra_stores], items, max_frames=round(max_seconds * self.frame_rate),

@@ -83,6 +83,10 @@ def protocol_name(protocol: dict) -> str:
     if protocol.get("kind") == "leave-one-corpus-out":
         rest = protocol_name({k: v for k, v in protocol.items() if k != "kind"})
         return "leave-one-corpus-out" + ("" if rest == "speaker-independent" else f", {rest}")
+    if protocol.get("stage1_test_audio"):
+        rest = protocol_name({k: v for k, v in protocol.items() if k != "stage1_test_audio"}
+                             | {"speaker_independent": not protocol.get("calibration")})
+        return f"stage 1 on the test utterances' unlabeled audio; {rest}"
     if protocol.get("speaker_independent", True):
         return "speaker-independent"
     calibration = protocol.get("calibration") or {}

@@ -41,6 +41,8 @@ class PretrainRunConfig(PretrainConfig):
     epochs: int = 100          # stage 1 wants thousands of updates (docs/METHOD.md); RAVDESS folds give ~35 batches/epoch
     grad_clip: float = 3.0     # gradient-norm clipping (DINO's value); 0 switches it off
     total_steps: int = 0       # set by the loop: epochs x batches per epoch (the schedules span the whole run)
+    test_audio: bool = False   # cv --recipe full: each fold's stage 1 also on its test utterances' audio, never their
+    #                            labels (transductive: the target's unlabeled audio; a protocol of its own)
 
 
 @dataclass

@@ -156,7 +156,8 @@ def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.
 
 
 def train_stage2(data: FoldData, out_dir: str | os.PathLike, *, recipe: str, config: RunConfig, encoder: dict,
-                 init: str | os.PathLike | None = None, progress: bool = True, callbacks: Sequence = ()) -> dict:
+                 init: str | os.PathLike | None = None, progress: bool = True, callbacks: Sequence = (),
+                 init_heard_test_audio: bool = False) -> dict:
     """Stage 2 on a fold's data (built once by the caller; its store holds ``encoder``'s features) with settings
     already checked: fit (by gradient steps, or in closed form), save ``model/``, test, write ``results.json``.
     A re-run of a finished fold returns its results."""
@@ -170,8 +171,9 @@ def train_stage2(data: FoldData, out_dir: str | os.PathLike, *, recipe: str, con
     seen, init_model = Seen.of(data.split["train"] + data.split["val"], speakers), None
     if init is not None:
         init_folder, init_model_info, init_seen = check_stage1_adapter(init, encoder, config)
-        refuse_if_seen(init_seen, data.split["test"], speakers, model=str(init_folder),
-                       test=f"fold {fold} of {corpus.name}")
+        if not init_heard_test_audio:  # cv's own transductive stage 1 (pretrain.test_audio) heard them, by design
+            refuse_if_seen(init_seen, data.split["test"], speakers, model=str(init_folder),
+                           test=f"fold {fold} of {corpus.name}")
         seen = seen | init_seen  # its weights and its standardisation statistics came from that audio
         init_model = (init_folder, init_model_info)
     claim_run_dir(out_dir, {"stage": "finetune", "recipe": recipe, "fold": fold, "config": config.to_dict(),
