@@ -141,7 +141,7 @@ def normalizer_for(normalize: str, statistics: tuple[np.ndarray, np.ndarray] | N
         return Normalizer("utterance")
     if statistics is None:
         raise EmoadaptError(None, "this model was trained on speaker-normalised features: give the speaker's "
-                                  "statistics from calibration clips (Recognizer.calibrate, predict --calibrate)")
+                                  "statistics from reference clips (Recognizer.adapt, predict --reference)")
     return Normalizer.one_speaker(statistics)
 
 
