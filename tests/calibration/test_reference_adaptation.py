@@ -103,3 +103,17 @@ def test_balance_weighs_a_one_sided_reference_down(trained):
         evaluated[label] = evaluate(models["speaker"], corpus, FeatureStore(store), fold=1, reference=reference,
                                     out=str(models["speaker"].parent / f"balance-{label}.json"))["reference_weight"]
     assert evaluated["angry"]["max"] < 0.2 < 0.6 < evaluated[None]["min"]  # one emotion: little weight; all: most
+
+
+def test_evaluate_command_measures_a_reference_condition_and_refuses_global_models(trained, tmp_path, capsys):
+    from emoadapt import cli
+    corpus, store, models, _ = trained
+    common = ["--corpus", str(corpus.root), "--view", "4class", "--store", str(store), "--fold", "1"]
+    code = cli.main(["evaluate", "--model", str(models["speaker"]), *common, "--reference", "speaker",
+                     "--reference-clips", "2", "--shrink", "4", "--out", str(tmp_path / "k2.json")])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / "k2.json").read_text())
+    assert result["reference_weight"]["mean"] == pytest.approx(2 / 6)
+    assert result["protocol"]["calibration"]["clips"] == 2 and result["protocol"]["calibration"]["shrink"] == 4
+    code = cli.main(["evaluate", "--model", str(models["global"]), *common, "--reference", "corpus"])
+    assert code == 2 and "reference settings do not apply" in capsys.readouterr().err
