@@ -37,7 +37,7 @@ row() {
                 --json "$out/references.json" ;;
         loco-adapter)  # the trained adapter (stage 2 alone, the CPU-sized config), epochs chosen on validation speakers
             "${emoadapt[@]}" cv --corpus "$corpus" --store "$store" --protocol corpus --recipe adapter --config cpu \
-                --seed 0 --no-progress --out "$out/adapter" ;;
+                --seed 0 --no-progress --out "$out/adapter-s0" ;;
         loco-stage1-pairs)  # the paper's stage 1 on the target's unlabeled audio (+ the sources'), then stage 2 on the
             # sources' labels, against the same stage 2 without stage 1; paired by seed and target (compare --baseline)
             for seed in ${SEEDS:-0 1 2}; do
@@ -55,5 +55,5 @@ if [[ ${1:-} == --list ]]; then printf '%s\n' "${all[@]}"; exit 0; fi
 if (( $# )); then rows=("$@"); else rows=("${all[@]}"); fi
 for r in "${rows[@]}"; do row "$r"; done
 runs=()
-for run in "$out"/stats* "$out"/adapter; do [[ -f $run/results.json ]] && runs+=("$run"); done
+for run in "$out"/stats* "$out"/adapter-s* "$out"/full-test-audio-s*; do [[ -f $run/results.json ]] && runs+=("$run"); done
 if (( ${#runs[@]} )); then "${emoadapt[@]}" compare "${runs[@]}"; fi

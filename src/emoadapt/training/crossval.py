@@ -133,6 +133,8 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
                 init = shared_stage1["path"]
             elif spec.stage1:
                 log(f"fold {k}: stage 1 on {len(data.split['train'])} training utterances"
+                    + (f" + the audio of {len(data.split['test'])} test utterances" if config.pretrain.test_audio
+                       else "")
                     + (f" + {sum(len(s) for s in extras)} unlabeled" if extras else ""))
                 init = train_stage1(data.unlabeled(extras, config.pretrain.max_crop_seconds,
                                                    test_audio=config.pretrain.test_audio),
