@@ -28,8 +28,17 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def finetuned(data, tmp_path_factory):
+    """One fine-tuned fold, trained on one thread like the tests that retrain it and compare weights (a session
+    fixture is made before a test's function-scoped ``one_thread``; thread counts change float sums)."""
+    import torch
+
+    from emoadapt.training.stage2 import finetune
     corpus, store = data
     out = tmp_path_factory.mktemp("finetune")
-    from emoadapt.training.stage2 import finetune
-    return finetune(corpus, store, 1, out, config=tiny_config(), progress=False), out
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return finetune(corpus, store, 1, out, config=tiny_config(), progress=False), out
+    finally:
+        torch.set_num_threads(threads)
 
