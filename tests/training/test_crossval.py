@@ -208,6 +208,13 @@ def test_leave_one_corpus_out_tests_each_corpus_and_scores_closed_over_its_class
     assert results["folds"]["2"]["closed"]["ua"] == fold_b["scores_closed"]["ua"]
     assert results["mean_std_closed"]["ua"]["mean"] == pytest.approx(
         np.mean([results["folds"][k]["closed"]["ua"] for k in ("1", "2")]))
+    one_by_one = tmp_path / "one-by-one"  # folds run in separate calls resume one run folder
+    run_cv(merged, store, "stats", one_by_one, folds=[2], config=tiny_config(), protocol="corpus", progress=False,
+           log=lambda *_: None)
+    again = run_cv(merged, store, "stats", one_by_one, folds=[1, 2], config=tiny_config(), protocol="corpus",
+                   progress=False, log=lambda *_: None)
+    assert again["protocol"]["targets"] == {"1": "a", "2": "b"}
+    assert again["folds"]["2"]["closed"]["ua"] == results["folds"]["2"]["closed"]["ua"]
     with pytest.raises(EmoadaptError, match="emoadapt merge"):
         run_cv(corpus, store, "stats", tmp_path / "plain", config=tiny_config(), protocol="corpus", progress=False,
                log=lambda *_: None)

@@ -116,7 +116,8 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
                         validation="whole speakers drawn from the training corpora's speakers, never from the "
                                    "held-out corpus")
     claim_run_dir(out_dir, {"stage": "cv", "recipe": recipe, "config": config.to_dict(), "encoder": encoder,
-                            "protocol": {k: v for k, v in protocol.items() if k != "folds"},
+                            # the folds asked for (and their targets) may change between calls that resume a run
+                            "protocol": {k: v for k, v in protocol.items() if k not in ("folds", "targets")},
                             "unlabeled_stores": [str(s.root) for s in extras],
                             "shared_stage1": shared_stage1})
     protocol.update(protocol_of(config))
