@@ -115,7 +115,8 @@ def main(argv=None) -> int:
     joined = np.concatenate([np.concatenate([load_audio(c), np.zeros(2 * SAMPLE_RATE, np.float32)]) for c in clips])
     segment_changes = {}
     for pad in (0.1, recognizer.segment_pad_seconds):
-        cutter = Recognizer.from_pretrained(args.model, window_seconds=args.seconds, segment_pad_seconds=pad)
+        cutter = Recognizer.from_pretrained(args.model, window_seconds=args.seconds, segment_pad_seconds=pad,
+                                            span_seconds=args.seconds, hop_seconds=args.seconds)  # a clip a piece
         labels = [s.label for s in cutter.predict(joined).segments]
         segment_changes[str(pad)] = (sum(a != b for a, b in zip(alone, labels)) if len(labels) == len(alone)
                                      else f"{len(labels)} segments for {len(alone)} clips")

@@ -31,7 +31,9 @@ def server(trained):
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "emoadapt.cli", "serve", "--model", str(models["global"]),
                                 "--port", str(port), "--max-upload-mb", "0.5", "--max-seconds", "5",
-                                "--max-concurrent", "1", "--queue-seconds", "0.05", "--header-timeout", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                "--max-concurrent", "1", "--queue-seconds", "0.05", "--header-timeout", "1",
+                                "--no-speech-check"],  # the fixture's emotions are tones, not speech
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -158,7 +160,7 @@ def test_reference_clips_adapt_a_speaker_model_for_their_request_only(trained):
     from emoadapt import Recognizer
     from emoadapt.serve import create_app
     corpus, _, models, encoder = trained
-    recognizer = Recognizer.from_pretrained(models["speaker"], encoder=encoder)
+    recognizer = Recognizer.from_pretrained(models["speaker"], encoder=encoder, speech_check=False)
     client = TestClient(create_app(recognizer))
     speaker = [Path(u.path) for u in corpus.rows if u.speaker == "Actor_11"]
     files = [("file", (speaker[0].name, speaker[0].read_bytes()))]
@@ -168,7 +170,8 @@ def test_reference_clips_adapt_a_speaker_model_for_their_request_only(trained):
     assert answer["reference"] == {"clips": 8, "weight": 1.0, "shrink": 0.0, "balance": 1.0}
     assert any("reference of 8 clip(s) is small" in w for w in answer["warnings"])
     with pytest.warns(UserWarning):
-        expected = Recognizer.from_pretrained(models["speaker"], encoder=encoder).adapt(speaker).predict(speaker[0])
+        expected = Recognizer.from_pretrained(models["speaker"], encoder=encoder,
+                                              speech_check=False).adapt(speaker).predict(speaker[0])
     assert np.allclose(list(answer["probabilities"].values()), list(expected.probabilities.values()), atol=1e-5)
     plain = client.post("/predict", files=files).json()  # the next request has no reference: none is kept
     assert plain["reference"] is None and plain["normalization"].startswith("speaker (no reference")

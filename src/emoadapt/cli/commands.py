@@ -189,9 +189,10 @@ def cmd_export(args) -> int:
 
 def cmd_serve(args) -> int:
     from ..serve import serve
+    from .parser import recognizer_options
     serve(args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds,
           max_concurrent=args.max_concurrent, window_seconds=args.window, queue_seconds=args.queue_seconds,
-          header_timeout=args.header_timeout)
+          header_timeout=args.header_timeout, **recognizer_options(args))
     return 0
 
 

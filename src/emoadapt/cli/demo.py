@@ -90,7 +90,9 @@ def _demo_shipped_model(corpus, args) -> None:
         true = rename.get(("ravdess", u.label))
         counted += true is not None
         right += true == r.label
-        print(f"  {Path(u.path).name}  true {u.label:<9} -> {r.label:<9} {r.probabilities[r.label]:.2f}"
+        top, p = r.top(1)[0]
+        print(f"  {Path(u.path).name}  true {u.label:<9} -> {r.label or 'no label':<9} {p:.2f}"
+              + (f" ({top}; {r.abstained})" if r.abstained else "")
               + ("" if true is not None else "  (calm: not one of the model's classes)"))
     if counted:
         print(f"  {right} of {counted} right on the model's classes ({100 * right / counted:.1f} %; chance "

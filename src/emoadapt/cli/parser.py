@@ -48,6 +48,35 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not whole numbers separated by commas, e.g. 0,6,12") from None
 
 
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability in [0, 1)")
+    return value
+
+
+def guard_flags(p: argparse.ArgumentParser) -> None:
+    """How the Recognizer reads long recordings and when it gives no label (predict and serve)."""
+    p.add_argument("--span", type=_positive_float, default=4.0, help="in a long recording, a stretch of speech "
+                   "longer than this is read through windows this long (default 4 s)")
+    p.add_argument("--hop", type=_positive_float, default=1.0, help="those windows start every this many seconds "
+                   "(default 1): the timeline's resolution")
+    p.add_argument("--abstain", type=_probability, metavar="P", help="give no label when the top probability is "
+                   "below P (the probabilities are still reported)")
+    p.add_argument("--no-speech-check", dest="speech_check", action="store_false",
+                   help="label audio whatever the voice detector hears (for non-speech sounds); by default audio with "
+                        "under 0.25 s of speech gets no label")
+
+
+def recognizer_options(args) -> dict:
+    """The Recognizer's keyword arguments from :func:`guard_flags`."""
+    return {"span_seconds": args.span, "hop_seconds": args.hop, "abstain_below": args.abstain,
+            "speech_check": args.speech_check}
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -171,7 +200,10 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--group-by", choices=("speaker",), help="with a manifest that has a speaker column: each "
                    "speaker's own files are their reference (speaker-normalised models)")
     p.add_argument("--window", type=_positive_float, default=10.0, help="recordings up to this many seconds are "
-                   "classified whole; longer ones are cut into speech segments of at most this (default 10)")
+                   "classified whole; longer ones are cut into stretches of speech (default 10)")
+    p.add_argument("--labels", metavar="A,B,...", help="only these of the model's classes, e.g. angry,happy,neutral,"
+                   "sad: probabilities renormalised over them (the output says so)")
+    guard_flags(p)
     p.add_argument("--max-seconds", type=_positive_float, default=1200.0,
                    help="longer recordings are refused (default 1200)")
     p.add_argument("--batch-size", type=_positive_int, default=8)
@@ -201,7 +233,8 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--queue-seconds", type=_positive_float, default=10.0,
                    help="how long a request waits for a free slot before 429 (default 10)")
     p.add_argument("--window", type=_positive_float, default=10.0,
-                   help="longer recordings are cut into speech segments (default 10 s)")
+                   help="longer recordings are cut into stretches of speech (default 10 s)")
+    guard_flags(p)
     p.add_argument("--header-timeout", type=_positive_float, default=10.0,
                    help="a connection whose request headers have not all arrived within this many seconds is closed "
                         "(default 10)")

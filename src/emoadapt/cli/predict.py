@@ -51,8 +51,11 @@ def run_predict(args) -> int:
     inputs = expand_inputs(args.paths)
     if not inputs:
         raise EmoadaptError(None, "nothing to predict: give audio files, folders, globs or a manifest")
+    from .parser import recognizer_options
     recognizer = Recognizer.from_pretrained(args.model, window_seconds=args.window, max_seconds=args.max_seconds,
-                                            batch_size=args.batch_size, backend=args.backend)
+                                            batch_size=args.batch_size, backend=args.backend,
+                                            **recognizer_options(args))
+    subset = recognizer.subset(args.labels)  # checked before any audio is read
     if args.reference and args.group_by:
         raise EmoadaptError(None, "give either --reference clips (one speaker) or --group-by speaker, not both")
     groups: list[tuple[str | None, list[int]]] = [(None, list(range(len(inputs))))]
@@ -73,20 +76,22 @@ def run_predict(args) -> int:
             adapt(recognizer, [inputs[k].path for k in members], f"speaker {speaker}")
         with warnings.catch_warnings():  # each prediction carries its warnings into the table, JSON and CSV
             warnings.simplefilter("ignore")
-            for k, result in zip(members, recognizer.predict_each([inputs[k].path for k in members])):
+            for k, result in zip(members, recognizer.predict_each([inputs[k].path for k in members], labels=subset)):
                 results[k] = result
     failed = [(inputs[k], r) for k, r in enumerate(results) if isinstance(r, Exception)]
     done = [(inputs[k], r) for k, r in enumerate(results) if not isinstance(r, Exception)]
     out = sys.stdout
     if args.json:
-        json.dump({"model": str(recognizer.model_dir), "labels": recognizer.labels,
+        json.dump({"model": str(recognizer.model_dir), "labels": subset or recognizer.labels, "subset": subset,
                    "predictions": [dict(r.to_dict(), top=r.top(args.top_k), speaker=i.speaker) for i, r in done],
                    "failed": [{"source": i.path, "error": str(e)} for i, e in failed]}, out, indent=2)
         out.write("\n")
     elif args.csv:
-        out.write(csv_text(done, recognizer.labels))
+        out.write(csv_text(done, subset or recognizer.labels))
     else:
         out.write(table_text(done, args.top_k))
+        if subset:
+            out.write(f"labels: {', '.join(subset)} only (probabilities renormalised over them)\n")
     for item, error in failed:
         print(f"failed: {error}", file=sys.stderr)
     if failed:
@@ -113,7 +118,13 @@ def table_text(done, top_k: int) -> str:
     width = max([len(r.source) for _, r in done] + [6])
     for item, r in done:
         top = ", ".join(f"{label} {p:.2f}" for label, p in r.top(top_k))
-        lines.append(f"{r.source:<{width}}  {r.label:<10}  {top}  ({r.duration:.1f} s)")
+        speech = f", speech {100 * r.speech['ratio']:.0f} %" if r.speech else ""
+        lines.append(f"{r.source:<{width}}  {r.label or '-':<10}  {top}  ({r.duration:.1f} s{speech})")
+        if r.abstained:
+            lines.append(f"{'':<{width}}    no label: {r.abstained}")
+        if r.segments:
+            held = ", ".join(f"{c} {v:.0%}" for c, v in sorted(r.shares.items(), key=lambda kv: -kv[1]) if v > 0)
+            lines.append(f"{'':<{width}}    speech time: {held}" + ("  (mixed)" if r.mixed else ""))
         for s in r.segments:
             best = max(s.probabilities.values())
             lines.append(f"{'':<{width}}    {s.start:7.2f}-{s.end:7.2f} s  {s.label:<10} {best:.2f}")
@@ -127,13 +138,15 @@ def table_text(done, top_k: int) -> str:
 def csv_text(done, labels: list[str]) -> str:
     buffer = io.StringIO()
     w = csv.writer(buffer)
-    w.writerow(["source", "segment", "start", "end", "label", *[f"p_{c}" for c in labels], "normalization",
-                "warnings"])
+    w.writerow(["source", "segment", "start", "end", "label", *[f"p_{c}" for c in labels], "shares", "abstained",
+                "mixed", "speech_ratio", "speech_flag", "normalization", "warnings"])
     for _, r in done:
         notes = " | ".join(r.warnings)
-        w.writerow([r.source, "", 0.0, r.duration, r.label, *[f"{r.probabilities[c]:.5f}" for c in labels],
-                    r.normalization, notes])
+        speech = [r.speech["ratio"], r.speech["flag"]] if r.speech else ["", ""]
+        held = " ".join(f"{c}={v:.4f}" for c, v in r.shares.items())  # share of the speech time per class
+        w.writerow([r.source, "", 0.0, r.duration, r.label or "", *[f"{r.probabilities[c]:.5f}" for c in labels],
+                    held, r.abstained or "", int(r.mixed), *speech, r.normalization, notes])
         for n, s in enumerate(r.segments, start=1):
             w.writerow([r.source, n, s.start, s.end, s.label, *[f"{s.probabilities[c]:.5f}" for c in labels],
-                        r.normalization, notes])
+                        "", "", "", "", "", r.normalization, notes])
     return buffer.getvalue()

@@ -8,8 +8,14 @@
     recognizer.adapt(["me-1.wav", "me-2.wav"])                   # a speaker-normalised model: the reference audio
 
 A recording up to ``window_seconds`` is classified whole, as the models were trained. A longer one is cut into
-speech segments by a voice-activity detector (:mod:`emoadapt.inference.segments`); each segment is classified
-and the recording's result is their duration-weighted mean, with the segments kept as a timeline.
+stretches of speech by a voice-activity detector, and a stretch longer than ``span_seconds`` is read through
+windows of that length every ``hop_seconds`` (:mod:`emoadapt.inference.segments`). The result is a timeline of
+segments, the share of speech time each class holds (``shares``), and ``mixed`` when no class holds half of it.
+
+Every prediction is guarded (:mod:`emoadapt.inference.guard`): ``speech`` says how much speech the voice detector
+heard, and ``label`` is None, with ``abstained`` saying why, for audio with too little speech to judge, for a mixed
+recording, or below the caller's ``abstain_below``. ``labels=[...]`` restricts a prediction to a subset of the
+model's classes, its probabilities renormalised over them (``subset`` says so).
 
 Inputs are normalised the way the model's training inputs were (``Prediction.normalization`` says how):
 ``global`` models need nothing; ``utterance`` models normalise each clip or segment by itself; ``speaker`` models use
@@ -34,8 +40,9 @@ from ..errors import AudioError, EmoadaptError
 from ..modelfolder import load_classifier, resolve_model
 from ..modelfolder.reference import read_population
 from ..store.features import array_statistics
+from .guard import DOMINANT_SHARE, check_speech
 from .runtime import classify, encode_waveforms, model_encoder, model_normalization, waveform_normalizer
-from .segments import overall, pieces_of
+from .segments import overall, pieces_of, shares, timeline
 
 Audio = Union[str, os.PathLike, np.ndarray]
 
@@ -51,13 +58,18 @@ class Segment:
 @dataclass
 class Prediction:
     source: str                       # the file, or "array[i]"
-    label: str
-    probabilities: dict[str, float]   # every class, in the model's order
+    label: str | None                 # None: no label is given, and ``abstained`` says why
+    probabilities: dict[str, float]   # every class (or the subset asked for), in the model's order
     duration: float                   # seconds of audio
     normalization: str                # how the inputs were normalised (see the module docstring)
     segments: list[Segment] = field(default_factory=list)  # the timeline of a long recording; [] for a clip
     warnings: list[str] = field(default_factory=list)  # what to doubt (silent audio, weak calibration, ...)
     reference: dict | None = None     # speaker models: the reference used (clips, weight kept, shrink, balance)
+    speech: dict | None = None        # the guard's speech check: ratio, seconds, method, flag
+    abstained: str | None = None      # why ``label`` is None: no speech, a mixed recording, a low top probability
+    shares: dict[str, float] = field(default_factory=dict)  # share of the speech time each class holds as top class
+    mixed: bool = False               # no class holds half of a long recording's speech time
+    subset: list[str] | None = None   # the classes asked for (probabilities renormalised over them)
 
     def top(self, k: int = 3) -> list[tuple[str, float]]:
         return sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
@@ -69,10 +81,20 @@ class Prediction:
 class Recognizer:
     def __init__(self, model_dir: str | os.PathLike, *, encoder=None, window_seconds: float = 10.0,
                  max_seconds: float = 1200.0, batch_size: int = 8, backend: str = "torch",
-                 onnx: str | os.PathLike | None = None, segment_pad_seconds: float = 1.0):
+                 onnx: str | os.PathLike | None = None, segment_pad_seconds: float = 1.0,
+                 span_seconds: float = 4.0, hop_seconds: float = 1.0, abstain_below: float | None = None,
+                 speech_check: bool = True):
         if window_seconds <= 0 or max_seconds <= 0 or batch_size < 1 or segment_pad_seconds < 0:
             raise EmoadaptError(None, "window_seconds and max_seconds must be > 0, batch_size >= 1 and "
                                       "segment_pad_seconds >= 0")
+        if not (0 < hop_seconds <= span_seconds):
+            raise EmoadaptError(None, f"hop_seconds {hop_seconds} and span_seconds {span_seconds}: need 0 < hop <= "
+                                      f"span (a window every hop seconds, each span seconds long)")
+        if abstain_below is not None and not 0 <= abstain_below < 1:
+            raise EmoadaptError(None, f"abstain_below {abstain_below}: give a top probability in [0, 1), below "
+                                      f"which a prediction gives no label")
+        self.span_seconds, self.hop_seconds, self.abstain_below = span_seconds, hop_seconds, abstain_below
+        self.speech_check = speech_check  # off: label any sound (non-speech research, synthetic test audio)
         if backend not in ("torch", "onnx"):
             raise EmoadaptError(None, f"backend {backend!r}: choose torch or onnx")
         # the context kept around each speech segment: the corpora's clips have about a second of silence around
@@ -178,20 +200,26 @@ class Recognizer:
     def reset_calibration(self) -> None:
         self._speaker, self._speaker_clips, self._calibration_notes, self.reference = None, 0, [], None
 
-    def predict(self, audio: Audio | Sequence[Audio], sample_rate: int | None = None) -> Prediction | list[Prediction]:
+    def predict(self, audio: Audio | Sequence[Audio], sample_rate: int | None = None, *,
+                labels: Sequence[str] | None = None) -> Prediction | list[Prediction]:
         """One Prediction per input: a path or a 1-D waveform (at ``sample_rate``, 16 kHz when None); a list gives a
-        list. A bad input raises its AudioError naming it (:meth:`predict_each` reports it and goes on)."""
+        list. ``labels``: only these of the model's classes, their probabilities renormalised over them. A bad input
+        raises its AudioError naming it (:meth:`predict_each` reports it and goes on)."""
         if isinstance(audio, (list, tuple)):
-            results = list(self.predict_each(audio, sample_rate))
+            results = list(self.predict_each(audio, sample_rate, labels=labels))
             for r in results:
                 if isinstance(r, Exception):
                     raise r
             return results
-        return self._predict_one(audio, sample_rate, 0)
+        subset = self.subset(labels)
+        source, wave, notes = self._load(audio, sample_rate, "array[0]")
+        return self._prediction(source, wave, *self._run(source, wave), notes=notes, subset=subset)
 
-    def predict_each(self, inputs: Sequence[Audio], sample_rate: int | None = None, chunk: int = 64):
+    def predict_each(self, inputs: Sequence[Audio], sample_rate: int | None = None, chunk: int = 64, *,
+                     labels: Sequence[str] | None = None):
         """Yield, in input order, a Prediction or the EmoadaptError that input raised. Clips no longer than the
         window are encoded and classified together, batched by length, ``chunk`` inputs at a time."""
+        subset = self.subset(labels)
         for first in range(0, len(inputs), chunk):
             loaded: dict[int, tuple[str, np.ndarray] | EmoadaptError] = {}
             for k in range(first, min(first + chunk, len(inputs))):
@@ -213,36 +241,80 @@ class Recognizer:
                 if isinstance(item, Exception):
                     yield item
                 elif k in clips:
-                    yield self._prediction(item[0], item[1], clips[k][0], [(0, len(item[1]))], clips[k][0][None],
-                                           clips[k][1], notes=item[2])
+                    yield self._prediction(item[0], item[1], [(0, len(item[1]))], clips[k][0][None], clips[k][1],
+                                           notes=item[2], subset=subset)
                 else:
                     try:
-                        yield self._prediction(item[0], item[1], *self._run(item[0], item[1]), notes=item[2])
+                        yield self._prediction(item[0], item[1], *self._run(item[0], item[1]), notes=item[2],
+                                               subset=subset)
                     except EmoadaptError as error:
                         yield error
 
+    def subset(self, labels: Sequence[str] | None) -> list[str] | None:
+        """The checked subset of the model's classes (None: all of them), in the model's order."""
+        if labels is None:
+            return None
+        if isinstance(labels, str):
+            labels = [part for part in labels.split(",")]
+        asked = [str(label).strip() for label in labels]
+        unknown = [label for label in asked if label not in self.labels]
+        if unknown:
+            raise EmoadaptError(None, f"labels: {', '.join(map(repr, unknown))} is not a class of this model; its "
+                                      f"classes are {', '.join(self.labels)}")
+        if len(set(asked)) != len(asked) or len(asked) < 2:
+            raise EmoadaptError(None, f"labels: give two or more different classes of the model "
+                                      f"({', '.join(self.labels)}), not {', '.join(asked) or 'none'}")
+        return [label for label in self.labels if label in asked]
+
     def embed(self, audio: Audio | Sequence[Audio], sample_rate: int | None = None) -> np.ndarray:
         """The utterance vector the classifier sees, ``[N, E]`` for N inputs (a long recording: the mean over its
-        segments, weighted by duration)."""
+        time, each stretch the mean of the windows that cover it)."""
         inputs = audio if isinstance(audio, (list, tuple)) else [audio]
-        return np.stack([self._run(*self._load(a, sample_rate, f"array[{k}]")[:2], embed=True)[0]
-                         for k, a in enumerate(inputs)])
+        vectors = []
+        for k, a in enumerate(inputs):
+            pieces, values, _ = self._run(*self._load(a, sample_rate, f"array[{k}]")[:2], embed=True)
+            vectors.append(overall(values, pieces))
+        return np.stack(vectors)
 
-    def _predict_one(self, audio: Audio, sample_rate: int | None, k: int) -> Prediction:
-        source, wave, notes = self._load(audio, sample_rate, f"array[{k}]")
-        return self._prediction(source, wave, *self._run(source, wave), notes=notes)
-
-    def _prediction(self, source: str, wave: np.ndarray, overall, pieces, per_piece, normalization, *,
-                    notes: Sequence[str] = ()) -> Prediction:
-        labels = self.labels
-        segments = [] if len(pieces) == 1 and pieces[0] == (0, len(wave)) else [
-            Segment(round(a / SAMPLE_RATE, 3), round(b / SAMPLE_RATE, 3), labels[int(p.argmax())],
-                    dict(zip(labels, map(float, p)))) for (a, b), p in zip(pieces, per_piece)]
-        return Prediction(source=source, label=labels[int(overall.argmax())],
-                          probabilities=dict(zip(labels, map(float, overall))),
+    def _prediction(self, source: str, wave: np.ndarray, pieces, per_piece, normalization, *,
+                    notes: Sequence[str] = (), subset: list[str] | None = None) -> Prediction:
+        labels = subset or self.labels
+        per_piece = np.asarray(per_piece, np.float64)
+        if subset is not None:
+            chosen = [self.labels.index(label) for label in subset]
+            per_piece = per_piece[:, chosen] / np.maximum(per_piece[:, chosen].sum(1, keepdims=True), 1e-12)
+        probabilities = overall(per_piece, pieces)
+        whole = len(pieces) == 1 and pieces[0] == (0, len(wave))
+        spans = [] if whole else timeline(per_piece, pieces)
+        segments = [Segment(round(a / SAMPLE_RATE, 3), round(b / SAMPLE_RATE, 3), labels[int(p.argmax())],
+                            dict(zip(labels, map(float, p)))) for a, b, p in spans]
+        speech = check_speech(wave) if self.speech_check else None
+        warnings_ = [*notes, *self._calibration_notes]  # references: speaker models only
+        if speech is not None and speech.note:
+            warnings_.append(speech.note)
+        top = int(probabilities.argmax())
+        held = shares(spans, labels) if spans else {labels[top]: 1.0}
+        mixed = bool(spans) and max(held.values()) < DOMINANT_SHARE
+        abstained = None
+        if speech is not None and speech.flag == "no_speech":
+            abstained = "no speech"
+        elif mixed:
+            abstained = (f"mixed: no class holds {DOMINANT_SHARE:.0%} of the speech time ("
+                         + ", ".join(f"{c} {v:.0%}" for c, v in sorted(held.items(), key=lambda kv: -kv[1])[:3])
+                         + "); see the segments")
+        elif self.abstain_below is not None and probabilities[top] < self.abstain_below:
+            abstained = f"top probability {probabilities[top]:.2f} is below the threshold {self.abstain_below:.2f}"
+        if spans:
+            label = None if abstained else max(held, key=held.get)
+        else:
+            label = None if abstained else labels[top]
+        return Prediction(source=source, label=label, probabilities=dict(zip(labels, map(float, probabilities))),
                           duration=round(len(wave) / SAMPLE_RATE, 3), normalization=normalization, segments=segments,
-                          warnings=[*notes, *self._calibration_notes],  # references: speaker models only
-                          reference=dict(self.reference) if self.reference and self._speaker is not None else None)
+                          warnings=warnings_,
+                          reference=dict(self.reference) if self.reference and self._speaker is not None else None,
+                          speech=asdict(speech) if speech else None, abstained=abstained,
+                          shares=held if label or spans else {},
+                          mixed=mixed, subset=list(subset) if subset else None)
 
     def _load(self, audio: Audio, sample_rate: int | None, name: str) -> tuple[str, np.ndarray, list[str]]:
         """(source, 16 kHz waveform, the warnings reading it raised, e.g. silence)."""
@@ -266,14 +338,15 @@ class Recognizer:
         return str(audio), load_audio(audio, max_seconds=self.max_seconds, min_samples=self.encoder.min_samples)
 
     def _run(self, source: str, wave: np.ndarray, embed: bool = False):
-        """(overall [C] or [E], pieces, per-piece values, normalization) of one recording
+        """(pieces, per-piece values [P, C] or [P, E], normalization) of one recording
         (:func:`emoadapt.inference.segments.pieces_of`)."""
         pieces = pieces_of(wave, source=source, window_seconds=self.window_seconds,
-                           pad_seconds=self.segment_pad_seconds, min_samples=self.encoder.min_samples)
+                           pad_seconds=self.segment_pad_seconds, min_samples=self.encoder.min_samples,
+                           span_seconds=self.span_seconds, hop_seconds=self.hop_seconds)
         features = encode_waveforms(self.loaded, self.encoder, [wave[a:b] for a, b in pieces], self.batch_size)
         features, normalization = self._normalize(features, len(pieces), len(wave) / SAMPLE_RATE)
         values = classify(self.head, features, self.batch_size, embed=embed)
-        return overall(values, pieces), pieces, values, normalization
+        return pieces, values, normalization
 
     def _normalize(self, features: list[np.ndarray], pieces: int, seconds: float) -> tuple[list[np.ndarray], str]:
         mode, statistics = self.trained_normalization, None

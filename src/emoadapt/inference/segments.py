@@ -1,6 +1,11 @@
-"""What a long recording becomes: speech segments found by a voice-activity detector (silero-vad's ONNX model,
-whose weights ship inside its wheel), each at most the model's window with context either side, and the
-recording's overall result as the segments' duration-weighted mean. A recording up to the window is one piece."""
+"""What a long recording becomes: stretches of speech found by a voice-activity detector (silero-vad's ONNX model,
+whose weights ship inside its wheel), with context either side; a stretch longer than ``span_seconds`` is read
+through sliding windows of that length every ``hop_seconds`` (continuous speech has no pause to cut at, and a
+window of a clip's length hears one emotion rather than the average of several). A recording up to the model's
+window is one piece.
+
+:func:`timeline` turns the pieces' class probabilities into the recording's timeline: each stretch of time gets the
+mean of the windows that cover it, and neighbouring stretches with the same label join into one segment."""
 from __future__ import annotations
 
 import threading
@@ -15,7 +20,12 @@ _VAD = None
 _VAD_LOCK = threading.Lock()
 
 
-def _vad_model():
+def vad_lock() -> threading.Lock:
+    """Held while the detector runs: it carries state between windows, and the server runs threads."""
+    return _VAD_LOCK
+
+
+def vad_model():
     """silero-vad's ONNX model, loaded once per process (onnxruntime; no code is unpickled)."""
     global _VAD
     if _VAD is None:
@@ -36,12 +46,12 @@ def speech_segments(wave: np.ndarray, *, max_seconds: float = 10.0, min_speech_s
     import torch
     from silero_vad import get_speech_timestamps
     with _VAD_LOCK:  # the model carries state between windows: one recording at a time (the server runs threads)
-        found = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), _vad_model(),
+        found = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), vad_model(),
                                       threshold=threshold, sampling_rate=SAMPLE_RATE,
                                       min_speech_duration_ms=int(min_speech_seconds * 1000),
                                       min_silence_duration_ms=int(min_silence_seconds * 1000),
                                       speech_pad_ms=int(pad_seconds * 1000))
-    longest = int(max_seconds * SAMPLE_RATE)
+    longest = int(max_seconds * SAMPLE_RATE) if np.isfinite(max_seconds) else len(wave)
     pieces = []
     for stretch in found:
         start, end = int(stretch["start"]), min(int(stretch["end"]), len(wave))
@@ -51,22 +61,80 @@ def speech_segments(wave: np.ndarray, *, max_seconds: float = 10.0, min_speech_s
     return pieces
 
 
-def pieces_of(wave: np.ndarray, *, source: str, window_seconds: float, pad_seconds: float,
-              min_samples: int) -> list[tuple[int, int]]:
+def pieces_of(wave: np.ndarray, *, source: str, window_seconds: float, pad_seconds: float, min_samples: int,
+              span_seconds: float | None = None, hop_seconds: float | None = None) -> list[tuple[int, int]]:
     """(start, end) sample offsets of what is classified in a recording: the whole of it up to ``window_seconds``;
-    else its speech segments of at most the window with ``pad_seconds`` of context either side (the corpora's clips
-    carry about a second of silence around the sentence, and the models learned from that), each at least
-    ``min_samples`` long. A long recording without speech raises :class:`NoSpeech`."""
+    else its stretches of speech with ``pad_seconds`` of context either side (the corpora's clips carry about a
+    second of silence around the sentence, and the models learned from that), each at least ``min_samples`` long.
+    A stretch longer than ``span_seconds`` (default: the window) becomes windows of that length every
+    ``hop_seconds`` (default: the span, i.e. no overlap), the last one ending where the stretch ends. A long
+    recording without speech raises :class:`NoSpeech`."""
     if len(wave) <= window_seconds * SAMPLE_RATE:
         return [(0, len(wave))]
-    pieces = [(a, b) for a, b in speech_segments(wave, max_seconds=window_seconds, pad_seconds=pad_seconds)
-              if b - a >= min_samples]
+    span = int(SAMPLE_RATE * (span_seconds or window_seconds))
+    hop = int(SAMPLE_RATE * (hop_seconds or span_seconds or window_seconds))
+    stretches = speech_segments(wave, max_seconds=float("inf"), pad_seconds=pad_seconds)
+    pieces = []
+    for a, b in stretches:
+        if b - a <= span:
+            pieces.append((a, b))
+            continue
+        starts = list(range(a, b - span, hop)) + [b - span]
+        pieces += [(s, s + span) for s in sorted(set(starts))]
+    pieces = [(a, b) for a, b in pieces if b - a >= min_samples]
     if not pieces:
         raise NoSpeech(source, f"no speech found in {len(wave) / SAMPLE_RATE:.1f} s of audio")
     return pieces
 
 
+def _cells(pieces: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """The stretches of time between consecutive piece edges that some piece covers, and which pieces cover each
+    (a boolean ``[cells, pieces]`` matrix)."""
+    edges = sorted({e for piece in pieces for e in piece})
+    cells, cover = [], []
+    for a, b in zip(edges[:-1], edges[1:]):
+        covering = [pa <= a and b <= pb for pa, pb in pieces]
+        if any(covering):
+            cells.append((a, b))
+            cover.append(covering)
+    return cells, np.asarray(cover, dtype=bool).reshape(len(cells), len(pieces))
+
+
+def cell_values(values: np.ndarray, pieces: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Each covered stretch of time and the mean of the values (probabilities or embeddings) of the pieces over it."""
+    cells, cover = _cells(pieces)
+    weights = cover / cover.sum(1, keepdims=True)
+    return cells, (weights @ np.asarray(values, np.float64)).astype(np.float32)
+
+
+def timeline(values: np.ndarray, pieces: list[tuple[int, int]]) -> list[tuple[int, int, np.ndarray]]:
+    """(start, end, probabilities) segments: neighbouring stretches of time with the same top class joined, their
+    probabilities the duration-weighted mean of the stretches'."""
+    cells, per_cell = cell_values(values, pieces)
+    segments: list[list] = []
+    for (a, b), p in zip(cells, per_cell):
+        last = segments[-1] if segments else None
+        if last is not None and last[1] == a and int(last[2].argmax()) == int(p.argmax()):
+            total = (last[1] - last[0]) + (b - a)
+            last[2] = (last[2] * (last[1] - last[0]) + p * (b - a)) / total
+            last[1] = b
+        else:
+            segments.append([a, b, p.astype(np.float64)])
+    return [(a, b, p.astype(np.float32)) for a, b, p in segments]
+
+
 def overall(values: np.ndarray, pieces: list[tuple[int, int]]) -> np.ndarray:
-    """The recording's result: the pieces' values (probabilities or embeddings) averaged by duration."""
-    weights = np.array([b - a for a, b in pieces], dtype=np.float64)
-    return (values * (weights / weights.sum())[:, None]).sum(0).astype(np.float32)
+    """The recording's result: the values (probabilities or embeddings) of its covered time, averaged by duration
+    (overlapping windows count once per stretch of time)."""
+    cells, per_cell = cell_values(values, pieces)
+    weights = np.array([b - a for a, b in cells], dtype=np.float64)
+    return (per_cell * (weights / weights.sum())[:, None]).sum(0).astype(np.float32)
+
+
+def shares(segments: list[tuple[int, int, np.ndarray]], labels: list[str]) -> dict[str, float]:
+    """The share of the timeline's time that each class holds as the top class, in the labels' order."""
+    time = np.zeros(len(labels))
+    for a, b, p in segments:
+        time[int(p.argmax())] += b - a
+    total = time.sum()
+    return {label: round(float(t / total), 4) if total else 0.0 for label, t in zip(labels, time)}

@@ -2,7 +2,8 @@
 
     GET  /          the page: upload a file or record from the microphone; probabilities as bars, a timeline
     POST /predict   an upload (multipart field ``file``) or the raw audio bytes as the body -> the Prediction as JSON;
-                    a speaker model also takes reference clips (repeated field ``reference``) for that request
+                    a speaker model also takes reference clips (repeated field ``reference``) for that request;
+                    ``labels`` and ``abstain`` (query or form) restrict the classes and set the abstention threshold
     GET  /health    {"status": "ok", ...}
     GET  /labels    the model's classes
     GET  /docs      OpenAPI documentation (FastAPI's)
@@ -27,6 +28,7 @@ from ..errors import AudioError, EmoadaptError, TooLongAudio
 
 PAGE = Path(__file__).with_name("page.html")
 MAX_REFERENCE_CLIPS = 50  # reference clips per request (form field "reference")
+OPTIONS = ("labels", "abstain")  # per-request options: query parameters or form fields
 UPLOADS_PREFIX = "emoadapt-serve-"  # + the server's pid: a folder per request in the temp dir, removed after it
 
 
@@ -126,8 +128,15 @@ def create_app(recognizer, *, max_upload_bytes: int = 20 * 2**20, max_concurrent
                                      422: {"description": "not usable audio"}, 429: {"description": "busy"}})
     async def predict(request: Request):
         """The audio as a multipart upload (field ``file``) or as the raw request body (any format libsndfile reads:
-        WAV, FLAC, Ogg, MP3, ...)."""
-        name, data, references = await _audio_bytes(request)
+        WAV, FLAC, Ogg, MP3, ...). Options, as query parameters or form fields: ``labels`` (comma-separated: only
+        these classes, probabilities renormalised over them) and ``abstain`` (no label below this top probability)."""
+        name, data, references, fields = await _audio_bytes(request)
+        options = {**{k: request.query_params[k] for k in OPTIONS if k in request.query_params}, **fields}
+        try:
+            labels = recognizer.subset(options.get("labels"))
+            abstain = _abstain(options.get("abstain"))
+        except EmoadaptError as error:
+            raise HTTPException(422, str(error)) from None
         if not data:
             raise HTTPException(422, "empty upload: send an audio file as the body or as the form field 'file'")
         try:  # wait for a free slot a little, then say busy
@@ -141,7 +150,8 @@ def create_app(recognizer, *, max_upload_bytes: int = 20 * 2**20, max_concurrent
                 path = Path(tmp) / f"upload{suffix}"
                 path.write_bytes(data)
                 try:
-                    result = await run_in_threadpool(_predict, recognizer, path, _written(references, Path(tmp)))
+                    result = await run_in_threadpool(_predict, recognizer, path, _written(references, Path(tmp)),
+                                                     labels, abstain)
                 except TooLongAudio as error:
                     raise HTTPException(413, _public(error, path, name)) from None
                 except AudioError as error:
@@ -168,17 +178,33 @@ def _written(references: list[tuple[str, bytes]], folder: Path) -> list[Path]:
     return paths
 
 
-def _predict(recognizer, path: Path, references: list[Path]):
-    """One request's prediction; its reference clips (if any) adapt a copy of the recognizer, so that requests in
-    flight never see each other's reference."""
-    if references:
+def _abstain(text: str | None) -> float | None:
+    if text is None or text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise EmoadaptError(None, f"abstain {text!r}: give a top probability in [0, 1), below which no label is given")
+    return value
+
+
+def _predict(recognizer, path: Path, references: list[Path], labels: list[str] | None = None,
+             abstain: float | None = None):
+    """One request's prediction; its reference clips (if any) and its abstention threshold apply to a copy of the
+    recognizer, so that requests in flight never see each other's."""
+    if references or abstain is not None:
         import copy
         recognizer = copy.copy(recognizer)
+    if abstain is not None:
+        recognizer.abstain_below = abstain
+    if references:
         recognizer.reset_calibration()
         with warnings.catch_warnings():  # the warnings travel in the answer's "warnings"
             warnings.simplefilter("ignore")
             recognizer.adapt(references)
-    return recognizer.predict(path)
+    return recognizer.predict(path, labels=labels)
 
 
 def _public(error: Exception, path: Path, name: str) -> str:
@@ -187,23 +213,31 @@ def _public(error: Exception, path: Path, name: str) -> str:
     return str(error).replace(str(path), name).replace(str(path.parent) + os.sep, "")
 
 
-async def _audio_bytes(request) -> tuple[str, bytes, list[tuple[str, bytes]]]:
+async def _audio_bytes(request) -> tuple[str, bytes, list[tuple[str, bytes]], dict[str, str]]:
+    """(file name, audio bytes, reference clips, the option fields of a form) of a request."""
     from fastapi import HTTPException
     from starlette.requests import ClientDisconnect
     kind = request.headers.get("content-type", "")
+    options: dict[str, str] = {}
     try:
         if kind.startswith("multipart/form-data"):
             form = await request.form(max_files=1 + MAX_REFERENCE_CLIPS, max_fields=10)
             upload = form.get("file")
             if upload is None or isinstance(upload, str):
                 raise HTTPException(422, "a multipart upload needs the audio in the form field 'file'")
+            for k in OPTIONS:
+                value = form.get(k)
+                if value is not None and not isinstance(value, str):
+                    raise HTTPException(422, f"the form field {k!r} takes text, not a file")
+                if value is not None:
+                    options[k] = value
             references = [r for r in form.getlist("reference")]
             if any(isinstance(r, str) for r in references):
                 raise HTTPException(422, "the form field 'reference' takes audio files (unlabeled clips of the "
                                          "speaker), not text")
             return (upload.filename or "upload", await upload.read(),
-                    [(r.filename or f"reference-{k}", await r.read()) for k, r in enumerate(references)])
-        return request.headers.get("x-filename", "body"), await request.body(), []
+                    [(r.filename or f"reference-{k}", await r.read()) for k, r in enumerate(references)], options)
+        return request.headers.get("x-filename", "body"), await request.body(), [], options
     except ClientDisconnect:  # one line in the log, not a traceback per client that leaves
         client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
         logging.getLogger("emoadapt.serve").warning("%s disconnected during its upload; nothing was recognised", client)
@@ -277,14 +311,15 @@ def header_timeout_protocol(seconds: float):
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 20.0,
           max_seconds: float = 120.0, max_concurrent: int = 2, window_seconds: float = 10.0,
-          queue_seconds: float = 10.0, header_timeout: float = 10.0) -> None:
+          queue_seconds: float = 10.0, header_timeout: float = 10.0, **recognizer_options) -> None:
     import uvicorn
 
     from ..inference import Recognizer
     listening = _listen(host, port)  # first: a taken port is refused before the model loads
     remove_stale_uploads()
     _bounded_malloc()  # before uvicorn starts its thread pool
-    recognizer = Recognizer.from_pretrained(model, max_seconds=max_seconds, window_seconds=window_seconds)
+    recognizer = Recognizer.from_pretrained(model, max_seconds=max_seconds, window_seconds=window_seconds,
+                                            **recognizer_options)  # span, hop, abstain_below, speech_check
     app = UploadLimit(create_app(recognizer, max_upload_bytes=int(max_upload_mb * 2**20),
                                  max_concurrent=max_concurrent, queue_seconds=queue_seconds),
                        int(max_upload_mb * 2**20))
