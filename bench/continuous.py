@@ -10,8 +10,10 @@ pause, as a person who changes tone mid-flow. Each way of reading (``span``: the
 - ``clips_right``: clips whose most frequent timeline label over their own time is their label;
 - ``time_right``: the share of speech time whose timeline label is that moment's clip label;
 - ``segments`` and how many of them span two or more clips.
-The clips alone (each classified whole, as trained) are the ceiling. The defaults (``--span 4 --hop 1``) were set
-before this was run: a window about as long as the corpora's clips, a second of resolution.
+The clips alone (each classified whole, as trained) are the ceiling. The default span, 2 s, is the median speech
+of the training clips (RAVDESS 1.73 s, EMOVO 2.07 s, this actor left out); every window gets a second of silence
+either side, as the clips have (``segment_pad_seconds``). The default was 4/1 when this bench first ran, and was
+changed after it: this actor has seen the choice, so the score is not an independent check of the default.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from emoadapt.corpora import load_corpus, read_label_map  # noqa: E402
 from emoadapt.inference import Recognizer  # noqa: E402
 from emoadapt.inference.segments import speech_segments  # noqa: E402
 
-READINGS = ((10.0, 10.0), (4.0, 1.0), (4.0, 2.0), (3.0, 1.0), (2.0, 0.5))
+READINGS = ((10.0, 10.0), (4.0, 1.0), (3.0, 1.0), (2.0, 0.5), (2.0, 1.0))
 
 
 def trimmed(wave: np.ndarray) -> np.ndarray:

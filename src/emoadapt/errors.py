@@ -62,10 +62,6 @@ class TooLongAudio(AudioError):
     """Longer than the caller's limit where the caller cannot chunk."""
 
 
-class NoSpeech(AudioError):
-    """A long recording in which the voice-activity detector found no speech."""
-
-
 class BadSampleRate(AudioError):
     """A sample rate outside any plausible range for speech."""
 

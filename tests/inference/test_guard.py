@@ -15,7 +15,7 @@ from emoadapt import cli
 from emoadapt.audio import load_audio
 from emoadapt.errors import EmoadaptError
 from emoadapt.inference.guard import NO_SPEECH_SECONDS, check_speech
-from emoadapt.inference.segments import overall, pieces_of, shares, timeline
+from emoadapt.inference.segments import overall, pieces_of, shares, speech_segments, timeline, with_silence
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SR = 16_000
@@ -45,9 +45,12 @@ def test_the_speech_check_hears_speech_in_noise_and_quiet_but_not_silence_noise_
         assert quiet.flag == "speech" and quiet.method == "vad (level fallback)"
     five = 5 * SR
     t = np.arange(five) / SR
+    start = speech_segments(sentences[0], max_seconds=float("inf"), pad_seconds=0.0)[0][0] + SR // 4
+    fifth = sentences[0][start: start + SR // 5]  # from inside the speech (the clips begin with silence)
+    assert np.abs(fifth).max() > 0.01
     for name, wave in {"silence": np.zeros(five, np.float32), "white noise": white(five, 0.1),
                        "tone": (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32),
-                       "a fifth of a second": sentences[0][SR // 2: SR // 2 + SR // 5]}.items():
+                       "a fifth of a second": fifth}.items():
         check = check_speech(wave)
         assert check.flag == "no_speech", name
         assert check.seconds < NO_SPEECH_SECONDS and "no label" in check.note, name
@@ -77,21 +80,30 @@ def test_no_label_for_silence_in_every_output(trained, tmp_path, capsys):
     assert answer["label"] is not None and answer["speech"] is None
 
 
+def softened(recognizer):
+    """The tone fixture's model is sure of every clip (probabilities 1.0): a high temperature makes it unsure."""
+    from emoadapt.calibration.temperature import apply_temperature
+    apply_temperature(recognizer.head, 30.0)
+    return recognizer
+
+
 def test_abstention_and_label_subsets(trained, tmp_path, capsys):
     from emoadapt import Recognizer
     corpus, _, models, encoder = trained
     clips = [u.path for u in corpus.rows if u.speaker == "Actor_01"]
-    plain = Recognizer.from_pretrained(models["global"], encoder=encoder, speech_check=False).predict(clips)
+    plain = softened(Recognizer.from_pretrained(models["global"], encoder=encoder, speech_check=False)).predict(clips)
     top = [max(r.probabilities.values()) for r in plain]
     threshold = float(np.median(top))
-    guarded = Recognizer.from_pretrained(models["global"], encoder=encoder, speech_check=False,
-                                         abstain_below=threshold).predict(clips)
+    assert 0.3 < threshold < 0.99  # some clips on either side
+    guarded = softened(Recognizer.from_pretrained(models["global"], encoder=encoder, speech_check=False,
+                                                  abstain_below=threshold)).predict(clips)
+    assert any(g.label is None for g in guarded) and any(g.label for g in guarded)
     for p, g, best in zip(plain, guarded, top):
         assert (g.label is None) == (best < threshold) and g.probabilities == p.probabilities
         assert g.label is None or g.label == p.label
         if g.label is None:
             assert f"below the threshold {threshold:.2f}" in g.abstained
-    recognizer = Recognizer.from_pretrained(models["global"], encoder=encoder, speech_check=False)
+    recognizer = softened(Recognizer.from_pretrained(models["global"], encoder=encoder, speech_check=False))
     sub = recognizer.predict(clips[0], labels=["sad", "angry"])
     assert list(sub.probabilities) == ["angry", "sad"] and sub.subset == ["angry", "sad"]  # the model's order
     full = plain[0].probabilities
@@ -99,6 +111,13 @@ def test_abstention_and_label_subsets(trained, tmp_path, capsys):
     assert sub.probabilities["angry"] / sub.probabilities["sad"] == pytest.approx(full["angry"] / full["sad"],
                                                                                   rel=1e-3)
     assert sub.label == max(("angry", "sad"), key=full.get)
+    sharp = Recognizer.from_pretrained(models["global"], encoder=encoder, speech_check=False)
+    from emoadapt.calibration.temperature import apply_temperature
+    apply_temperature(sharp.head, 1e-3)  # logits x1000: every class but the top underflows to exactly 0
+    least = sorted(full, key=full.get)[:2]
+    none = sharp.predict(clips[0], labels=least)
+    assert list(none.probabilities.values()) == [0.5, 0.5]
+    assert any("no probability at all here; they are shown as even" in w for w in none.warnings)
     for bad, reason in ((["angry", "joy"], "'joy' is not a class"), (["angry"], "two or more"),
                         (["sad", "sad"], "two or more")):
         with pytest.raises(EmoadaptError, match=reason):
@@ -119,12 +138,14 @@ def test_the_server_takes_labels_and_abstain_per_request(trained):
     from emoadapt import Recognizer
     from emoadapt.serve import create_app
     corpus, _, models, encoder = trained
-    client = TestClient(create_app(Recognizer.from_pretrained(models["global"], encoder=encoder, speech_check=False)))
+    recognizer = softened(Recognizer.from_pretrained(models["global"], encoder=encoder, speech_check=False))
+    client = TestClient(create_app(recognizer))
     clip = next(u.path for u in corpus.rows if u.speaker == "Actor_01")
     data = open(clip, "rb").read()
     answer = client.post("/predict?labels=sad,neutral", content=data, headers={"content-type": "audio/wav"}).json()
     assert answer["subset"] == ["neutral", "sad"] and set(answer["probabilities"]) == {"neutral", "sad"}
-    answer = client.post("/predict", files={"file": ("a.wav", data)}, data={"abstain": "0.9999"}).json()
+    top = max(recognizer.predict(clip).probabilities.values())
+    answer = client.post("/predict", files={"file": ("a.wav", data)}, data={"abstain": f"{(1 + top) / 2}"}).json()
     assert answer["label"] is None and "below the threshold" in answer["abstained"]
     assert client.post("/predict", content=data).json()["label"] is not None  # the threshold was that request's
     for query, reason in (("labels=joy,sad", "'joy' is not a class"), ("abstain=2", "abstain '2'")):
@@ -134,13 +155,15 @@ def test_the_server_takes_labels_and_abstain_per_request(trained):
 
 def test_sliding_windows_cover_continuous_speech_and_the_timeline_joins_them(sentences):
     continuous = np.concatenate(sentences * 3)  # about 40 s with the sentences' own short pauses
-    windows = pieces_of(continuous, source="x", window_seconds=10.0, pad_seconds=0.1, min_samples=400,
-                        span_seconds=2.0, hop_seconds=0.5)
+    windows, windowed = pieces_of(continuous, window_seconds=10.0, pad_seconds=0.1, min_samples=400,
+                                  span_seconds=2.0, hop_seconds=0.5)
     assert all(b - a <= 2 * SR for a, b in windows) and max(b - a for a, b in windows) == 2 * SR
+    assert all(b - a == 2 * SR for (a, b), w in zip(windows, windowed) if w) and any(windowed)
+    assert len(with_silence(continuous[:SR], 1.0)) == 3 * SR
     overlapping = [(a1, a2) for (a1, b1), (a2, _) in zip(windows, windows[1:]) if a2 < b1]
     assert overlapping and all(a2 - a1 <= SR // 2 for a1, a2 in overlapping)  # a window every hop
-    assert pieces_of(continuous[: 8 * SR], source="x", window_seconds=10.0, pad_seconds=0.1, min_samples=400,
-                     span_seconds=2.0, hop_seconds=0.5) == [(0, 8 * SR)]  # up to the window: one piece
+    assert pieces_of(continuous[: 8 * SR], window_seconds=10.0, pad_seconds=0.1, min_samples=400,
+                     span_seconds=2.0, hop_seconds=0.5) == ([(0, 8 * SR)], [False])  # up to the window: whole
     pieces = [(0, 4 * SR), (SR, 5 * SR), (2 * SR, 6 * SR)]  # windows of one 6 s stretch, a second apart
     values = np.array([[0.9, 0.1], [0.6, 0.4], [0.1, 0.9]])
     segments = timeline(values, pieces)

@@ -18,6 +18,7 @@ from training_helpers import (
 )
 
 from emoadapt import cli, inference
+from emoadapt.calibration.temperature import apply_temperature
 from emoadapt.errors import CheckpointError, EmoadaptError
 from emoadapt.model import build_model
 from emoadapt.modelfolder import load_model
@@ -88,6 +89,8 @@ def test_model_folder_round_trip_gives_identical_predictions(data, finetuned):
     b = info["build"]
     fresh = build_model(b["recipe"], b["input_layers"], b["input_dim"], b["num_classes"], **b["options"]).eval()
     fresh.load_state_dict({k[len("model."):]: v for k, v in best["state_dict"].items()})
+    assert info["temperature"]["T"] == results["temperature"]["T"] > 0  # fitted on the validation speakers
+    apply_temperature(fresh, results["temperature"]["T"])  # folded into the head's last layer
     store = FeatureStore(store_path)
     dataset = data_module.labelled_dataset(corpus, store, store.ids()[:16], corpus.labels)
     batch = collate([dataset[i] for i in range(16)])

@@ -60,10 +60,11 @@ def _probability(text: str) -> float:
 
 def guard_flags(p: argparse.ArgumentParser) -> None:
     """How the Recognizer reads long recordings and when it gives no label (predict and serve)."""
-    p.add_argument("--span", type=_positive_float, default=4.0, help="in a long recording, a stretch of speech "
-                   "longer than this is read through windows this long (default 4 s)")
-    p.add_argument("--hop", type=_positive_float, default=1.0, help="those windows start every this many seconds "
-                   "(default 1): the timeline's resolution")
+    p.add_argument("--span", type=_positive_float, default=2.0, help="in a long recording, a stretch of speech "
+                   "longer than this is read through windows this long, each with silence either side (default 2 s: "
+                   "the speech of a median training clip)")
+    p.add_argument("--hop", type=_positive_float, default=0.5, help="those windows start every this many seconds "
+                   "(default 0.5): the timeline's resolution; larger is faster")
     p.add_argument("--abstain", type=_probability, metavar="P", help="give no label when the top probability is "
                    "below P (the probabilities are still reported)")
     p.add_argument("--no-speech-check", dest="speech_check", action="store_false",

@@ -42,7 +42,7 @@ from ..modelfolder.reference import read_population
 from ..store.features import array_statistics
 from .guard import DOMINANT_SHARE, check_speech
 from .runtime import classify, encode_waveforms, model_encoder, model_normalization, waveform_normalizer
-from .segments import overall, pieces_of, shares, timeline
+from .segments import overall, pieces_of, shares, timeline, with_silence
 
 Audio = Union[str, os.PathLike, np.ndarray]
 
@@ -82,7 +82,7 @@ class Recognizer:
     def __init__(self, model_dir: str | os.PathLike, *, encoder=None, window_seconds: float = 10.0,
                  max_seconds: float = 1200.0, batch_size: int = 8, backend: str = "torch",
                  onnx: str | os.PathLike | None = None, segment_pad_seconds: float = 1.0,
-                 span_seconds: float = 4.0, hop_seconds: float = 1.0, abstain_below: float | None = None,
+                 span_seconds: float = 2.0, hop_seconds: float = 0.5, abstain_below: float | None = None,
                  speech_check: bool = True):
         if window_seconds <= 0 or max_seconds <= 0 or batch_size < 1 or segment_pad_seconds < 0:
             raise EmoadaptError(None, "window_seconds and max_seconds must be > 0, batch_size >= 1 and "
@@ -213,7 +213,7 @@ class Recognizer:
             return results
         subset = self.subset(labels)
         source, wave, notes = self._load(audio, sample_rate, "array[0]")
-        return self._prediction(source, wave, *self._run(source, wave), notes=notes, subset=subset)
+        return self._prediction(source, wave, *self._run(wave), notes=notes, subset=subset)
 
     def predict_each(self, inputs: Sequence[Audio], sample_rate: int | None = None, chunk: int = 64, *,
                      labels: Sequence[str] | None = None):
@@ -245,7 +245,7 @@ class Recognizer:
                                            notes=item[2], subset=subset)
                 else:
                     try:
-                        yield self._prediction(item[0], item[1], *self._run(item[0], item[1]), notes=item[2],
+                        yield self._prediction(item[0], item[1], *self._run(item[1]), notes=item[2],
                                                subset=subset)
                     except EmoadaptError as error:
                         yield error
@@ -272,7 +272,7 @@ class Recognizer:
         inputs = audio if isinstance(audio, (list, tuple)) else [audio]
         vectors = []
         for k, a in enumerate(inputs):
-            pieces, values, _ = self._run(*self._load(a, sample_rate, f"array[{k}]")[:2], embed=True)
+            pieces, values, _ = self._run(self._load(a, sample_rate, f"array[{k}]")[1], embed=True)
             vectors.append(overall(values, pieces))
         return np.stack(vectors)
 
@@ -280,16 +280,21 @@ class Recognizer:
                     notes: Sequence[str] = (), subset: list[str] | None = None) -> Prediction:
         labels = subset or self.labels
         per_piece = np.asarray(per_piece, np.float64)
+        warnings_ = [*notes, *self._calibration_notes]  # references: speaker models only
         if subset is not None:
             chosen = [self.labels.index(label) for label in subset]
-            per_piece = per_piece[:, chosen] / np.maximum(per_piece[:, chosen].sum(1, keepdims=True), 1e-12)
+            mass = per_piece[:, chosen].sum(1, keepdims=True)
+            if (mass <= 0).any():  # float32 softmax underflow: no ratio to keep, so say so rather than divide by 0
+                warnings_.append(f"labels: the model gives {', '.join(subset)} no probability at all "
+                                 f"{'here' if len(mass) == 1 else f'in {int((mass <= 0).sum())} of {len(mass)} windows'}"
+                                 "; they are shown as even")
+            per_piece = np.where(mass > 0, per_piece[:, chosen] / np.where(mass > 0, mass, 1), 1 / len(chosen))
         probabilities = overall(per_piece, pieces)
         whole = len(pieces) == 1 and pieces[0] == (0, len(wave))
         spans = [] if whole else timeline(per_piece, pieces)
         segments = [Segment(round(a / SAMPLE_RATE, 3), round(b / SAMPLE_RATE, 3), labels[int(p.argmax())],
                             dict(zip(labels, map(float, p)))) for a, b, p in spans]
         speech = check_speech(wave) if self.speech_check else None
-        warnings_ = [*notes, *self._calibration_notes]  # references: speaker models only
         if speech is not None and speech.note:
             warnings_.append(speech.note)
         top = int(probabilities.argmax())
@@ -337,13 +342,15 @@ class Recognizer:
             raise EmoadaptError(audio, "sample_rate is for waveforms; a file's own rate is read from its header")
         return str(audio), load_audio(audio, max_seconds=self.max_seconds, min_samples=self.encoder.min_samples)
 
-    def _run(self, source: str, wave: np.ndarray, embed: bool = False):
+    def _run(self, wave: np.ndarray, embed: bool = False):
         """(pieces, per-piece values [P, C] or [P, E], normalization) of one recording
         (:func:`emoadapt.inference.segments.pieces_of`)."""
-        pieces = pieces_of(wave, source=source, window_seconds=self.window_seconds,
-                           pad_seconds=self.segment_pad_seconds, min_samples=self.encoder.min_samples,
-                           span_seconds=self.span_seconds, hop_seconds=self.hop_seconds)
-        features = encode_waveforms(self.loaded, self.encoder, [wave[a:b] for a, b in pieces], self.batch_size)
+        pieces, windowed = pieces_of(wave, window_seconds=self.window_seconds,
+                                     pad_seconds=self.segment_pad_seconds, min_samples=self.encoder.min_samples,
+                                     span_seconds=self.span_seconds, hop_seconds=self.hop_seconds)
+        audio = [with_silence(wave[a:b], self.segment_pad_seconds) if w else wave[a:b]
+                 for (a, b), w in zip(pieces, windowed)]
+        features = encode_waveforms(self.loaded, self.encoder, audio, self.batch_size)
         features, normalization = self._normalize(features, len(pieces), len(wave) / SAMPLE_RATE)
         values = classify(self.head, features, self.batch_size, embed=embed)
         return pieces, values, normalization

@@ -21,6 +21,10 @@ from ..errors import TrainingError
 from ..store.dataset import FeatureDataset, eval_loader
 from .metrics import closed_predictions, score
 
+# the record's key for (probabilities [N, C], labels [N]) of utterances the chosen fit did not see (validation
+# speakers, or each training corpus held out in turn): what temperature scaling is fitted on; never saved
+OUT_OF_SAMPLE = "out_of_sample"
+
 
 @torch.inference_mode()
 def pooled_features(pool, dataset: FeatureDataset, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,15 +53,16 @@ def choose_by_held_out_corpus(x: np.ndarray, y: np.ndarray, groups: np.ndarray, 
     if len(names) < 2:
         raise TrainingError(None, f"choose_by=corpus needs at least two training corpora; the training utterances "
                                   f"come from {', '.join(names) or 'none'}: use choose_by=speakers")
-    grid, held_out_ua = sorted(float(c) for c in c_grid), {}
+    grid, held_out_ua, held_out = sorted(float(c) for c in c_grid), {}, {}
     for c in grid:
-        per_corpus = {}
+        per_corpus, held_out[c] = {}, (np.zeros((len(y), len(labels))), y)
         for name in names:
             inside = groups == name
             scaler, model = fit_logistic(x[~inside], y[~inside], c)
             probabilities = model.predict_proba(scaler.transform(x[inside]))
             full = np.zeros((len(probabilities), len(labels)))
             full[:, model.classes_] = probabilities
+            held_out[c][0][inside] = full
             truth = y[inside].tolist()
             per_corpus[name] = score(truth, closed_predictions(truth, full), labels).ua
         held_out_ua[c] = float(np.mean(list(per_corpus.values())))
@@ -67,7 +72,8 @@ def choose_by_held_out_corpus(x: np.ndarray, y: np.ndarray, groups: np.ndarray, 
     best = max(grid, key=lambda c: (held_out_ua[c], -c))
     scaler, model = fit_logistic(x, y, best)
     return scaler, model, {"C": best, "val_ua": {str(c): v for c, v in held_out_ua.items()},
-                           "chosen_on": f"each training corpus held out in turn ({', '.join(names)})"}
+                           "chosen_on": f"each training corpus held out in turn ({', '.join(names)})",
+                           OUT_OF_SAMPLE: held_out[best]}
 
 
 def choose_and_fit(train: tuple, val: tuple, labels, c_grid, log=None, *, refit: bool = True
@@ -93,12 +99,19 @@ def choose_and_fit(train: tuple, val: tuple, labels, c_grid, log=None, *, refit:
         best = max(grid, key=lambda c: (val_ua[c], -c))
     else:
         val_ua, best = {}, grid[len(grid) // 2]
+    out_of_sample = None
+    if val_ua:  # the validation speakers as the fit on training speakers alone sees them
+        fitted_scaler, fitted = fits[best]
+        full = np.zeros((len(y_val), len(labels)))
+        full[:, fitted.classes_] = fitted.predict_proba(fitted_scaler.transform(x_val))
+        out_of_sample = (full, y_val)
     if refit or not val_ua:
         scaler, model = fit_logistic(np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val]), best)
     else:
         scaler, model = fits[best]
     return scaler, model, {"C": best, "val_ua": {str(c): v for c, v in val_ua.items()},
-                           "chosen_on": "validation speakers" if val_ua else "no validation speakers: middle of grid"}
+                           "chosen_on": "validation speakers" if val_ua else "no validation speakers: middle of grid",
+                           OUT_OF_SAMPLE: out_of_sample}
 
 
 def logistic_weights(logistic: LogisticRegression, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -153,6 +166,7 @@ def start_from_statistics(model, data, batch_size: int, c_grid, log=None) -> dic
     model.eval()
     scaler, logistic, chosen = _fit_on_statistics(model.input_statistics, data, batch_size, c_grid, log,
                                                   refit=False)
+    chosen.pop(OUT_OF_SAMPLE, None)  # the adapter's own temperature is fitted after its training
     weight, bias = logistic_weights(logistic, model.head.weight.shape[0])
     model.statistics_mean.copy_(torch.as_tensor(scaler.mean_))
     model.statistics_scale.copy_(torch.as_tensor(scaler.scale_))
@@ -171,6 +185,7 @@ def fit_closed_form(model, data, batch_size: int, log=None, choose_by: str = "sp
     scaler, logistic, chosen = _fit_on_statistics(model.pooled, data, batch_size, model.config.c_grid, log,
                                                   choose_by=choose_by)
     load_logistic(model, scaler, logistic)
+    held_out = chosen.pop(OUT_OF_SAMPLE, None)
     best_val = chosen["val_ua"].get(str(chosen["C"]))
     return {"best_val_ua": best_val, "best_epoch": None, "epochs_run": 0, "world_size": 1,
-            "seconds": time.perf_counter() - t0, "closed_form": chosen}
+            "seconds": time.perf_counter() - t0, "closed_form": chosen, OUT_OF_SAMPLE: held_out}

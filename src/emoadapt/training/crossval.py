@@ -162,7 +162,8 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
         "folds": {str(k): {**summary["folds"][str(k)], "best_val_ua": per_fold[k].get("best_val_ua"),
                            "best_epoch": per_fold[k].get("best_epoch"), "split": per_fold[k].get("split"),
                            "seconds": per_fold[k].get("seconds"),
-                           "closed": {m: summary_closed["folds"][str(k)][m] for m in METRICS}} for k in folds},
+                           "closed": {m: summary_closed["folds"][str(k)][m] for m in METRICS},
+                           "temperature": _temperature_line(per_fold[k].get("temperature"))} for k in folds},
         "mean_std": summary["mean_std"], "mean_std_closed": summary_closed["mean_std"],
         "confusion_pooled": report.pooled_confusion().tolist(),
     }
@@ -171,4 +172,20 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
                        title=f"{corpus.name} {recipe}: UA {summary['mean_std']['ua']['mean']:.1f}")
         atomic_write_json(results, out_dir / "results.json")
     log(report.table())
+    for k in folds:
+        line = results["folds"][str(k)]["temperature"]
+        if line:
+            log(f"fold {k}: temperature {line['T']:.2f} (fitted on {line['fitted_on']}); test ECE closed "
+                f"{line['ece_closed_before']:.1f} -> {line['ece_closed_after']:.1f} %, open "
+                f"{line['ece_open_before']:.1f} -> {line['ece_open_after']:.1f} %")
     return results
+
+
+def _temperature_line(record: dict | None) -> dict | None:
+    """A fold's temperature and its test ECE before / after, for the cross-validation summary."""
+    if not record or not record.get("test"):
+        return None
+    test = record["test"]
+    return {"T": record["T"], "fitted_on": record["fitted_on"],
+            "ece_open_before": test["open"]["before"], "ece_open_after": test["open"]["after"],
+            "ece_closed_before": test["closed"]["before"], "ece_closed_after": test["closed"]["after"]}

@@ -92,6 +92,8 @@ class RunConfig:
     choose_by: str = "speakers"      # what closed-form recipes choose C on: "speakers" (the validation speakers) or
     #                                  "corpus" (each training corpus of a merged corpus held out in turn, scored over
     #                                  its own classes: the choice for audio unlike the training data)
+    temperature: bool = True         # temperature scaling of the probabilities, fitted on the validation speakers (or
+    #                                  each training corpus held out in turn); no argmax changes
     standardize: bool = True         # per-layer, per-dimension mean/std of the training frames, fixed in the model
     #                                  (a stage-2 adapter from stage 1 keeps the statistics it was trained with)
     normalize: str = "global"        # global: only that; speaker: first each speaker's frames with the speaker's own

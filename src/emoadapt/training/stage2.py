@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Sequence
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from ..atomic import atomic_write_json
+from ..calibration.temperature import (apply_temperature, expected_calibration_error, fit_temperature, reliability,
+                                       scaled, within)
 from ..corpora import Corpus
 from ..errors import CorpusError, EmoadaptError
 from ..inference.runtime import predict
@@ -32,7 +35,7 @@ from ..model import StatsConfig, build_model, recipe as lookup_recipe
 from ..store.dataset import encoder_info, open_corpus, open_store, require_same_features
 from ..store.features import FeatureStore
 from .checkpoint_io import load_checkpoint_file
-from .closed_form import fit_closed_form, start_from_statistics
+from .closed_form import OUT_OF_SAMPLE, fit_closed_form, start_from_statistics
 from .data import FoldData, fit_standardizers
 from .evaluate import rebalance_references, write_predictions
 from .metrics import closed_predictions, score
@@ -190,6 +193,7 @@ def train_stage2(data: FoldData, out_dir: str | os.PathLike, *, recipe: str, con
         model, build, trained, trainer = _train_by_gradient(data, recipe, config, encoder, out_dir, init_model,
                                                             progress, callbacks)
     init_info = trained.pop("init", None)
+    temperature = fit_model_temperature(model, data, trained.pop(OUT_OF_SAMPLE, None), config, trained)
     scores = closed = predictions = None
     if len(data.test):
         if config.calibration.balance:
@@ -198,8 +202,11 @@ def train_stage2(data: FoldData, out_dir: str | os.PathLike, *, recipe: str, con
         truth = [it[2] for it in data.test.items]
         scores = asdict(score(truth, predictions.argmax(1).tolist(), data.labels))
         closed = asdict(score(truth, closed_predictions(truth, predictions), data.labels))
+        if temperature is not None:
+            temperature["test"] = calibration_errors(predictions, truth, temperature["T"])
     results = {
-        "fold": fold, "recipe": recipe, "scores": scores, "scores_closed": closed, **trained,
+        "fold": fold, "recipe": recipe, "scores": scores, "scores_closed": closed, "temperature": temperature,
+        **trained,
         "split": {k: len(v) for k, v in data.split.items()}, "skipped_utterances": data.split["skipped"],
         "speakers": {k: data.speakers(k) for k in ("train", "val", "test")},
         "init": init_info, "encoder": encoder, "seed": config.seed,
@@ -210,6 +217,7 @@ def train_stage2(data: FoldData, out_dir: str | os.PathLike, *, recipe: str, con
                    extra={"stage": 2, "fold": fold, "best_val_ua": trained["best_val_ua"],
                           "best_epoch": trained["best_epoch"], "init": init_info,
                           "corpus": {"name": corpus.name, "view": corpus.view},
+                          "temperature": {k: temperature[k] for k in ("T", "fitted_on")} if temperature else None,
                           **reference_record(data, out_dir / "model")})
         if predictions is not None:
             write_predictions(out_dir / "predictions.csv", data.test, predictions, data.labels)
@@ -217,6 +225,39 @@ def train_stage2(data: FoldData, out_dir: str | os.PathLike, *, recipe: str, con
     if trainer is not None:
         trainer.strategy.barrier()
     return results
+
+
+def fit_model_temperature(model, data: FoldData, out_of_sample, config: RunConfig, trained: dict) -> dict | None:
+    """Temperature scaling (:mod:`emoadapt.calibration.temperature`), folded into ``model``: fitted on the
+    utterances the closed-form fit held out (``out_of_sample``), else on the validation speakers as the trained
+    model reads them. Returns the record (T, what it was fitted on, ECE there before and after), None when off or
+    there is nothing to fit on."""
+    if not config.temperature:
+        return None
+    fitted_on = (trained.get("closed_form") or {}).get("chosen_on", "validation speakers")
+    if out_of_sample is None and "closed_form" not in trained and len(data.val):
+        out_of_sample = (predict(model, data.val, config.stage2.batch_size), [it[2] for it in data.val.items])
+    if out_of_sample is None or not len(out_of_sample[1]):
+        return None
+    probabilities, labels = out_of_sample
+    t = fit_temperature(np.log(np.clip(probabilities, 1e-300, None)), labels)
+    apply_temperature(model, t)
+    return {"T": t, "fitted_on": fitted_on, "n": len(labels),
+            "ece_before": round(expected_calibration_error(probabilities, labels), 2),
+            "ece_after": round(expected_calibration_error(scaled(probabilities, t), labels), 2)}
+
+
+def calibration_errors(predictions: np.ndarray, truth: list[int], t: float) -> dict:
+    """ECE (%) of test probabilities given with temperature ``t`` and as they were without it, over every class
+    (open) and renormalised over the classes the test set holds (closed)."""
+    before = scaled(predictions, 1 / t)  # softmax(log p * t) undoes the division of the logits by t
+    classes = sorted(set(truth))
+    return {"open": {"before": round(expected_calibration_error(before, truth), 2),
+                     "after": round(expected_calibration_error(predictions, truth), 2)},
+            "closed": {"before": round(expected_calibration_error(within(before, classes), truth), 2),
+                       "after": round(expected_calibration_error(within(predictions, classes), truth), 2)},
+            "reliability_closed": {"before": reliability(within(before, classes), truth),
+                                   "after": reliability(within(predictions, classes), truth)}}
 
 
 def reference_record(data: FoldData, folder: Path) -> dict:
