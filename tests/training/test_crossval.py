@@ -51,6 +51,11 @@ def test_cv_writes_fold_and_mean_results_and_skips_finished_folds(data, tmp_path
     assert np.sum(saved["confusion_pooled"]) == 40
     assert (tmp_path / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert results["mean_std"] == saved["mean_std"]
+    for k in ("1", "2"):  # temperature scaling is on by default: its T, the test ECE and the reliability diagram
+        line = saved["folds"][k]["temperature"]
+        assert line["T"] > 0 and line["fitted_on"] == "validation speakers"
+        assert 0 <= line["ece_closed_after"] <= 100 and 0 <= line["ece_closed_before"] <= 100
+        assert (tmp_path / f"fold_{k}" / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     calls = []
     real = crossval.train_stage2

@@ -183,3 +183,30 @@ def plot_confusion(confusion, labels: Sequence[str], path: str | Path, *, title:
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)
     return Path(path)
+
+
+def plot_reliability(curves: dict[str, list[dict]], path: str | Path, *, title: str = "") -> Path:
+    """A reliability diagram: accuracy against mean confidence per confidence bin, one line per curve (``before``
+    and ``after`` temperature scaling), the points sized by their bin's count; the diagonal is calibrated."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="calibrated")
+    total = max(sum(p["count"] for p in points) for points in curves.values()) or 1
+    for name, points in curves.items():
+        x, y = [p["confidence"] for p in points], [p["accuracy"] for p in points]
+        line, = ax.plot(x, y, marker="", label=name)
+        ax.scatter(x, y, s=[4 + 400 * p["count"] / total for p in points], color=line.get_color())
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
+    plt.close(fig)
+    return Path(path)
