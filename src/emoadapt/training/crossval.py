@@ -28,7 +28,7 @@ from ..store.dataset import check_same_features, open_corpus, open_store
 from ..store.features import FeatureStore
 from .data import FoldData
 from .metrics import METRICS, CrossValidationReport, Scores
-from .reports import plot_confusion, plot_reliability
+from .reports import plot_confusion
 from .settings import RunConfig, load_config, validate, with_store_dims
 from .stage1 import train_stage1
 from .stage2 import train_stage2
@@ -171,14 +171,6 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
         plot_confusion(report.pooled_confusion(), corpus.labels, out_dir / "confusion.png",
                        title=f"{corpus.name} {recipe}: UA {summary['mean_std']['ua']['mean']:.1f}")
         atomic_write_json(results, out_dir / "results.json")
-        for k in folds:
-            test = (per_fold[k].get("temperature") or {}).get("test") or {}
-            if test.get("reliability_closed"):
-                line = results["folds"][str(k)]["temperature"]
-                plot_reliability(test["reliability_closed"], out_dir / f"fold_{k}" / "reliability.png",
-                                 title=f"fold {k}{f' ({targets[k]})' if targets else ''}: test ECE (closed) "
-                                       f"{line['ece_closed_before']:.1f} -> {line['ece_closed_after']:.1f} %, "
-                                       f"T {line['T']:.2f}")
     log(report.table())
     for k in folds:
         line = results["folds"][str(k)]["temperature"]

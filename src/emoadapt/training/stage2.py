@@ -39,6 +39,7 @@ from .closed_form import OUT_OF_SAMPLE, fit_closed_form, start_from_statistics
 from .data import FoldData, fit_standardizers
 from .evaluate import rebalance_references, write_predictions
 from .metrics import closed_predictions, score
+from .reports import plot_reliability
 from .settings import FinetuneConfig, RunConfig, recipe_options, structural_adapter_fields, validate, with_store_dims
 from .trainer import (SavesRandomState, check_trainer, claim_run_dir, fit_timed, last_checkpoint,
                       last_checkpoint_callback, make_trainer, param_groups, quiet_lightning, steps_per_epoch,
@@ -221,6 +222,11 @@ def train_stage2(data: FoldData, out_dir: str | os.PathLike, *, recipe: str, con
                           **reference_record(data, out_dir / "model")})
         if predictions is not None:
             write_predictions(out_dir / "predictions.csv", data.test, predictions, data.labels)
+        if temperature is not None and temperature.get("test"):
+            test = temperature["test"]
+            plot_reliability(test["reliability_closed"], out_dir / "reliability.png",
+                             title=f"{corpus.name} fold {fold}: test ECE (closed) {test['closed']['before']:.1f} -> "
+                                   f"{test['closed']['after']:.1f} %, T {temperature['T']:.2f}")
         atomic_write_json(results, done)
     if trainer is not None:
         trainer.strategy.barrier()
