@@ -3,7 +3,8 @@
 ``bench/robustness.py`` scores models under each of :data:`CONDITIONS`; augmenting a store is to draw from the same
 list. Reverb and the GSM codec come from Spotify's pedalboard (JUCE's DSP and libgsm in one wheel, no ffmpeg:
 it works offline), the telephone band from scipy; MP3 and Opus are real encodes and decodes through libsndfile
-(soundfile), the library that reads every file emoadapt loads. Additive noise is scaled to a signal-to-noise ratio over the whole clip's power.
+(soundfile), the library that reads every file emoadapt loads. Additive noise is scaled to a signal-to-noise
+ratio over the whole clip's power.
 
 Each condition is ``f(wave, rng, sources) -> wave``: ``wave`` 1-D float32 at 16 kHz, ``rng`` a numpy Generator (the
 only randomness), ``sources`` a :class:`NoiseSources` (other speakers' speech for babble, music); the result is
@@ -17,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 import soundfile as sf
+import soxr
 
 from .audio import SAMPLE_RATE, validate_waveform
 from .errors import EmoadaptError
@@ -90,7 +92,6 @@ def reverb(room_size: float = 0.7, wet_level: float = 0.35):
 def resampled(rate: int):
     """Down to ``rate`` and back: what a recording made at that rate sounds like to a 16 kHz encoder."""
     def apply(wave, rng, sources):
-        import soxr
         return _clip(validate_waveform(soxr.resample(wave, SAMPLE_RATE, rate), sample_rate=rate))
     return apply
 
@@ -105,7 +106,6 @@ def _mu_law(wave: np.ndarray, mu: int = 255) -> np.ndarray:
 def telephone(wave, rng, sources):
     """A landline: the 300–3400 Hz band (4th-order Butterworth: pedalboard's filters fall only 6 dB an octave),
     8 kHz, 8-bit μ-law."""
-    import soxr
     from scipy.signal import butter, sosfilt
     band = sosfilt(butter(4, (300.0, 3400.0), btype="bandpass", fs=SAMPLE_RATE, output="sos"), wave)
     narrow = soxr.resample(np.clip(band, -1, 1), SAMPLE_RATE, 8000)
@@ -119,7 +119,6 @@ def gsm(wave, rng, sources):
 
 
 def _through_file(wave: np.ndarray, rate: int, channels: int, format: str, subtype: str) -> np.ndarray:
-    import soxr
     x = soxr.resample(wave, SAMPLE_RATE, rate) if rate != SAMPLE_RATE else wave
     buffer = io.BytesIO()
     sf.write(buffer, np.repeat(x[:, None], channels, 1) if channels > 1 else x, rate, format=format,
@@ -146,7 +145,6 @@ def gain(db: float):
 def speed(factor: float):
     """Played ``factor`` times faster (pitch moves with it, as Kaldi's speed perturbation)."""
     def apply(wave, rng, sources):
-        import soxr
         return _clip(soxr.resample(wave, SAMPLE_RATE * factor, SAMPLE_RATE))
     return apply
 

@@ -37,29 +37,28 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(minimize_scalar(nll, bounds=(low, high), method="bounded").x))
 
 
+def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """log p, a zero read as the smallest float64 (the logits a softmax output stands for, up to a row's constant)."""
+    return np.log(np.clip(np.asarray(probabilities, np.float64), 1e-300, None))
+
+
 def scaled(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(log p / T): probabilities as the classifier would give them with its logits divided by T."""
-    return softmax(np.log(np.clip(np.asarray(probabilities, np.float64), 1e-300, None)) / temperature, axis=1)
+    return softmax(log_probabilities(probabilities) / temperature, axis=1)
 
 
 def expected_calibration_error(probabilities: np.ndarray, labels, bins: int = ECE_BINS) -> float:
     """ECE in %: sum over equal-width confidence bins of |accuracy - mean confidence| x the bin's share."""
-    probabilities, labels = np.asarray(probabilities, np.float64), np.asarray(labels, np.int64)
-    if not len(labels):
-        return 0.0
-    confidence, correct = probabilities.max(1), probabilities.argmax(1) == labels
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
-    error = 0.0
-    for b in range(bins):
-        inside = which == b
-        if inside.any():
-            error += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
-    return float(100 * error)
+    points = reliability(probabilities, labels, bins)
+    total = sum(p["count"] for p in points)
+    return float(100 * sum(p["count"] * abs(p["accuracy"] - p["confidence"]) for p in points) / total) if total else 0.0
 
 
 def reliability(probabilities: np.ndarray, labels, bins: int = 10) -> list[dict]:
     """The reliability diagram's points: per equal-width confidence bin, its mean confidence, accuracy and count."""
     probabilities, labels = np.asarray(probabilities, np.float64), np.asarray(labels, np.int64)
+    if not len(labels):
+        return []
     confidence, correct = probabilities.max(1), probabilities.argmax(1) == labels
     which = np.minimum((confidence * bins).astype(int), bins - 1)
     return [{"confidence": float(confidence[which == b].mean()), "accuracy": float(correct[which == b].mean()),

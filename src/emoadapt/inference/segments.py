@@ -85,13 +85,19 @@ def pieces_of(wave: np.ndarray, *, window_seconds: float, pad_seconds: float, mi
             pieces.append((a, b))
             windowed.append(False)
             continue
-        starts = sorted(set(range(a, b - span, hop)) | {b - span})
-        pieces += [(s, s + span) for s in starts]
-        windowed += [True] * len(starts)
+        windows = _windows(a, b, span, hop)
+        pieces += windows
+        windowed += [True] * len(windows)
     if not pieces:
-        starts = sorted(set(range(0, len(wave) - span, hop)) | {max(len(wave) - span, 0)})
-        pieces, windowed = [(s, min(s + span, len(wave))) for s in starts], [True] * len(starts)
+        pieces = _windows(0, len(wave), span, hop)
+        windowed = [True] * len(pieces)
     return pieces, windowed
+
+
+def _windows(a: int, b: int, span: int, hop: int) -> list[tuple[int, int]]:
+    """Windows of ``span`` samples every ``hop`` from ``a``, the last one ending at ``b`` (one window, the whole,
+    when ``b - a`` is under the span)."""
+    return [(s, min(s + span, b)) for s in sorted(set(range(a, b - span, hop)) | {max(b - span, a)})]
 
 
 def with_silence(wave: np.ndarray, seconds: float) -> np.ndarray:

@@ -44,6 +44,14 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, c: float) -> tuple[StandardScaler
     return scaler, LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(x), y)
 
 
+def all_class_probabilities(scaler: StandardScaler, model: LogisticRegression, x: np.ndarray,
+                            num_classes: int) -> np.ndarray:
+    """[N, num_classes] probabilities; a class the fit never saw gets 0."""
+    full = np.zeros((len(x), num_classes))
+    full[:, model.classes_] = model.predict_proba(scaler.transform(x))
+    return full
+
+
 def choose_by_held_out_corpus(x: np.ndarray, y: np.ndarray, groups: np.ndarray, labels, c_grid, log=None
                               ) -> tuple[StandardScaler, LogisticRegression, dict]:
     """C with the best mean UA over the training corpora, each held out in turn (fitted on the others, scored over
@@ -58,10 +66,7 @@ def choose_by_held_out_corpus(x: np.ndarray, y: np.ndarray, groups: np.ndarray, 
         per_corpus, held_out[c] = {}, (np.zeros((len(y), len(labels))), y)
         for name in names:
             inside = groups == name
-            scaler, model = fit_logistic(x[~inside], y[~inside], c)
-            probabilities = model.predict_proba(scaler.transform(x[inside]))
-            full = np.zeros((len(probabilities), len(labels)))
-            full[:, model.classes_] = probabilities
+            full = all_class_probabilities(*fit_logistic(x[~inside], y[~inside], c), x[inside], len(labels))
             held_out[c][0][inside] = full
             truth = y[inside].tolist()
             per_corpus[name] = score(truth, closed_predictions(truth, full), labels).ua
@@ -99,12 +104,8 @@ def choose_and_fit(train: tuple, val: tuple, labels, c_grid, log=None, *, refit:
         best = max(grid, key=lambda c: (val_ua[c], -c))
     else:
         val_ua, best = {}, grid[len(grid) // 2]
-    out_of_sample = None
-    if val_ua:  # the validation speakers as the fit on training speakers alone sees them
-        fitted_scaler, fitted = fits[best]
-        full = np.zeros((len(y_val), len(labels)))
-        full[:, fitted.classes_] = fitted.predict_proba(fitted_scaler.transform(x_val))
-        out_of_sample = (full, y_val)
+    # the validation speakers as the fit on training speakers alone sees them
+    out_of_sample = (all_class_probabilities(*fits[best], x_val, len(labels)), y_val) if val_ua else None
     if refit or not val_ua:
         scaler, model = fit_logistic(np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val]), best)
     else:

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from ..atomic import atomic_write_json
-from ..calibration.temperature import (apply_temperature, expected_calibration_error, fit_temperature, reliability,
-                                       scaled, within)
+from ..calibration.temperature import (apply_temperature, expected_calibration_error, fit_temperature,
+                                       log_probabilities, reliability, scaled, within)
 from ..corpora import Corpus
 from ..errors import CorpusError, EmoadaptError
 from ..inference.runtime import predict
@@ -246,7 +246,7 @@ def fit_model_temperature(model, data: FoldData, out_of_sample, config: RunConfi
     if out_of_sample is None or not len(out_of_sample[1]):
         return None
     probabilities, labels = out_of_sample
-    t = fit_temperature(np.log(np.clip(probabilities, 1e-300, None)), labels)
+    t = fit_temperature(log_probabilities(probabilities), labels)
     apply_temperature(model, t)
     return {"T": t, "fitted_on": fitted_on, "n": len(labels),
             "ece_before": round(expected_calibration_error(probabilities, labels), 2),
