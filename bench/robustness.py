@@ -28,6 +28,7 @@ from emoadapt.audio import load_audio  # noqa: E402
 from emoadapt.cli.paths import shared_corpus  # noqa: E402
 from emoadapt.conditions import CONDITIONS, NoiseSources, degrade  # noqa: E402
 from emoadapt.corpora import load_corpus  # noqa: E402
+from emoadapt.errors import EmoadaptError  # noqa: E402
 from emoadapt.inference import Recognizer  # noqa: E402
 
 GOALS = ("white noise 10 dB", "babble 10 dB", "telephone (300-3400 Hz, 8 kHz, mu-law)")
@@ -60,6 +61,10 @@ def main(argv=None) -> int:
     folder = shared_corpus(args.corpus) or Path(args.corpus)
     if not folder.is_dir():
         sys.exit(f"bench/robustness.py: no corpus {args.corpus!r} (../shared/data or $EMOADAPT_DATA, or a folder)")
+    try:  # before the audio is read: a wrong model name fails at once
+        models = {name: Recognizer.from_pretrained(name, speech_check=False) for name in (args.model or ["default"])}
+    except EmoadaptError as error:
+        sys.exit(f"bench/robustness.py: {error}")
     corpus = load_corpus(folder, label_map="shared7")
     rows, pool = sample(corpus, args.per_class, args.seed)
     clean = [load_audio(u.path) for u in rows]
@@ -68,7 +73,6 @@ def main(argv=None) -> int:
     music = [load_audio(p) for p in sorted(MUSIC.glob("*.ogg"))] if MUSIC.is_dir() else []
     sources = NoiseSources(speech=[load_audio(u.path) for u in pool], music=music)
     names = ["clean"] + [c for c in CONDITIONS if music or not c.startswith("music")]
-    models = {name: Recognizer.from_pretrained(name, speech_check=False) for name in (args.model or ["default"])}
     print(f"{len(rows)} clips of {corpus.name} ({', '.join(classes)}), {len(pool)} babble clips, "
           f"{len(music)} music tracks; models: {', '.join(models)}", flush=True)
     scores: dict[str, dict[str, dict]] = {m: {} for m in models}
