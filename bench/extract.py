@@ -1,12 +1,16 @@
 """How close does `extract` (decode + encode + write) come to the bare encoder forward?
 
     python bench/extract.py [--encoder whisper-base] [--limit 200] [--batch-size 8] [--data PATH] [--out JSON]
+                            [--augment copies=1,seed=0]
 
 On the first N RAVDESS clips, in one run: (a) the encoder alone on audio already decoded in memory, in the same
 batches `extract` makes, and (b) the full `extract` (decode + encode + fp16 + write + fsync) into a temp store.
 They alternate, a b a ... b a (R = --repeats extracts), and medians are compared, which damps drift from other
 load on the machine. Prints clips/s of both, the ratio (b)/(a) (goal >= 0.9) and the store's bytes per second of
 audio, and writes them as JSON (default docs/bench_extract.json) with the encoder fingerprint, machine and commit.
+``--augment``: (b) extracts an augmented copy of each clip instead (``extract --augment``, the conditions drawn and
+applied in the decoding thread; noise recordings from ``fillets-ng-data`` when Debian's package is there), against
+the same bare forward on the clean audio (default JSON docs/bench_extract_augmented.json).
 """
 from __future__ import annotations
 
@@ -65,8 +69,16 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="extract runs, each between two bare runs (default 2)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, = cores); 1 keeps numbers "
                                                 "meaningful while other work shares the machine")
-    p.add_argument("--out", default=str(REPO / "docs" / "bench_extract.json"))
+    p.add_argument("--out")
+    p.add_argument("--augment", metavar="copies=N,seed=N", help="extract augmented copies (see extract --augment)")
     args = p.parse_args(argv)
+    args.out = args.out or str(REPO / "docs" / ("bench_extract_augmented.json" if args.augment
+                                                 else "bench_extract.json"))
+    augmentation = None
+    if args.augment:
+        from emoadapt.store.augment import parse_augmentation
+        effects = Path("/usr/share/games/fillets-ng/sound/share")
+        augmentation = parse_augmentation(args.augment, [str(effects)] if effects.is_dir() else [])
 
     folder = Path(args.data) if args.data else shared_corpus("ravdess")
     if folder is not None and (folder / "ravdess").is_dir():
@@ -89,17 +101,20 @@ def main(argv=None) -> int:
         # (b) the full extract: decode + encode + fp16 + write + fsync into a fresh store
         with tempfile.TemporaryDirectory(prefix="bench-extract-") as tmp:
             t0 = time.perf_counter()
-            report = extract(rows, encoder, Path(tmp) / "store", batch_size=args.batch_size, progress=False)
+            report = extract(rows, encoder, Path(tmp) / "store", batch_size=args.batch_size, progress=False,
+                             augmentation=augmentation)
             extract_runs.append(time.perf_counter() - t0)
             store_bytes = sum(f.stat().st_size for f in (Path(tmp) / "store").rglob("*") if f.is_file())
-        if report.failures or report.extracted != len(rows):
+        if report.failures or report.extracted != len(rows) * (augmentation.copies if augmentation else 1):
             print(report, file=sys.stderr)
             return 1
         bare_runs.append(bare_encoder(encoder, batches))
 
     bare, full = statistics.median(bare_runs), statistics.median(extract_runs)
     result = {
-        "what": "extract (decode + encode + write) vs the bare encoder forward, same clips and batches",
+        "what": "extract (decode + encode + write) vs the bare encoder forward, same clips and batches"
+                + ("; extract makes augmented copies (decode + augment + encode + write)" if augmentation else ""),
+        "augmentation": augmentation.to_meta() if augmentation else None,
         "encoder": encoder.name, "fingerprint": encoder.fingerprint, "options": encoder.options,
         "layers": "all", "hidden_states": encoder.num_layers + 1, "dim": encoder.dim,
         "corpus": "ravdess", "clips": len(rows), "audio_seconds": round(audio_seconds, 2),

@@ -1,7 +1,7 @@
 """Recording conditions: what real recordings do to speech, applied to a 16 kHz waveform, seeded.
 
-``bench/robustness.py`` scores models under each of :data:`CONDITIONS`; augmenting a store is to draw from the same
-list. Reverb and the GSM codec come from Spotify's pedalboard (JUCE's DSP and libgsm in one wheel, no ffmpeg:
+``bench/robustness.py`` scores models under each of :data:`CONDITIONS`; augmenting a store
+(:mod:`emoadapt.store.augment`) draws from :data:`AUGMENTATIONS`, the same kinds with random strengths. Reverb and the GSM codec come from Spotify's pedalboard (JUCE's DSP and libgsm in one wheel, no ffmpeg:
 it works offline), the telephone band from scipy; MP3 and Opus are real encodes and decodes through libsndfile
 (soundfile), the library that reads every file emoadapt loads. Additive noise is scaled to a signal-to-noise
 ratio over the whole clip's power.
@@ -133,6 +133,12 @@ def mp3_stereo_44k(wave, rng, sources):
     return _through_file(wave, 44100, 2, "MP3", "MPEG_LAYER_III")
 
 
+def mp3_16k(wave, rng, sources):
+    """An MP3 of a mono 16 kHz recording (MPEG-2 layer III): the codec's artefacts at a fifth of the stereo 44.1 kHz
+    encode's cost."""
+    return _through_file(wave, SAMPLE_RATE, 1, "MP3", "MPEG_LAYER_III")
+
+
 def opus(wave, rng, sources):
     """Ogg Opus at 16 kHz, libopus's default rate (voice messages, WebRTC)."""
     return _through_file(wave, SAMPLE_RATE, 1, "OGG", "OPUS")
@@ -175,3 +181,38 @@ def degrade(wave: np.ndarray, condition: str, *, seed: int, sources: NoiseSource
         raise EmoadaptError(None, f"unknown recording condition {condition!r}; the conditions are {sorted(CONDITIONS)}")
     return CONDITIONS[condition](np.asarray(wave, np.float32), np.random.default_rng(seed),
                                  sources or NoiseSources())
+
+
+# --- augmentation: the same kinds of condition, each strength drawn at random -------------------------------------
+AUGMENTATIONS: dict[str, Callable[[np.random.Generator], Condition]] = {
+    "white noise": lambda rng: white_noise(rng.uniform(0, 20)),
+    "pink noise": lambda rng: pink_noise(rng.uniform(0, 20)),
+    "babble": lambda rng: babble(rng.uniform(0, 20), talkers=int(rng.integers(2, 7))),
+    "noise recordings": lambda rng: music(rng.uniform(0, 20)),
+    "reverb": lambda rng: reverb(room_size=rng.uniform(0.2, 0.9), wet_level=rng.uniform(0.1, 0.5)),
+    "8 kHz": lambda rng: resampled(8000),
+    "telephone": lambda rng: telephone,
+    "gsm": lambda rng: gsm,
+    "mp3 16 kHz": lambda rng: mp3_16k,
+    "mp3": lambda rng: mp3_stereo_44k,
+    "opus": lambda rng: opus,
+    "gain": lambda rng: gain(rng.uniform(-25, 6)),
+    "speed": lambda rng: speed(rng.uniform(0.9, 1.1)),
+}
+"""Augmentation kinds by name: ``AUGMENTATIONS[kind](rng)`` is a :data:`Condition` whose strength (SNR 0-20 dB, room,
+gain, speed) ``rng`` drew. "noise recordings" mixes in ``NoiseSources.music`` (any non-speech audio)."""
+
+COSTLY = ("mp3", "opus")
+"""Kinds left out unless asked for: their encoders take 150-220 ms per 4 s clip on one core, 2-3x the Whisper-base
+forward (``mp3 16 kHz`` stands in for MP3; Opus stays a codec the models never heard in training)."""
+
+
+def augment(wave: np.ndarray, kinds: list[str] | tuple[str, ...], rng: np.random.Generator,
+            sources: NoiseSources | None = None) -> tuple[np.ndarray, str]:
+    """``wave`` under one of ``kinds`` drawn by ``rng`` at a strength it also draws; returns (wave, kind)."""
+    unknown = sorted(set(kinds) - set(AUGMENTATIONS))
+    if unknown or not kinds:
+        raise EmoadaptError(None, f"unknown augmentation {unknown or kinds!r}; the kinds are {sorted(AUGMENTATIONS)}")
+    kind = kinds[int(rng.integers(len(kinds)))]
+    return AUGMENTATIONS[kind](rng)(np.asarray(wave, np.float32), rng, sources or NoiseSources()), kind
+

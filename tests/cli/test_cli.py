@@ -1,6 +1,8 @@
 """The `emoadapt` command as a user meets it: exit codes, one-line errors, the data-root rule of the demo."""
 from __future__ import annotations
 
+import json
+
 import subprocess
 import sys
 
@@ -68,6 +70,24 @@ def test_extract_refuses_another_encoder_in_the_same_store(tmp_path, capsys):
                      "--no-progress"])
     assert code == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_extract_augment_then_train_on_the_copies(tmp_path, capsys):
+    root = make_ravdess(tmp_path / "ravdess", actors=4, emotions=(1, 3, 4, 5), seconds=0.5)
+    store, augmented = tmp_path / "store", tmp_path / "augmented"
+    base = ["extract", str(root), "--encoder", "whisper-tiny.en", "--layers", "2,4", "--no-progress"]
+    assert cli.main([*base, "--store", str(store)]) == 0
+    assert cli.main([*base, "--store", str(augmented), "--augment", "copies=2,seed=1,kinds=white noise+babble"]) == 0
+    assert "extracted 32" in capsys.readouterr().out
+    assert FeatureStore(augmented).meta["augmentation"]["kinds"] == ["white noise", "babble"]
+    out = tmp_path / "run"
+    assert cli.main(["finetune", "--corpus", str(root), "--store", str(store), "--augmented-store", str(augmented),
+                     "--fold", "all", "--recipe", "stats", "--out", str(out), "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["augmentation"]["training_copies"] == 2 * results["split"]["train"]
+    assert cli.main([*base, "--store", str(tmp_path / "bad"), "--augment", "copies=many"]) == 2
+    err = capsys.readouterr().err
+    assert "copies=N" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_demo_without_data_explains_what_to_pass(monkeypatch, capsys):

@@ -18,6 +18,7 @@ import numpy as np
 from ..corpora import Corpus
 from ..corpora.base import speaker_group
 from ..errors import CorpusError, EmoadaptError
+from ..store.augment import source_id
 from ..store.features import FeatureStore, array_statistics
 
 NORMALIZATIONS = ("global", "speaker", "utterance")
@@ -98,7 +99,8 @@ class Normalizer:
     def statistics(self, utt_id: str | None, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.everyone is not None:
             return self.everyone
-        speaker = self.speaker_of.get(utt_id) if self.mode == "speaker" else None
+        # an augmented copy is its speaker's: standardised with the statistics of the speaker's clean clips
+        speaker = self.speaker_of.get(source_id(utt_id) if utt_id else utt_id) if self.mode == "speaker" else None
         if speaker is not None:
             return self._by_speaker[speaker]
         return self._pair(*array_statistics([x]))

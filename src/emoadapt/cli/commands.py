@@ -66,11 +66,15 @@ def cmd_extract(args) -> int:
             return 0 if found.ok else 1
         # damaged batches are dropped; extraction below then re-computes them and every changed audio file
         remove_parts(args.store, [part for part, _, _ in found.damaged])
+    augmentation = None
+    if args.augment is not None or args.augment_noise:
+        from ..store.augment import parse_augmentation
+        augmentation = parse_augmentation(args.augment or "", args.augment_noise)
     encoder = load_encoder(args.encoder, device=_device(args), **_encoder_options(args))
     layers = args.layers or None
     report = extract(rows, encoder, args.store, layers=layers, batch_size=args.batch_size,
                      rank=args.rank, world_size=args.world_size, retry_failed=args.retry_failed,
-                     max_seconds=args.max_seconds,
+                     max_seconds=args.max_seconds, augmentation=augmentation,
                      progress=not args.no_progress)
     print(report)
     return 1 if report.failures or corpus.problems else 0
@@ -128,7 +132,7 @@ def cmd_finetune(args) -> int:
     from ..training.stage2 import finetune
     corpus = _corpus(args)
     results = finetune(corpus, args.store, args.fold, args.out, recipe=args.recipe, config=_run_config(args),
-                       init=args.init, progress=not args.no_progress)
+                       init=args.init, progress=not args.no_progress, augmented=args.augmented_store)
     chosen = f"best val UA {results['best_val_ua']}, epoch {results['best_epoch']}"
     if results["scores"] is None:
         print(f"trained on every speaker of {corpus.name}, nothing tested ({chosen})")
@@ -201,7 +205,7 @@ def cmd_cv(args) -> int:
     corpus = _corpus(args)
     run_cv(corpus, args.store, args.recipe, args.out, folds=_folds(args.folds), config=_run_config(args),
            extra_unlabeled_stores=args.unlabeled_store, stage1=args.stage1, protocol=args.protocol,
-           progress=not args.no_progress)
+           progress=not args.no_progress, augmented=args.augmented_store)
     print(f"results: {Path(args.out) / 'results.json'}  confusion: {Path(args.out) / 'confusion.png'}")
     return 0
 

@@ -157,6 +157,8 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--init", help="a stage-1 run folder: initialise the adapter from its teacher (refused when it "
                                   "saw any of the fold's test utterances or speakers)")
     p.add_argument("--out", required=True, help="run folder (resumed if it exists)")
+    p.add_argument("--augmented-store", help="an augmented store of the corpus (extract --augment): the training "
+                                             "clips' copies are trained on too; validation and test stay clean")
     _add_training_args(p, stage1=False, stage2=True)
 
     p = sub.add_parser("evaluate", help="score a fine-tuned model on a corpus (or one fold's test speakers); refused "
@@ -255,6 +257,8 @@ def _add_training_parsers(sub) -> None:
                         "its classes, closed and open)")
     p.add_argument("--unlabeled-store", action="append", default=[],
                    help="extra unlabeled feature store for stage 1 (repeatable)")
+    p.add_argument("--augmented-store", help="an augmented store of the corpus (extract --augment): the training "
+                                             "clips' copies are trained on too; validation and test stay clean")
     p.add_argument("--stage1", help="recipe full: a finished `emoadapt pretrain` run on other audio (e.g. the "
                                     "unlabeled pool) used for every fold instead of pre-training per fold")
     _add_training_args(p, stage1=True, stage2=True)
@@ -294,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "anything is damaged or stale")
     p.add_argument("--repair", action="store_true", help="verify, then re-compute only the damaged batches and the "
                    "clips whose audio changed")
+    p.add_argument("--augment", metavar="copies=N,seed=N[,kinds=A+B]", help="store augmented copies of every clip "
+                   "instead of the clips (each under a recording condition drawn per clip and copy: noise at 0-20 dB "
+                   "SNR, babble, reverb, 8 kHz, telephone, GSM, MP3, Opus, gain, speed); use a store of its own and "
+                   "train with --augmented-store")
+    p.add_argument("--augment-noise", action="append", default=[], metavar="DIR",
+                   help="with --augment: non-speech recordings (folders or files) to mix in as noise (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     _add_training_parsers(sub)

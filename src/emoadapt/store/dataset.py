@@ -157,3 +157,48 @@ def usable_ids(corpus: Corpus, store: FeatureStore, ids: Iterable[str]) -> tuple
     return keep, skipped
 
 
+
+
+def augmented_copies(corpus: Corpus, store: FeatureStore, ids: Iterable[str]) -> dict[str, list[str]]:
+    """id -> the ids of its augmented copies in ``store`` (an augmented store, :mod:`emoadapt.store.augment`), for
+    every one of ``ids``; a copy the store could not encode is left out. A copy never extracted, or made from audio
+    that changed since, is an error."""
+    from .augment import AugmentedRow, augmented_id
+    augmentation = store.meta.get("augmentation")
+    if not augmentation:
+        raise FeatureStoreError(store.root, "not an augmented store (its meta records no augmentation): make one with "
+                                            "emoadapt extract CORPUS --store S --augment copies=1")
+    failed = {f.id for f in store.failures()}
+    by_id = {u.id: u for u in corpus.rows}
+    copies, missing, present = {}, [], []
+    for i in ids:
+        copies[i] = []
+        for k in range(1, int(augmentation["copies"]) + 1):
+            a = augmented_id(i, k)
+            if a in store:
+                copies[i].append(a)
+                present.append(AugmentedRow(a, str(by_id[i].path), by_id[i].speaker, k, i))
+            elif a not in failed:
+                missing.append(a)
+    if missing:
+        raise MissingFeatures(store.root, f"{len(missing)} augmented copies of corpus {corpus.name}'s clips are not in "
+                                          f"this store ({preview(missing, 3)}); run emoadapt extract on the corpus "
+                                          f"into it with the same --augment first")
+    stale = [row.id for row in store.stale(present)]
+    if stale:
+        raise StaleFeatures(store.root, f"the audio of {len(stale)} augmented copies changed since they were extracted "
+                                        f"({preview(stale, 3)}); re-run emoadapt extract --augment into this store")
+    return copies
+
+
+def open_augmented_store(augmented: FeatureStore | str | os.PathLike | None, clean: FeatureStore
+                         ) -> FeatureStore | None:
+    """An augmented store to train on beside ``clean``: it must record an augmentation and hold the same features."""
+    if augmented is None:
+        return None
+    augmented = open_store(augmented)
+    if not augmented.meta.get("augmentation"):
+        raise FeatureStoreError(augmented.root, "not an augmented store (its meta records no augmentation): make one "
+                                                "with emoadapt extract CORPUS --store S --augment copies=1")
+    check_same_features([clean, augmented])
+    return augmented

@@ -33,7 +33,7 @@ from .features import (DTYPE, FORMAT, INDEX_PART, VERSION, Failure, FeatureStore
 
 # meta keys that must agree before a run may write into an existing store
 _BINDING_KEYS = ("format", "version", "encoder", "fingerprint", "options", "num_hidden_states", "layers", "dim",
-                 "frame_rate", "dtype")
+                 "frame_rate", "dtype", "augmentation")
 
 
 @dataclass
@@ -77,15 +77,15 @@ def plan_batches(rows: Iterable, batch_size: int) -> list[list[list]]:
     """
     if batch_size < 1:
         raise FeatureStoreError(None, f"batch_size must be at least 1, got {batch_size}")
-    groups: dict[str, list] = {}
+    groups: dict[tuple[str, int], list] = {}
     seen: set[str] = set()
     for row in rows:
         if row.id in seen:
             raise FeatureStoreError(row.path, f"utterance id {row.id!r} appears twice in the rows; ids must be unique")
         seen.add(row.id)
-        groups.setdefault(str(row.path), []).append(row)
-    stats = {path: file_stat(path) for path in groups}
-    order = sorted(groups, key=lambda p: (stats[p][0] if stats[p] else -1, p))
+        groups.setdefault((str(row.path), getattr(row, "copy", 0)), []).append(row)  # augmented copies differ
+    stats = {path: file_stat(path) for path, _ in groups}
+    order = sorted(groups, key=lambda key: (stats[key[0]][0] if stats[key[0]] else -1, key))
     return [[groups[p] for p in order[i: i + batch_size]] for i in range(0, len(order), batch_size)]
 
 
@@ -94,7 +94,8 @@ MAX_SECONDS = 1200.0  # as predict's: emotion corpora hold utterances of seconds
 
 def extract(rows: Iterable, encoder, root: str | os.PathLike, *, layers: Sequence[int] | None = None,
             batch_size: int = 8, rank: int | None = None, world_size: int | None = None, progress: bool = True,
-            retry_failed: bool = False, prefetch: int = 2, max_seconds: float | None = MAX_SECONDS) -> ExtractReport:
+            retry_failed: bool = False, prefetch: int = 2, max_seconds: float | None = MAX_SECONDS,
+            augmentation=None) -> ExtractReport:
     """Encode every row not yet stored (or whose audio changed) and commit it to the store at ``root``.
 
     ``encoder`` follows :class:`emoadapt.encoders.base.Encoder` (or is a spec for ``load_encoder``); ``layers``
@@ -103,7 +104,9 @@ def extract(rows: Iterable, encoder, root: str | os.PathLike, *, layers: Sequenc
     unless ``retry_failed``. Decoding (``prefetch`` batches ahead) and shard writing run in background threads
     so the encoder stays busy. With several ranks, call ``FeatureStore(root)`` only after all ranks finished.
     ``max_seconds``: a longer file is a listed failure, refused from its header before it is decoded (an hour of
-    audio would hold gigabytes of hidden states); None: no limit.
+    audio would hold gigabytes of hidden states); None: no limit. ``augmentation``
+    (:class:`emoadapt.store.augment.Augmentation`): store augmented copies of the rows instead of the rows (in the
+    decoding thread, so the encoder stays busy), recorded in the store's meta.
     """
     from ..audio import load_audio  # imported here: reading a store must not need the audio stack
 
@@ -113,7 +116,13 @@ def extract(rows: Iterable, encoder, root: str | os.PathLike, *, layers: Sequenc
         encoder = load_encoder(encoder)
     rank, world_size = _rank_and_world_size(rank, world_size)
     root = Path(root)
-    meta = _bind_meta(root, encoder, layers)
+    augmenter = None
+    if augmentation is not None:
+        from .augment import Augmenter, augmented_rows
+        rows = list(rows)
+        augmenter = Augmenter.for_rows(augmentation, rows, lambda path: load_audio(path, max_seconds=max_seconds))
+        rows = augmented_rows(rows, augmenter.augmentation)
+    meta = _bind_meta(root, encoder, layers, augmenter.augmentation.to_meta() if augmenter else None)
     store = FeatureStore(root)
     keep = meta["layers"]
 
@@ -144,6 +153,8 @@ def extract(rows: Iterable, encoder, root: str | os.PathLike, *, layers: Sequenc
             stat = audio_identity(path)  # before decoding: a file replaced meanwhile is not mistaken for this one
             try:
                 wave = load_audio(path, min_samples=encoder.min_samples, max_seconds=max_seconds)
+                if augmenter is not None:
+                    wave = augmenter(wave, group[0])
                 if len(wave) < encoder.min_samples or encoder.num_frames(len(wave)) < 1:
                     raise TooShortAudio(path, f"{len(wave)} samples, the encoder needs at least "
                                               f"{encoder.min_samples} to produce one frame")
@@ -300,8 +311,9 @@ class _ShardWriter:
 # ------------------------------------------------------------------------------------------------------------
 # Helpers: meta binding, failures, ranks, progress
 # ------------------------------------------------------------------------------------------------------------
-def _bind_meta(root: Path, encoder, layers: Sequence[int] | None) -> dict:
-    """Create meta.json atomically, or check that the existing one describes the same encoder and layers."""
+def _bind_meta(root: Path, encoder, layers: Sequence[int] | None, augmentation: dict | None = None) -> dict:
+    """Create meta.json atomically, or check that the existing one describes the same encoder, layers and
+    augmentation."""
     n_hidden = encoder.num_layers + 1
     if layers is None:
         keep = list(range(n_hidden))
@@ -319,6 +331,7 @@ def _bind_meta(root: Path, encoder, layers: Sequence[int] | None) -> dict:
         "frame_rate": float(encoder.frame_rate), "dtype": np.dtype(DTYPE).name,
         "layout": "per utterance [layer, frame, dim], contiguous rows offset..offset+layers*frames of a [rows, dim] "
                   "shard",
+        **({"augmentation": augmentation} if augmentation else {}),
     }))  # JSON round trip: compare like with like (tuples become lists)
     (root / "shards").mkdir(parents=True, exist_ok=True)
     final = root / "meta.json"
@@ -334,11 +347,11 @@ def _bind_meta(root: Path, encoder, layers: Sequence[int] | None) -> dict:
         finally:
             tmp.unlink(missing_ok=True)
     existing = read_meta(root)
-    diffs = [k for k in _BINDING_KEYS if existing.get(k) != meta[k]]
+    diffs = [k for k in _BINDING_KEYS if existing.get(k) != meta.get(k)]
     if diffs:
-        what = "; ".join(f"{k}: store has {existing.get(k)!r}, this run {meta[k]!r}" for k in diffs)
+        what = "; ".join(f"{k}: store has {existing.get(k)!r}, this run {meta.get(k)!r}" for k in diffs)
         raise StoreMismatch(root, f"this feature store was made with other settings ({what}). A store holds one "
-                                  f"encoder, option set and layer set: use another store folder")
+                                  f"encoder, option set, layer set and augmentation: use another store folder")
     return existing
 
 

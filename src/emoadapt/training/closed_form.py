@@ -18,6 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from ..errors import TrainingError
+from ..store.augment import source_id
 from ..store.dataset import FeatureDataset, eval_loader
 from .metrics import closed_predictions, score
 
@@ -154,7 +155,7 @@ def _fit_on_statistics(pool, data, batch_size: int, c_grid, log=None, refit: boo
         corpus_of = {u.id: (u.extras.get("corpus") or "").strip() for u in data.corpus.rows}
         ids = [item[1] for item in data.train.items] + [item[1] for item in data.val.items]
         return choose_by_held_out_corpus(np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]),
-                                         np.array([corpus_of[i] for i in ids]), data.labels, c_grid, log)
+                                         np.array([corpus_of[source_id(i)] for i in ids]), data.labels, c_grid, log)
     return choose_and_fit(train, val, data.labels, c_grid, log, refit=refit)
 
 

@@ -24,7 +24,7 @@ from ..errors import CorpusError, EmoadaptError
 from ..model import recipe as lookup_recipe
 from ..modelfolder import read_seen, read_stage1_adapter, refuse_on_folds, speakers_of
 from ..provenance import git_commit, versions
-from ..store.dataset import check_same_features, open_corpus, open_store
+from ..store.dataset import check_same_features, open_augmented_store, open_corpus, open_store
 from ..store.features import FeatureStore
 from .data import FoldData
 from .metrics import METRICS, CrossValidationReport, Scores
@@ -55,7 +55,7 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
            out_dir: str | os.PathLike, folds: Sequence[int] | None = None, seed: int | None = None, *,
            config: RunConfig | None = None, overrides: Sequence[str] = (), extra_unlabeled_stores: Sequence = (),
            stage1: str | os.PathLike | None = None, protocol: str = "folds", progress: bool = True,
-           log=print) -> dict:
+           log=print, augmented: FeatureStore | str | os.PathLike | None = None) -> dict:
     """Cross-validation over the corpus's folds (or ``folds``). Per fold: split (validation = whole speakers from
     the training speakers), stage 1 on the fold's training split (+ ``extra_unlabeled_stores``) for recipe
     ``full``, stage 2, test with the best-validation checkpoint; ``fold_<k>/results.json`` is written as each fold
@@ -67,7 +67,8 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
     ``protocol`` "folds": the corpus's own (speaker-independent) folds; "corpus": leave-one-corpus-out over a
     merged corpus (``emoadapt merge``): fold k tests the k-th source corpus, trained and validated on the others
     only, and scored over the target's classes both "open" (argmax over every class) and "closed" (over the
-    target's classes only).
+    target's classes only). ``augmented``: an augmented store of the corpus (:mod:`emoadapt.store.augment`):
+    every fold's training utterances gain their copies (validation, test and stage 1 stay clean).
     """
     spec = lookup_recipe(recipe)
     out_dir = Path(out_dir)
@@ -78,6 +79,7 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
         log = lambda *_: None  # noqa: E731 - under DDP every rank runs this loop; one of them talks
     corpus, store = open_corpus(corpus), open_store(store)
     extras = [open_store(s) for s in extra_unlabeled_stores]
+    augmented = open_augmented_store(augmented, store)
     if config.pretrain.test_audio and (not spec.stage1 or stage1 is not None):
         raise EmoadaptError(None, "pretrain.test_audio applies to recipe 'full' pre-training on each fold "
                                   "(without --stage1)")
@@ -119,7 +121,9 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
                             # the folds asked for (and their targets) may change between calls that resume a run
                             "protocol": {k: v for k, v in protocol.items() if k not in ("folds", "targets")},
                             "unlabeled_stores": [str(s.root) for s in extras],
-                            "shared_stage1": shared_stage1})
+                            "shared_stage1": shared_stage1,
+                            **({"augmentation": {"store": str(augmented.root), **augmented.meta["augmentation"]}}
+                               if augmented is not None else {})})
     protocol.update(protocol_of(config))
     report, closed, per_fold = CrossValidationReport(), CrossValidationReport(), {}
     frame_rate = float(encoder["frame_rate"] or 50.0)
@@ -128,7 +132,8 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
         if (fold_dir / "results.json").is_file():
             log(f"fold {k}: already done, skipped ({fold_dir / 'results.json'})")
         else:
-            data = FoldData(corpus, store, k, config, corpus.labels, frame_rate)  # stage 1, stage 2 and the test
+            data = FoldData(corpus, store, k, config, corpus.labels, frame_rate,  # stage 1, stage 2 and the test
+                            augmented=augmented)
             init = None
             if shared_stage1 is not None:
                 init = shared_stage1["path"]
@@ -159,6 +164,8 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
         "seed": config.seed, "encoder": encoder, "git": git_commit(), "versions": versions(),
         "unlabeled_stores": [{"root": str(s.root), "utterances": len(s)} for s in extras],
         "shared_stage1": shared_stage1,
+        "augmentation": ({"store": str(augmented.root), **augmented.meta["augmentation"]} if augmented is not None
+                         else None),
         "folds": {str(k): {**summary["folds"][str(k)], "best_val_ua": per_fold[k].get("best_val_ua"),
                            "best_epoch": per_fold[k].get("best_epoch"), "split": per_fold[k].get("split"),
                            "seconds": per_fold[k].get("seconds"),

@@ -20,7 +20,7 @@ from ..corpora import Corpus
 from ..corpora.base import one_fold, speaker_group
 from ..errors import CorpusError
 from ..model import FeatureStandardizer
-from ..store.dataset import FeatureDataset, collate, eval_loader, usable_ids
+from ..store.dataset import FeatureDataset, augmented_copies, collate, eval_loader, usable_ids
 from ..store.features import FeatureStore, array_statistics
 
 
@@ -94,7 +94,10 @@ def train_loader(dataset: FeatureDataset, batch_size: int, *, seed: int, num_wor
 
 
 def labelled_dataset(corpus: Corpus, store: FeatureStore, ids: Sequence[str], labels: Sequence[str],
-                     max_frames: int | None = None, normalizer: Normalizer | None = None) -> FeatureDataset:
+                     max_frames: int | None = None, normalizer: Normalizer | None = None,
+                     augmented: tuple[FeatureStore, dict[str, list[str]]] | None = None) -> FeatureDataset:
+    """``ids`` with their labels; ``augmented`` (an augmented store, id -> its copies' ids): each clip's copies
+    too, with the clip's label."""
     index = {name: k for k, name in enumerate(labels)}
     by_id = {u.id: u for u in corpus.rows}
     items = []
@@ -104,7 +107,9 @@ def labelled_dataset(corpus: Corpus, store: FeatureStore, ids: Sequence[str], la
             raise CorpusError(corpus.root, f"utterance {i} has label {label!r}, which the model does not know "
                                            f"(its classes: {', '.join(labels)})")
         items.append((0, i, index[label]))
-    return FeatureDataset([store], items, max_frames, normalizer)
+        if augmented is not None:
+            items += [(1, copy, index[label]) for copy in augmented[1][i]]
+    return FeatureDataset([store] + ([augmented[0]] if augmented else []), items, max_frames, normalizer)
 
 
 def split_fold(corpus: Corpus, store: FeatureStore, fold: int | None, config) -> dict:
@@ -144,10 +149,11 @@ class FoldData(pl.LightningDataModule):
     validation (whole speakers drawn from the training speakers) and test utterances with features, normalised as
     ``config.normalize`` says (a test speaker's statistics from its calibration clips), and their loaders (random
     crops in training, whole utterances batched by length in evaluation). ``fold`` None: every speaker trains or
-    validates, nothing is tested."""
+    validates, nothing is tested. ``augmented``: an augmented store of the corpus, whose copies of the training
+    utterances join the training set (validation and test stay clean)."""
 
     def __init__(self, corpus: Corpus, store: FeatureStore, fold: int | None, config, labels: Sequence[str],
-                 frame_rate: float):
+                 frame_rate: float, augmented: FeatureStore | None = None):
         super().__init__()
         self.corpus, self.store, self.fold, self.labels = corpus, store, fold, list(labels)
         self.split = split_fold(corpus, store, fold, config)
@@ -157,7 +163,12 @@ class FoldData(pl.LightningDataModule):
         self.frame_rate = frame_rate
         max_frames = round(config.stage2.max_crop_seconds * frame_rate)
         self.normalizer = make_normalizer(config, corpus, store, test_ids=self.split["test"])  # reads the store
-        self.train = labelled_dataset(corpus, store, self.split["train"], self.labels, max_frames, self.normalizer)
+        copies = None if augmented is None else (augmented, augmented_copies(corpus, augmented, self.split["train"]))
+        self.augmentation = None if augmented is None else {  # what a run and its model record
+            "store": str(augmented.root), **augmented.meta["augmentation"],
+            "training_copies": sum(len(c) for c in copies[1].values())}
+        self.train = labelled_dataset(corpus, store, self.split["train"], self.labels, max_frames, self.normalizer,
+                                      copies)
         self.val = labelled_dataset(corpus, store, self.split["val"], self.labels, normalizer=self.normalizer)
         self.test = labelled_dataset(corpus, store, self.split["test"], self.labels, normalizer=self.normalizer)
 

@@ -34,11 +34,13 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
             raise ValueError(f"{path}: not a cross-validation results file ({error})") from None
         seed = config.pop("seed", r.get("seed"))
         stage1 = (r.get("shared_stage1") or {}).get("path")
+        augmentation = {k: v for k, v in (r.get("augmentation") or {}).items() if k != "store"} or None
         key = json.dumps([protocol["corpus"], protocol.get("view"), protocol.get("kind"), r["recipe"], config,
-                          stage1, r.get("unlabeled_stores")], sort_keys=True)
+                          stage1, r.get("unlabeled_stores"), augmentation], sort_keys=True)
         g = groups.setdefault(key, {"runs": [], "corpus": protocol["corpus"], "view": protocol.get("view"),
                                     "recipe": r["recipe"], "shared_stage1": stage1, "scores": {}, "val_ua": [],
-                                    "protocol": protocol_name(protocol), "targets": protocol.get("targets")})
+                                    "protocol": protocol_name(protocol), "targets": protocol.get("targets"),
+                                    "augmentation": augmentation})
         if seed in g["scores"]:
             raise ValueError(f"{path}: two runs with the same settings and seed {seed}")
         g["runs"].append(str(path.parent) if path.name == "results.json" else str(path.with_suffix("")))
@@ -46,7 +48,8 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
         g["val_ua"] += [v.get("best_val_ua") for v in r["folds"].values() if v.get("best_val_ua") is not None]
     rows = []
     for g in groups.values():
-        row = {k: g[k] for k in ("runs", "corpus", "view", "recipe", "shared_stage1", "protocol", "targets")}
+        row = {k: g[k] for k in ("runs", "corpus", "view", "recipe", "shared_stage1", "protocol", "targets",
+                                 "augmentation")}
         row["seeds"] = sorted(g["scores"])
         row["folds"] = sorted({int(k) for folds in g["scores"].values() for k in folds})
         for m in METRICS:
@@ -65,6 +68,11 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
                                       for seed, folds in g["scores"].items()}
         rows.append(row)
     return rows
+
+
+def _recipe(row: dict) -> str:
+    augmentation = row.get("augmentation")
+    return row["recipe"] + (f" + augmentation ×{augmentation['copies']}" if augmentation else "")
 
 
 def paired_difference(row: dict, baseline: dict) -> dict | None:
@@ -119,7 +127,7 @@ def _table(rows: list[dict]) -> str:
         name = _run_name(r)
         cells = [f"{r[m]['mean']:.2f} ± {r[m]['std']:.2f}" for m in METRICS]
         val = f"{r['val_ua']:.2f}" if r["val_ua"] is not None else "–"
-        out.append(f"| {name} | {r['corpus']} | {r['recipe']} | {len(r['seeds'])} × {len(r['folds'])} | "
+        out.append(f"| {name} | {r['corpus']} | {_recipe(r)} | {len(r['seeds'])} × {len(r['folds'])} | "
                    + " | ".join(cells) + f" | {val} |")
     return "\n".join(out)
 
@@ -134,7 +142,7 @@ def _corpus_table(rows: list[dict]) -> str:
         cells = [f"{r['by_fold'][k]['closed']:.2f} / {r['by_fold'][k]['open']:.2f}" if k in r["by_fold"] else "–"
                  for k in targets]
         val = f"{r['val_ua']:.2f}" if r["val_ua"] is not None else "–"
-        out.append(f"| {_run_name(r)} | {r['recipe']} | {len(r['seeds'])} | " + " | ".join(cells)
+        out.append(f"| {_run_name(r)} | {_recipe(r)} | {len(r['seeds'])} | " + " | ".join(cells)
                    + f" | {r['closed_ua']['mean']:.2f} | {r['ua']['mean']:.2f} | {r['closed_wa']['mean']:.2f} | "
                      f"{r['closed_macro_f1']['mean']:.2f} | {val} |")
     return "\n".join(out)

@@ -32,7 +32,7 @@ from ..modelfolder import (Seen, load_model, plain_json, read_seen, read_stage1_
                            speakers_of)
 from ..modelfolder.reference import write_population
 from ..model import StatsConfig, build_model, recipe as lookup_recipe
-from ..store.dataset import encoder_info, open_corpus, open_store, require_same_features
+from ..store.dataset import encoder_info, open_augmented_store, open_corpus, open_store, require_same_features
 from ..store.features import FeatureStore
 from .checkpoint_io import load_checkpoint_file
 from .closed_form import OUT_OF_SAMPLE, fit_closed_form, start_from_statistics
@@ -136,25 +136,29 @@ def check_stage1_adapter(init: str | os.PathLike, encoder: dict, config: RunConf
 
 def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.PathLike, fold: int | None,
              out_dir: str | os.PathLike, *, recipe: str = "adapter", config: RunConfig | None = None,
-             init: str | os.PathLike | None = None, progress: bool = True, callbacks: Sequence = ()) -> dict:
+             init: str | os.PathLike | None = None, progress: bool = True, callbacks: Sequence = (),
+             augmented: FeatureStore | str | os.PathLike | None = None) -> dict:
     """Stage 2 on one fold: train on its training speakers, pick the epoch with the best validation UA, test.
     Returns the results dict. ``fold`` None: every speaker of the corpus trains or validates and nothing is tested
     (a model to apply to other corpora or to use; its ``scores`` are None). ``init``: a stage-1 run folder whose
-    teacher initialises the adapter; refused when it saw any of the fold's test utterances or speakers. Opens and
-    checks the store and the settings, builds the fold's :class:`FoldData`, then :func:`train_stage2`."""
+    teacher initialises the adapter; refused when it saw any of the fold's test utterances or speakers.
+    ``augmented``: an augmented store of the corpus (:mod:`emoadapt.store.augment`) whose copies of the training
+    utterances are trained on too. Opens and checks the store and the settings, builds the fold's :class:`FoldData`, then :func:`train_stage2`."""
     config = config or RunConfig()
     spec = lookup_recipe(recipe)
     if spec.stage1:
         raise EmoadaptError(None, f"recipe {recipe!r} runs stage 1 first: use emoadapt cv, or emoadapt pretrain and "
                                   f"then finetune --recipe {spec.stage2_recipe} --init RUN")
     corpus, store = open_corpus(corpus), open_store(store)
+    augmented = open_augmented_store(augmented, store)
     if not corpus.labels:
         raise CorpusError(corpus.root, "stage 2 needs labelled utterances; this corpus has no labels")
     encoder = encoder_info(store)
     config = with_store_dims(config, encoder)
     validate(config, recipe)
     check_trainer(config.trainer)
-    data = FoldData(corpus, store, fold, config, corpus.labels, float(encoder["frame_rate"] or 50.0))
+    data = FoldData(corpus, store, fold, config, corpus.labels, float(encoder["frame_rate"] or 50.0),
+                    augmented=augmented)
     return train_stage2(data, out_dir, recipe=recipe, config=config, encoder=encoder, init=init, progress=progress,
                         callbacks=callbacks)
 
@@ -182,7 +186,8 @@ def train_stage2(data: FoldData, out_dir: str | os.PathLike, *, recipe: str, con
         init_model = (init_folder, init_model_info)
     claim_run_dir(out_dir, {"stage": "finetune", "recipe": recipe, "fold": fold, "config": config.to_dict(),
                             "encoder": encoder, "init": str(init) if init else None,
-                            "corpus": {"name": corpus.name, "view": corpus.view, "root": str(corpus.root)}})
+                            "corpus": {"name": corpus.name, "view": corpus.view, "root": str(corpus.root)},
+                            **({"augmentation": data.augmentation} if data.augmentation else {})})
     if done.is_file():
         return json.loads(done.read_text())  # finished before
     if spec.fit == "closed_form":
@@ -210,7 +215,7 @@ def train_stage2(data: FoldData, out_dir: str | os.PathLike, *, recipe: str, con
         **trained,
         "split": {k: len(v) for k, v in data.split.items()}, "skipped_utterances": data.split["skipped"],
         "speakers": {k: data.speakers(k) for k in ("train", "val", "test")},
-        "init": init_info, "encoder": encoder, "seed": config.seed,
+        "init": init_info, "encoder": encoder, "seed": config.seed, "augmentation": data.augmentation,
     }
     if trainer is None or trainer.is_global_zero:
         save_model(model, out_dir / "model", kind="classifier", build=build, labels=data.labels, encoder=encoder,
@@ -219,6 +224,7 @@ def train_stage2(data: FoldData, out_dir: str | os.PathLike, *, recipe: str, con
                           "best_epoch": trained["best_epoch"], "init": init_info,
                           "corpus": {"name": corpus.name, "view": corpus.view},
                           "temperature": {k: temperature[k] for k in ("T", "fitted_on")} if temperature else None,
+                          "augmentation": data.augmentation,
                           **reference_record(data, out_dir / "model")})
         if predictions is not None:
             write_predictions(out_dir / "predictions.csv", data.test, predictions, data.labels)
