@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     readings = {}
     for span, hop in READINGS:
         reader = Recognizer.from_pretrained(args.model, span_seconds=span, hop_seconds=hop)
-        readings[f"{span:g}/{hop:g}"] = score(reader.predict(joined), bounds, truth)
+        readings[f"{span:g}/{hop:g}"] = score(reader.predict(joined, sample_rate=SAMPLE_RATE), bounds, truth)
         print(f"span {span:>4g} s, hop {hop:>4g} s: {readings[f'{span:g}/{hop:g}']}", flush=True)
     result = {"model": str(recognizer.model_dir), "actor": args.actor, "clips": len(rows),
               "seconds": round(len(joined) / SAMPLE_RATE, 1),

@@ -81,7 +81,8 @@ def main(argv=None) -> int:
     guarded = Recognizer.from_pretrained(args.model)
     rows = {}
     for name, audio in inputs.items():
-        rows[name] = {"without": summary(without.predict(list(audio))), "with": summary(guarded.predict(list(audio)))}
+        rows[name] = {"without": summary(without.predict(list(audio), sample_rate=SAMPLE_RATE)),
+                      "with": summary(guarded.predict(list(audio), sample_rate=SAMPLE_RATE))}
         print(f"{name}: without {rows[name]['without']}\n{'':{len(name)}}  with    {rows[name]['with']}", flush=True)
     result = {"model": str(guarded.model_dir), "rows": rows, "git": git_commit(), "machine": machine_info()}
     if args.out:

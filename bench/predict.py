@@ -69,11 +69,11 @@ def main(argv=None) -> int:
         if total >= args.seconds * SAMPLE_RATE:
             break
     clip = np.concatenate(pieces)[: int(args.seconds * SAMPLE_RATE)]
-    recognizer.predict(clip)  # warm-up
+    recognizer.predict(clip, sample_rate=SAMPLE_RATE)  # warm-up
     runs, encoder_runs, head_runs = [], [], []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        recognizer.predict(clip)
+        recognizer.predict(clip, sample_rate=SAMPLE_RATE)
         runs.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         (hidden,) = encode_waveforms(recognizer.loaded, recognizer.encoder, [clip])
@@ -98,11 +98,11 @@ def main(argv=None) -> int:
         encoder_report = export_encoder_onnx(recognizer.encoder, Path(tmp) / "encoder.onnx")
         onnx_recognizer = Recognizer.from_pretrained(args.model, window_seconds=args.seconds + 1, backend="onnx",
                                                      onnx=Path(tmp) / "model.onnx")
-        onnx_recognizer.predict(clip)
+        onnx_recognizer.predict(clip, sample_rate=SAMPLE_RATE)
         onnx_predict = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            onnx_recognizer.predict(clip)
+            onnx_recognizer.predict(clip, sample_rate=SAMPLE_RATE)
             onnx_predict.append(time.perf_counter() - t0)
     rtf_onnx = statistics.median(onnx_predict) / args.seconds
     rtf = statistics.median(runs) / args.seconds
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     for pad in (0.1, recognizer.segment_pad_seconds):
         cutter = Recognizer.from_pretrained(args.model, window_seconds=args.seconds, segment_pad_seconds=pad,
                                             span_seconds=args.seconds, hop_seconds=args.seconds)  # a clip a piece
-        labels = [s.label for s in cutter.predict(joined).segments]
+        labels = [s.label for s in cutter.predict(joined, sample_rate=SAMPLE_RATE).segments]
         segment_changes[str(pad)] = (sum(a != b for a, b in zip(alone, labels)) if len(labels) == len(alone)
                                      else f"{len(labels)} segments for {len(alone)} clips")
     result = {

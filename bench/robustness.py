@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from extract import git_commit, machine_info  # noqa: E402  (bench/ is not a package)
 
 from emoadapt.atomic import atomic_write_json  # noqa: E402
-from emoadapt.audio import load_audio  # noqa: E402
+from emoadapt.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from emoadapt.cli.paths import shared_corpus  # noqa: E402
 from emoadapt.conditions import CONDITIONS, NoiseSources, degrade  # noqa: E402
 from emoadapt.corpora import load_corpus  # noqa: E402
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
         audio = clean if condition == "clean" else [degrade(w, condition, seed=args.seed * 100_000 + 1000 * k + i,
                                                             sources=sources) for i, w in enumerate(clean)]
         for name, recognizer in models.items():
-            labels = [p.label for p in recognizer.predict(list(audio), labels=classes)]
+            labels = [p.label for p in recognizer.predict(list(audio), SAMPLE_RATE, labels=classes)]
             if condition == "clean":
                 reference[name] = labels
             ua = 100 * recall_score(truth, labels, labels=classes, average="macro", zero_division=0)

@@ -168,3 +168,23 @@ def make_unlabeled(root: Path, n: int = 5) -> Path:
         write_audio(folder / f"clip{i}.flac", 0.1, seed=i)
     (root / "notes.txt").write_text("not audio")
     return root
+
+
+# --- ASED as ../shared/data/ased lays it out: NNLabel/<file>.flac and a manifest (path,label,speaker) ------------
+ASED_FOLDERS = {"neutral": "01Neutral", "fearful": "02Fearful", "happy": "03Happy", "sad": "04Sad", "angry": "05Angry"}
+ASED_4CLASS = {"fearful": None}
+
+
+def make_ased(root: Path, *, speakers: int = 8, seconds: float = 0.1) -> Path:
+    """One clip per speaker x label (spk01 ... spkNN), listed in manifest.csv."""
+    rows = []
+    for s in range(1, speakers + 1):
+        for label, folder in ASED_FOLDERS.items():
+            path = f"{folder}/{label[0]}-{s:02d}.wav"
+            write_audio(root / path, seconds, emotion=ASED_4CLASS.get(label, label), seed=100 + s)
+            rows.append({"path": path, "label": label, "speaker": f"spk{s:02d}"})
+    with open(root / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "label", "speaker"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root

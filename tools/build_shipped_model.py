@@ -49,7 +49,9 @@ LICENCES = {"ravdess": "CC BY-NC-SA 4.0 (Livingstone & Russo 2018): non-commerci
             "ased": "see ../shared/data/ased/SOURCE.md (Retta et al. 2023)"}
 EFFECTS = Path("/usr/share/games/fillets-ng/sound/share")
 MUSIC = Path("/usr/share/games/fillets-ng/music")  # bench/robustness.py mixes in the other half of the tracks
-CANDIDATES = {"stats": [], "stats-speaker": ["normalize=speaker", "calibration.scope=none"]}
+SPEAKER = ["normalize=speaker", "calibration.scope=none"]  # tested without a reference: the population's statistics
+CANDIDATES = {"stats": ([], False), "stats + augmentation": ([], True),  # (settings, with the augmented copies)
+              "stats-speaker": (SPEAKER, False), "stats-speaker + augmentation": (SPEAKER, True)}
 COMMON = ["choose_by=corpus", "head.c_grid=[0.001,0.01,0.1]"]
 REFERENCE_SETTINGS = reference_conditions.SETTINGS
 
@@ -65,7 +67,8 @@ def noise_files() -> list[str]:
 
 
 def build(data: Path, work: Path, config: str = "cpu", seed: int = 0, out: Path = SHIPPED_MODELS / DEFAULT,
-          encoder: str | None = None, robustness: Path | None = None) -> dict:
+          encoder: str | None = None, robustness: Path | None = None, candidates: list[str] | None = None,
+          reference_settings: list[str] | None = None) -> dict:
     from emoadapt.encoders import DEFAULT_ENCODER, load_encoder
     from emoadapt.store import FeatureStore
     from emoadapt.store.augment import parse_augmentation
@@ -92,28 +95,28 @@ def build(data: Path, work: Path, config: str = "cpu", seed: int = 0, out: Path 
           flush=True)
 
     rows, runs = {}, {}
-    for recipe_name, overrides in CANDIDATES.items():
-        for with_copies in (False, True):
-            key = recipe_name + (" + augmentation" if with_copies else "")
-            run = work / f"loco-{recipe_name}{'-augmented' if with_copies else ''}"
-            settings = load_config(config, [*COMMON, *overrides, f"seed={seed}"])
-            print(f"[3/5] leave-one-corpus-out, {key} ...", flush=True)
-            run_cv(corpus, store, "stats", run, config=settings, protocol="corpus", progress=False,
-                   log=lambda *_: None, augmented=augmented if with_copies else None)
-            rows[key], runs[key] = compare_runs([run])[0], run
-            print(f"      {key}: closed UA {rows[key]['closed_ua']['mean']:.2f} "
-                  f"({', '.join(f'{k} {v:.1f}' for k, v in _by_target(rows[key]).items())})", flush=True)
+    for key in candidates or CANDIDATES:
+        overrides, with_copies = CANDIDATES[key]
+        run = work / ("loco-" + key.replace(" + ", "-").replace("augmentation", "augmented"))
+        settings = load_config(config, [*COMMON, *overrides, f"seed={seed}"])
+        print(f"[3/5] leave-one-corpus-out, {key} ...", flush=True)
+        run_cv(corpus, store, "stats", run, config=settings, protocol="corpus", progress=False,
+               log=lambda *_: None, augmented=augmented if with_copies else None)
+        rows[key], runs[key] = compare_runs([run])[0], run
+        print(f"      {key}: closed UA {rows[key]['closed_ua']['mean']:.2f} "
+              f"({', '.join(f'{k} {v:.1f}' for k, v in _by_target(rows[key]).items())})", flush=True)
     capable = [k for k in rows if k.startswith("stats-speaker")]
     chosen = max(capable, key=lambda k: (round(rows[k]["closed_ua"]["mean"], 6), "augmentation" in k))
 
     moments = reference_conditions.Moments(FeatureStore(store), [u.id for u in corpus.rows])
     results = json.loads((runs[chosen] / "results.json").read_text())
+    settings_tried = {k: REFERENCE_SETTINGS[k] for k in reference_settings or REFERENCE_SETTINGS}
     tables = {target: reference_conditions.measure(
         runs[chosen] / f"fold_{k}" / "model", corpus, FeatureStore(store), int(k), runs[chosen] / "references",
-        REFERENCE_SETTINGS, reference_conditions.conditions(), moments)
+        settings_tried, reference_conditions.conditions(), moments)
         for k, target in sorted(results["protocol"]["targets"].items())}
     setting_rows = {}
-    for setting in REFERENCE_SETTINGS:
+    for setting in settings_tried:
         gains = [t[setting][c] - t[setting]["none"] for t in tables.values() for c in t[setting] if c != "none"]
         setting_rows[setting] = {"worst_gain": float(min(gains)), "mean_gain": float(np.mean(gains))}
     reference_setting = max(setting_rows, key=lambda s: (round(setting_rows[s]["worst_gain"], 6),
@@ -121,12 +124,12 @@ def build(data: Path, work: Path, config: str = "cpu", seed: int = 0, out: Path 
     print(f"[4/5] reference setting: {reference_setting} ({setting_rows[reference_setting]})", flush=True)
 
     options = REFERENCE_SETTINGS[reference_setting]
-    final_settings = load_config(config, [*COMMON, *CANDIDATES[chosen.split(" + ")[0]], f"seed={seed}",
+    final_settings = load_config(config, [*COMMON, *CANDIDATES[chosen][0], f"seed={seed}",
                                           f"calibration.shrink={options['shrink']}",
                                           f"calibration.balance={options['balance']}"])
     print(f"[5/5] {chosen} on every speaker ...", flush=True)
     final = finetune(corpus, store, None, work / "final", recipe="stats", config=final_settings, progress=False,
-                     augmented=augmented if "augmentation" in chosen else None)
+                     augmented=augmented if CANDIDATES[chosen][1] else None)
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(work / "final" / "model", out)
@@ -134,7 +137,7 @@ def build(data: Path, work: Path, config: str = "cpu", seed: int = 0, out: Path 
         "edition": 2, "chosen": chosen, "recipe": "stats", "label_map": LABEL_MAP, "held_out": DEMO_ACTOR,
         "held_out_speakers": held_out, "config": config, "seed": seed, "augmentation": augmentation.to_meta(),
         "candidates": {k: {"runs": [Path(p).name for p in r["runs"]], "closed_ua": r["closed_ua"], "ua": r["ua"],
-                           "by_target": r["by_fold"], "targets": r["targets"]} for k, r in rows.items()},
+                           "by_fold": r["by_fold"], "targets": r["targets"]} for k, r in rows.items()},
         "reference": {"setting": reference_setting, "options": options, "choice": setting_rows,
                       "closed_ua": tables},
         "final": {"C": final["closed_form"]["C"], "chosen_on": final["closed_form"]["chosen_on"],

@@ -20,15 +20,16 @@ CASES = {  # name -> (input, sample_rate, error class, words in the message)
     "bytes": (b"RIFF\x00\x00", None, AudioError, "not audio"),
     "an object": (object(), None, AudioError, "not audio"),
     "rate with a file": ("/tmp/x.wav", 16_000, EmoadaptError, "sample_rate is for waveforms"),
-    "empty waveform": (np.zeros(0, np.float32), None, NoSamples, "zero samples"),
-    "NaN samples": (np.full(16_000, np.nan, np.float32), None, NonFiniteAudio, "NaN"),
-    "stereo": (np.zeros((16_000, 2), np.float32), None, AudioError, "1-D mono"),
-    "complex samples": (np.zeros(16_000, np.complex64), None, AudioError, "dtype complex64"),
-    "unscaled integer PCM as float": (SECOND * 30_000, None, AudioError, "divide by 32768"),
+    "empty waveform": (np.zeros(0, np.float32), 16_000, NoSamples, "zero samples"),
+    "NaN samples": (np.full(16_000, np.nan, np.float32), 16_000, NonFiniteAudio, "NaN"),
+    "stereo": (np.zeros((16_000, 2), np.float32), 16_000, AudioError, "1-D mono"),
+    "complex samples": (np.zeros(16_000, np.complex64), 16_000, AudioError, "dtype complex64"),
+    "unscaled integer PCM as float": (SECOND * 30_000, 16_000, AudioError, "divide by 32768"),
+    "waveform without its rate": (SECOND, None, AudioError, "needs its sample rate"),
     "rate 0": (SECOND, 0, BadSampleRate, "0 Hz"),
     "rate not a number": (SECOND, "16k", BadSampleRate, "'16k'"),
     "rate 1 GHz": (SECOND, 1e9, BadSampleRate, "plausible range"),
-    "too long": (np.zeros(16_000 * 31, np.float32) + SECOND[0], None, TooLongAudio, "30"),
+    "too long": (np.zeros(16_000 * 31, np.float32) + SECOND[0], 16_000, TooLongAudio, "30"),
 }
 
 
@@ -48,7 +49,7 @@ def test_bad_input_raises_its_error(recognizer, kind):
 
 def test_predict_each_reports_bad_inputs_in_place_and_goes_on(recognizer):
     inputs = [SECOND, None, np.full(16_000, np.inf, np.float32), SECOND * 0.5]
-    results = list(recognizer.predict_each(inputs))
+    results = list(recognizer.predict_each(inputs, 16_000))
     assert [type(r).__name__ for r in results] == ["Prediction", "AudioError", "NonFiniteAudio", "Prediction"]
     assert all(np.isfinite(list(r.probabilities.values())).all() for r in results[::3])
 

@@ -184,7 +184,7 @@ def test_a_long_recording_of_mixed_speech_is_flagged_mixed_and_gets_no_single_la
     long = np.concatenate([np.concatenate([s, gap]) for s in sentences * 3])
     recognizer = Recognizer.from_pretrained(models["global"], encoder=encoder, window_seconds=1.0,
                                             span_seconds=1.0, hop_seconds=0.5)
-    result = recognizer.predict(long)
+    result = recognizer.predict(long, sample_rate=16000)
     assert result.segments and result.speech["flag"] == "speech"
     assert sum(result.shares.values()) == pytest.approx(1, abs=1e-3)
     assert all(b.start >= a.end for a, b in zip(result.segments, result.segments[1:]))

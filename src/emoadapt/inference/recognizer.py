@@ -144,7 +144,7 @@ class Recognizer:
         if self.trained_normalization != "speaker":
             raise EmoadaptError(self.model_dir, f"this model was trained with normalize="
                                                 f"{self.trained_normalization}: reference clips do not apply to it")
-        loaded = [self._load(clip, sample_rate, f"reference clip {k}") for k, clip in enumerate(clips)]
+        loaded = [self._load(clip, sample_rate, f"reference clip {k}", in_list=True) for k, clip in enumerate(clips)]
         waves = [wave for _, wave, _ in loaded]
         notes = [note for _, _, clip_notes in loaded for note in clip_notes]
         if not waves:
@@ -202,7 +202,8 @@ class Recognizer:
 
     def predict(self, audio: Audio | Sequence[Audio], sample_rate: int | None = None, *,
                 labels: Sequence[str] | None = None) -> Prediction | list[Prediction]:
-        """One Prediction per input: a path or a 1-D waveform (at ``sample_rate``, 16 kHz when None); a list gives a
+        """One Prediction per input: a path or a 1-D waveform (at ``sample_rate``, which a waveform needs; in a list
+        that mixes files and waveforms it is the waveforms' rate, files read theirs from their headers); a list gives a
         list. ``labels``: only these of the model's classes, their probabilities renormalised over them. A bad input
         raises its AudioError naming it (:meth:`predict_each` reports it and goes on)."""
         if isinstance(audio, (list, tuple)):
@@ -224,7 +225,7 @@ class Recognizer:
             loaded: dict[int, tuple[str, np.ndarray] | EmoadaptError] = {}
             for k in range(first, min(first + chunk, len(inputs))):
                 try:
-                    loaded[k] = self._load(inputs[k], sample_rate, f"array[{k}]")
+                    loaded[k] = self._load(inputs[k], sample_rate, f"array[{k}]", in_list=True)
                 except EmoadaptError as error:
                     loaded[k] = error
             short = [k for k, v in loaded.items()
@@ -269,10 +270,10 @@ class Recognizer:
     def embed(self, audio: Audio | Sequence[Audio], sample_rate: int | None = None) -> np.ndarray:
         """The utterance vector the classifier sees, ``[N, E]`` for N inputs (a long recording: the mean over its
         time, each stretch the mean of the windows that cover it)."""
-        inputs = audio if isinstance(audio, (list, tuple)) else [audio]
+        several = isinstance(audio, (list, tuple))
         vectors = []
-        for k, a in enumerate(inputs):
-            pieces, values, _ = self._run(self._load(a, sample_rate, f"array[{k}]")[1], embed=True)
+        for k, a in enumerate(audio if several else [audio]):
+            pieces, values, _ = self._run(self._load(a, sample_rate, f"array[{k}]", in_list=several)[1], embed=True)
             vectors.append(overall(values, pieces))
         return np.stack(vectors)
 
@@ -321,24 +322,29 @@ class Recognizer:
                           shares=held if label or spans else {},
                           mixed=mixed, subset=list(subset) if subset else None)
 
-    def _load(self, audio: Audio, sample_rate: int | None, name: str) -> tuple[str, np.ndarray, list[str]]:
-        """(source, 16 kHz waveform, the warnings reading it raised, e.g. silence)."""
+    def _load(self, audio: Audio, sample_rate: int | None, name: str, *, in_list: bool = False
+              ) -> tuple[str, np.ndarray, list[str]]:
+        """(source, 16 kHz waveform, the warnings reading it raised, e.g. silence). ``in_list``: one of several inputs,
+        where ``sample_rate`` is the waveforms' and files keep their own."""
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            source, wave = self._read(audio, sample_rate, name)
+            source, wave = self._read(audio, sample_rate, name, in_list)
         for w in caught:  # a Python caller still sees them as warnings
             warnings.warn(w.message, stacklevel=3)
         return source, wave, [str(w.message) for w in caught]
 
-    def _read(self, audio: Audio, sample_rate: int | None, name: str) -> tuple[str, np.ndarray]:
+    def _read(self, audio: Audio, sample_rate: int | None, name: str, in_list: bool = False
+              ) -> tuple[str, np.ndarray]:
         if isinstance(audio, np.ndarray) or hasattr(audio, "numpy"):
-            return name, validate_waveform(audio, path=name, sample_rate=SAMPLE_RATE if sample_rate is None
-                                           else sample_rate, max_seconds=self.max_seconds,
+            if sample_rate is None:  # guessing 16 kHz would give 8 kHz audio a wrong label without a word
+                raise AudioError(name, "a waveform needs its sample rate: pass sample_rate=, e.g. "
+                                       "predict(wave, sample_rate=16000) (a file's rate is read from its header)")
+            return name, validate_waveform(audio, path=name, sample_rate=sample_rate, max_seconds=self.max_seconds,
                                            min_samples=self.encoder.min_samples)
         if not isinstance(audio, (str, os.PathLike)):
             raise AudioError(name, f"a {type(audio).__name__} is not audio: give a file path, a 1-D numpy array or "
                                    f"tensor of samples, or a list of those")
-        if sample_rate is not None:
+        if sample_rate is not None and not in_list:
             raise EmoadaptError(audio, "sample_rate is for waveforms; a file's own rate is read from its header")
         return str(audio), load_audio(audio, max_seconds=self.max_seconds, min_samples=self.encoder.min_samples)
 

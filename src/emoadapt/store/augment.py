@@ -56,6 +56,12 @@ class Augmentation:
         unknown = [k for k in kinds if k not in AUGMENTATIONS]
         if unknown:
             raise EmoadaptError(None, f"augment kinds: unknown {unknown}; the kinds are {', '.join(AUGMENTATIONS)}")
+        if {"reverb", "gsm"} & set(kinds):
+            try:
+                import pedalboard  # noqa: F401
+            except ImportError:
+                raise EmoadaptError(None, "augment kinds reverb and gsm need pedalboard: pip install "
+                                          "'emoadapt[augment]', or leave them out with kinds=...") from None
         if "noise recordings" in kinds and not self.noise:
             raise EmoadaptError(None, "augment kind 'noise recordings' needs noise files (--augment-noise DIR)")
         return replace(self, kinds=kinds, noise=tuple(sorted(str(p) for p in noise_files(self.noise))))
