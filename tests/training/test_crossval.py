@@ -266,3 +266,42 @@ def test_stage1_on_the_test_audio_is_a_labelled_protocol_of_its_own(data, tmp_pa
     with pytest.raises(EmoadaptError, match="pretrain.test_audio applies to recipe 'full'"):
         run_cv(merged, store, "adapter", tmp_path / "adapter", config=config, protocol="corpus", progress=False,
                log=lambda *_: None)
+
+
+def test_a_corpus_without_folds_gets_speaker_folds_and_final_trains_the_model_to_deploy(data, tmp_path):
+    from dataclasses import replace
+
+    from emoadapt.corpora.splits import speaker_folds
+    from emoadapt.errors import CorpusError
+    from emoadapt.modelfolder import read_model_info
+    corpus, store = data
+    bare = replace(corpus, folds=None)
+    said = []
+    results = run_cv(bare, store, "stats", tmp_path, folds=[1, 2], config=tiny_config(), progress=False,
+                     log=said.append, final=True)
+    speakers = sorted({u.speaker for u in corpus.rows})
+    assert len(speakers) <= 10 and results["protocol"]["all_folds"] == list(range(1, len(speakers) + 1))
+    assert results["protocol"]["folds_from"].startswith("no folds given: leave one speaker out")
+    assert any("leave one speaker out" in line for line in said)
+    fold_1 = json.loads((tmp_path / "fold_1" / "results.json").read_text())
+    assert fold_1["speakers"]["test"] == [speakers[0]]
+    final = json.loads((tmp_path / "final" / "results.json").read_text())
+    assert final["scores"] is None and sorted(final["speakers"]["train"] + final["speakers"]["val"]) == speakers
+    assert read_model_info(tmp_path / "final" / "model")["labels"] == corpus.labels
+    with pytest.raises(EmoadaptError, match="final"):
+        read_model_info(tmp_path)  # the run folder names its final model
+    many = [replace(u, speaker=f"{u.speaker}-{k % 3}") for k, u in enumerate(corpus.rows)]  # more than 10
+    folds, line = speaker_folds(many)
+    assert folds.fold_ids() == [1, 2, 3, 4, 5] and "5 folds of whole speakers" in line and not folds.mixed_speakers()
+    with pytest.raises(CorpusError, match="no speaker"):
+        speaker_folds([replace(corpus.rows[0], speaker=None), *corpus.rows[1:]])
+
+
+def test_every_verb_that_takes_a_recipe_lists_every_recipe():
+    from emoadapt.cli.parser import build_parser
+    from emoadapt.model.recipes import RECIPES
+    parser = build_parser()
+    verbs = parser._subparsers._group_actions[0].choices
+    for verb in ("cv", "finetune", "demo"):
+        text = verbs[verb].format_help()
+        assert all(name in text for name in RECIPES), (verb, [n for n in RECIPES if n not in text])

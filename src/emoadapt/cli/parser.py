@@ -6,6 +6,11 @@ import argparse
 
 from .paths import ENV_VAR
 
+RECIPES_HELP = ("stats (recommended: each layer's mean and std pooled into a logistic regression, fitted in closed "
+                "form, the best mean UA in docs/RESULTS.md), full (the paper's method: stage 1 on the training speakers' "
+                "audio, then the adapter from its teacher), adapter (stage 2 alone), superb or emobox (the "
+                "benchmarks' probes)")
+
 
 def _add_corpus_args(parser: argparse.ArgumentParser, *, positional: bool = True, required: bool = True) -> None:
     what = "corpus folder, manifest CSV or EmoBox JSONL"
@@ -153,7 +158,10 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--fold", type=_fold_or_all, required=True,
                    help="test fold, or 'all': every speaker trains or validates, nothing is tested (a model to "
                         "apply to other corpora with evaluate or to use)")
-    p.add_argument("--recipe", default="adapter", help="stage-2 recipe: adapter (default), superb or emobox")
+    p.add_argument("--recipe", default="adapter", help="adapter (default: stage 2 of the paper's method), stats "
+                   "(recommended: pooled statistics into a logistic regression, closed form), superb or emobox (the "
+                   "benchmarks' probes); the method's stage 1 (recipe full) comes from cv, or from pretrain then "
+                   "finetune --init")
     p.add_argument("--init", help="a stage-1 run folder: initialise the adapter from its teacher (refused when it "
                                   "saw any of the fold's test utterances or speakers)")
     p.add_argument("--out", required=True, help="run folder (resumed if it exists)")
@@ -246,9 +254,7 @@ def _add_training_parsers(sub) -> None:
                                   "(resumable: finished folds are skipped)")
     corpus_flags(p)
     p.add_argument("--store", required=True, help="feature store of the corpus")
-    p.add_argument("--recipe", required=True, help="full (the method: stage 1 on each fold's training speakers, "
-                                                   "then the adapter recipe from its teacher), adapter (the same "
-                                                   "without stage 1), superb or emobox")
+    p.add_argument("--recipe", required=True, help=RECIPES_HELP)
     p.add_argument("--out", required=True, help="run folder (resumed if it exists)")
     p.add_argument("--folds", help="comma-separated folds to run (default: all)")
     p.add_argument("--protocol", choices=("folds", "corpus"), default="folds",
@@ -259,6 +265,8 @@ def _add_training_parsers(sub) -> None:
                    help="extra unlabeled feature store for stage 1 (repeatable)")
     p.add_argument("--augmented-store", help="an augmented store of the corpus (extract --augment): the training "
                                              "clips' copies are trained on too; validation and test stay clean")
+    p.add_argument("--final", action="store_true", help="after the cross-validation, train the model to deploy on "
+                   "every speaker with the same settings (<out>/final; what finetune --fold all makes)")
     p.add_argument("--stage1", help="recipe full: a finished `emoadapt pretrain` run on other audio (e.g. the "
                                     "unlabeled pool) used for every fold instead of pre-training per fold")
     _add_training_args(p, stage1=True, stage2=True)
@@ -315,8 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--limit", type=_positive_int, help="a quick check on N clips spread evenly over the corpus")
     p.add_argument("--fold", type=int, default=1, help="the fold trained and tested (default 1)")
-    p.add_argument("--recipe", default="stats", help="the recipe of step 3 (default stats, the best fast one; "
-                                                     "full: the method, stage 1 then stage 2)")
+    p.add_argument("--recipe", default="stats", help="the recipe of step 3, default stats: " + RECIPES_HELP)
     p.add_argument("--config", help="settings file or packaged config name (default: demo-cpu)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="one setting, e.g. stage2.epochs=2 (repeatable)")

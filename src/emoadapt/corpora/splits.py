@@ -124,6 +124,26 @@ def round_robin_speakers(rows: list[Utterance], k: int) -> Folds:
     return from_speaker_table(rows, {s: i % k + 1 for i, s in enumerate(order)}, f"{k} folds by speaker order")
 
 
+FEW_SPEAKERS = 10  # up to this many speakers, each is a fold of its own
+
+
+def speaker_folds(rows: list[Utterance], where: str | Path | None = None, k: int = 5) -> tuple[Folds, str]:
+    """Speaker-independent folds for a corpus that brings none: leave one speaker out when it has few speakers,
+    else ``k`` folds of whole speakers (dealt in sorted order). Returns the folds and a line that says which."""
+    anonymous = [u.id for u in rows if not u.speaker]
+    if anonymous:
+        raise CorpusError(where, f"{len(anonymous)} utterances have no speaker (e.g. {anonymous[0]}), so folds cannot "
+                                 f"keep speakers apart: give the corpus a speaker column, a fold column or a folds.csv "
+                                 f"(path,speaker,fold)")
+    speakers = sorted({u.speaker for u in rows})
+    if len(speakers) < 2:
+        raise CorpusError(where, f"cross-validation needs at least two speakers; this corpus has {len(speakers)}")
+    if len(speakers) <= FEW_SPEAKERS:
+        return leave_one_speaker_out(rows), f"no folds given: leave one speaker out ({len(speakers)} folds)"
+    return round_robin_speakers(rows, k), (f"no folds given: {k} folds of whole speakers ({len(speakers)} speakers "
+                                           f"dealt in sorted order; a folds.csv or a fold column sets your own)")
+
+
 def corpus_folds(rows: list[Utterance], where: str | Path | None = None) -> tuple[Folds, dict[int, str]]:
     """Leave-one-corpus-out: fold k holds every utterance of the k-th source corpus (by name), read from the
     ``corpus`` column that ``emoadapt merge`` writes. Returns the folds and fold -> corpus name."""

@@ -146,9 +146,13 @@ def _what_folder_is(folder: Path) -> str:
                 "(emoadapt finetune --init " + str(folder) + ") and pass that run")
     if (folder / "meta.json").is_file() and (folder / "shards").is_dir():
         return "it is a feature store (emoadapt extract), not a model; pass a model folder or a finetune run folder"
+    if (folder / "final" / "model" / CONFIG).is_file():
+        return (f"it is a cross-validation run; its model trained on every speaker is {folder / 'final'}: pass that "
+                f"(--model {folder / 'final'}), or one fold's run folder to reproduce a fold")
     if any(folder.glob(f"fold_*/model/{CONFIG}")):
-        return ("it is a cross-validation run: pass one fold's run folder (e.g. " + str(folder / "fold_1") + "), or "
-                "train the model to use on every speaker: emoadapt finetune --fold all")
+        return ("it is a cross-validation run: its fold models each left a test fold out. Train the model to deploy "
+                "on every speaker with the same command and --final (it reuses the finished folds), or emoadapt "
+                "finetune --fold all; to reproduce a fold, pass its run folder (e.g. " + str(folder / "fold_1") + ")")
     if (folder / "config.json").is_file() or (folder / "checkpoints").is_dir():
         return (f"{CONFIG} is missing: a run interrupted before it saved its model writes it last; re-run the same "
                 f"training command to finish it")

@@ -19,7 +19,7 @@ from typing import Sequence
 from ..atomic import atomic_write_json
 from ..calibration import protocol_of
 from ..corpora import Corpus
-from ..corpora.splits import corpus_folds
+from ..corpora.splits import corpus_folds, speaker_folds
 from ..errors import CorpusError, EmoadaptError
 from ..model import recipe as lookup_recipe
 from ..modelfolder import read_seen, read_stage1_adapter, refuse_on_folds, speakers_of
@@ -55,7 +55,7 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
            out_dir: str | os.PathLike, folds: Sequence[int] | None = None, seed: int | None = None, *,
            config: RunConfig | None = None, overrides: Sequence[str] = (), extra_unlabeled_stores: Sequence = (),
            stage1: str | os.PathLike | None = None, protocol: str = "folds", progress: bool = True,
-           log=print, augmented: FeatureStore | str | os.PathLike | None = None) -> dict:
+           log=print, augmented: FeatureStore | str | os.PathLike | None = None, final: bool = False) -> dict:
     """Cross-validation over the corpus's folds (or ``folds``). Per fold: split (validation = whole speakers from
     the training speakers), stage 1 on the fold's training split (+ ``extra_unlabeled_stores``) for recipe
     ``full``, stage 2, test with the best-validation checkpoint; ``fold_<k>/results.json`` is written as each fold
@@ -68,7 +68,9 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
     merged corpus (``emoadapt merge``): fold k tests the k-th source corpus, trained and validated on the others
     only, and scored over the target's classes both "open" (argmax over every class) and "closed" (over the
     target's classes only). ``augmented``: an augmented store of the corpus (:mod:`emoadapt.store.augment`):
-    every fold's training utterances gain their copies (validation, test and stage 1 stay clean).
+    every fold's training utterances gain their copies (validation, test and stage 1 stay clean). ``final``: then
+    train the model to deploy on every speaker with the same settings (``<out_dir>/final``, as ``finetune --fold
+    all`` would). A corpus without folds gets speaker-independent ones (:func:`speaker_folds`), and says so.
     """
     spec = lookup_recipe(recipe)
     out_dir = Path(out_dir)
@@ -102,8 +104,11 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
     if protocol == "corpus":
         folds_by_corpus, targets = corpus_folds(corpus.rows, corpus.root)
         corpus = replace(corpus, folds=folds_by_corpus)
+    folds_from = None
     if corpus.folds is None:
-        raise CorpusError(corpus.root, f"corpus {corpus.name} has no folds; give it a folds.csv (path,speaker,fold)")
+        made, folds_from = speaker_folds(corpus.rows, corpus.root)
+        corpus = replace(corpus, folds=made)
+        log(f"{corpus.name}: {folds_from}")
     all_folds = corpus.folds.fold_ids()
     folds = list(all_folds if folds is None else folds)
     unknown = [k for k in folds if k not in all_folds]
@@ -112,7 +117,8 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
     shared_stage1 = check_shared_stage1(stage1, corpus, folds) if stage1 is not None else None
     protocol = {"corpus": corpus.name, "view": corpus.view, "root": str(corpus.root), "folds": folds,
                 "all_folds": all_folds, "val_fraction": config.val_fraction,
-                "validation": "whole speakers drawn from each fold's training speakers, never from the test fold"}
+                "validation": "whole speakers drawn from each fold's training speakers, never from the test fold",
+                **({"folds_from": folds_from} if folds_from else {})}
     if targets is not None:
         protocol.update(kind="leave-one-corpus-out", targets={str(k): targets[k] for k in folds},
                         validation="whole speakers drawn from the training corpora's speakers, never from the "
@@ -127,29 +133,35 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
     protocol.update(protocol_of(config))
     report, closed, per_fold = CrossValidationReport(), CrossValidationReport(), {}
     frame_rate = float(encoder["frame_rate"] or 50.0)
+
+    def train_fold(k: int | None, fold_dir: Path) -> None:
+        """[stage 1 ->] stage 2 [-> test] of fold ``k`` (None: every speaker trains or validates: the final model)."""
+        name = f"fold {k}" if k is not None else "final model"
+        data = FoldData(corpus, store, k, config, corpus.labels, frame_rate,  # stage 1, stage 2 and the test
+                        augmented=augmented)
+        init = None
+        if shared_stage1 is not None:
+            init = shared_stage1["path"]
+        elif spec.stage1:
+            log(f"{name}: stage 1 on {len(data.split['train'])} training utterances"
+                + (f" + the audio of {len(data.split['test'])} test utterances" if config.pretrain.test_audio
+                   else "")
+                + (f" + {sum(len(s) for s in extras)} unlabeled" if extras else ""))
+            init = train_stage1(data.unlabeled(extras, config.pretrain.max_crop_seconds,
+                                               test_audio=config.pretrain.test_audio),
+                                fold_dir / "stage1", config=config, encoder=encoder, speakers=speakers_of(corpus),
+                                progress=progress)
+        log(f"{name}: stage 2 ({stage2_recipe})")
+        train_stage2(data, fold_dir, recipe=stage2_recipe, config=config, encoder=encoder, init=init,
+                     progress=progress, init_heard_test_audio=spec.stage1 and config.pretrain.test_audio
+                     and shared_stage1 is None)
+
     for k in folds:
         fold_dir = out_dir / f"fold_{k}"
         if (fold_dir / "results.json").is_file():
             log(f"fold {k}: already done, skipped ({fold_dir / 'results.json'})")
         else:
-            data = FoldData(corpus, store, k, config, corpus.labels, frame_rate,  # stage 1, stage 2 and the test
-                            augmented=augmented)
-            init = None
-            if shared_stage1 is not None:
-                init = shared_stage1["path"]
-            elif spec.stage1:
-                log(f"fold {k}: stage 1 on {len(data.split['train'])} training utterances"
-                    + (f" + the audio of {len(data.split['test'])} test utterances" if config.pretrain.test_audio
-                       else "")
-                    + (f" + {sum(len(s) for s in extras)} unlabeled" if extras else ""))
-                init = train_stage1(data.unlabeled(extras, config.pretrain.max_crop_seconds,
-                                                   test_audio=config.pretrain.test_audio),
-                                    fold_dir / "stage1", config=config, encoder=encoder, speakers=speakers_of(corpus),
-                                    progress=progress)
-            log(f"fold {k}: stage 2 ({stage2_recipe})")
-            train_stage2(data, fold_dir, recipe=stage2_recipe, config=config, encoder=encoder, init=init,
-                         progress=progress, init_heard_test_audio=spec.stage1 and config.pretrain.test_audio
-                         and shared_stage1 is None)
+            train_fold(k, fold_dir)
         per_fold[k] = json.loads((fold_dir / "results.json").read_text())
         report.folds[k] = Scores(**per_fold[k]["scores"])
         closed.folds[k] = Scores(**(per_fold[k].get("scores_closed") or per_fold[k]["scores"]))
@@ -185,6 +197,13 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
             log(f"fold {k}: temperature {line['T']:.2f} (fitted on {line['fitted_on']}); test ECE closed "
                 f"{line['ece_closed_before']:.1f} -> {line['ece_closed_after']:.1f} %, open "
                 f"{line['ece_open_before']:.1f} -> {line['ece_open_after']:.1f} %")
+    if final:
+        if (out_dir / "final" / "results.json").is_file():
+            log(f"final model: already done ({out_dir / 'final' / 'model'})")
+        else:
+            train_fold(None, out_dir / "final")
+        log(f"final model, trained on every speaker with the same settings: {out_dir / 'final' / 'model'} "
+            f"(emoadapt predict AUDIO --model {out_dir / 'final'})")
     return results
 
 

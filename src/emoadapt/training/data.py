@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Sampler
 from ..calibration import Normalizer, make_normalizer
 from ..corpora import Corpus
 from ..corpora.base import one_fold, speaker_group
+from ..corpora.splits import speaker_folds
 from ..errors import CorpusError
 from ..model import FeatureStandardizer
 from ..store.dataset import FeatureDataset, augmented_copies, collate, eval_loader, usable_ids
@@ -118,8 +119,8 @@ def split_fold(corpus: Corpus, store: FeatureStore, fold: int | None, config) ->
     folds = corpus.folds
     if folds is None and fold is None:  # no test fold wanted: the speakers are all that matters
         folds = one_fold(corpus)
-    if folds is None:
-        raise CorpusError(corpus.root, f"corpus {corpus.name} has no folds; give it a folds.csv (path,speaker,fold)")
+    if folds is None:  # the folds cv makes for such a corpus
+        folds = speaker_folds(corpus.rows, corpus.root)[0]
     split = folds.split(fold, val_fraction=config.val_fraction, seed=config.seed)
     out, skipped = {}, []
     for name in ("train", "val", "test"):

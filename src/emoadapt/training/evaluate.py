@@ -14,7 +14,7 @@ import numpy as np
 from ..atomic import atomic_write, atomic_write_json
 from ..calibration import Normalizer, make_normalizer, protocol_of
 from ..corpora import Corpus
-from ..corpora.splits import corpus_folds
+from ..corpora.splits import corpus_folds, speaker_folds
 from ..errors import CheckpointError, CorpusError, EmoadaptError
 from ..inference.runtime import predict
 from ..modelfolder import load_classifier, read_seen, refuse_if_seen, speakers_of
@@ -74,8 +74,8 @@ def evaluate(model_dir: str | os.PathLike, corpus: Corpus | str | os.PathLike,
     if fold is None:
         ids, test = [u.id for u in corpus.rows], f"corpus {corpus.name}"
     else:
-        if corpus.folds is None:
-            raise CorpusError(corpus.root, f"corpus {corpus.name} has no folds")
+        if corpus.folds is None:  # the folds cv makes for such a corpus
+            corpus = replace(corpus, folds=speaker_folds(corpus.rows, corpus.root)[0])
         ids, test = corpus.folds.split(fold, val_fraction=0).test, f"fold {fold} of {corpus.name}"
     refuse_if_seen(read_seen(folder, info), ids, speakers_of(corpus), model=str(folder), test=test)
     ids, skipped = usable_ids(corpus, store, ids)
