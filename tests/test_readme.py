@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from corpus_fixtures import make_ased, make_emovo, make_ravdess
+from hub_fixtures import lay_out_cache
 
 from emoadapt import cli
 
@@ -62,12 +63,21 @@ def folder(tmp_path_factory):
 
 
 def test_every_readme_command_runs(folder, monkeypatch, capsys):
+    """``push`` needs the Hub: here the pushed folder is laid out in a Hub cache as a download would leave it, and
+    the commands after it run with HF_HUB_OFFLINE."""
+    import huggingface_hub
     monkeypatch.chdir(folder)
     run = [c for c in commands() if c[0] not in ("serve", "demo")]  # demo: `make demo`, tests/cli; serve: tests/serve
-    assert [c[0] for c in run].count("predict") >= 4 and "cv" in [c[0] for c in run]
+    assert [c[0] for c in run].count("predict") >= 4 and "cv" in [c[0] for c in run] and "push" in [c[0] for c in run]
     for words in run:
-        if words[0] in ("extract", "cv"):
+        if words[0] in ("extract", "cv", "predict"):
             words = [*words, "--no-progress"]
+        if words[0] == "push":
+            repo = words[words.index("--repo") + 1]
+            lay_out_cache(folder / "hub-cache", repo, {"3" * 40: Path(words[1])}, {"main": "3" * 40})
+            monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(folder / "hub-cache"))
+            monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+            continue
         assert cli.main(words) == 0, " ".join(words) + "\n" + capsys.readouterr().err
     assert Path("runs/mine/final/model/model.json").is_file() and Path("runs/loco/final/model/model.json").is_file()
 

@@ -151,6 +151,76 @@ def test_predict_command_tables_json_csv_manifests_and_failures(trained, tmp_pat
     assert "'0' is not a whole number >= 1" in capsys.readouterr().err
 
 
+def test_predict_streams_each_result_as_it_finishes_with_progress_on_stderr(trained, tmp_path, capsys,
+                                                                          monkeypatch):
+    """Every format but --json writes a recording's result before the next one is asked for; a log (stderr not
+    a terminal) gets progress lines, not a redrawn bar."""
+    from emoadapt.inference import Recognizer
+    corpus, _, models, _ = trained
+    files = [u.path for u in corpus.rows if u.speaker == "Actor_01"][:4]
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not really")
+    inputs = files[:2] + [str(tmp_path / "broken.wav")] + files[2:]
+    seen_before_next: list[str] = []
+    original = Recognizer.predict_each
+
+    def watched(self, *args, **kwargs):
+        for result in original(self, *args, **kwargs):
+            yield result
+            seen_before_next.append(capsys.readouterr().out)  # what was written before the next is computed
+    monkeypatch.setattr(Recognizer, "predict_each", watched)
+    model = ["--model", str(models["global"]), "--no-speech-check"]  # the fixture's emotions are tones
+    code = cli.main(["predict", *inputs, *model, "--jsonl"])
+    last = capsys.readouterr().out  # zip() stops at the last input without asking for more
+    lines = [json.loads(chunk) for chunk in seen_before_next + [last]]
+    assert code == 1 and len(lines) == 5  # one JSON line per input, each written before the next was computed
+    assert [line["source"] for line in lines] == inputs
+    assert "error" in lines[2] and "broken.wav" in lines[2]["error"] and lines[0]["label"] in corpus.labels
+    assert lines[0]["warnings"] == [] and len(lines[0]["top"]) == 3
+    seen_before_next.clear()
+    code = cli.main(["predict", *files, *model, "--csv"])
+    assert code == 0 and [chunk.count("\n") for chunk in seen_before_next] == [2, 1, 1]  # the header first
+    capsys.readouterr()
+    seen_before_next.clear()
+    code = cli.main(["predict", *files, *model])
+    assert code == 0 and len(seen_before_next) == 3
+    assert all(chunk.startswith(path) for chunk, path in zip(seen_before_next, files))
+    assert "predict: 4/4 (100%)" in capsys.readouterr().err
+
+
+def test_line_progress_writes_a_line_every_interval_and_one_at_the_end(capsys):
+    from emoadapt.progress import LineProgress
+    progress = LineProgress(3, "predict", every=0.0)
+    progress.update(1)
+    progress.update(2)
+    progress.close()
+    assert [line.split(",")[0] for line in capsys.readouterr().err.splitlines()] == [
+        "predict: 1/3 (33%)", "predict: 3/3 (100%)", "predict: 3/3 (100%)"]
+    quiet = LineProgress(3, "predict", every=3600.0)
+    quiet.update(3)
+    quiet.close()
+    assert capsys.readouterr().err.count("predict: 3/3 (100%)") == 1
+
+
+def test_devices_are_checked_before_the_model_loads(trained, capsys):
+    from emoadapt import Recognizer
+    import torch
+    corpus, _, models, encoder = trained
+    with pytest.raises(EmoadaptError, match="device 'gpu0' is not a torch device"):
+        Recognizer(models["global"], encoder=encoder, device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(EmoadaptError, match="no GPU is visible"):
+            Recognizer(models["global"], encoder=encoder, device="cuda")
+        assert cli.main(["predict", corpus.rows[0].path, "--model", str(models["global"]), "--device", "cuda"]) == 2
+        assert "--device cuda: this torch build has no CUDA or no GPU is visible" in capsys.readouterr().err
+        assert cli.main(["serve", "--model", str(models["global"]), "--device", "cuda", "--port", "1"]) == 2
+        assert "--device cuda" in capsys.readouterr().err
+    else:
+        with pytest.raises(EmoadaptError, match="backend onnx"):
+            Recognizer(models["global"], encoder=encoder, device="cuda", backend="onnx")
+    cpu = Recognizer(models["global"], encoder=encoder, device="cpu", speech_check=False)
+    assert cpu.predict(corpus.rows[0].path).label in corpus.labels
+
+
 def test_the_bundle_build_chooses_by_leave_one_corpus_out_and_ships_a_model_with_its_card(tmp_path):
     """`make model` on fixture copies of RAVDESS, EMOVO and ASED (Whisper tiny.en): every candidate runs
     leave-one-corpus-out, the best speaker-normalised one is chosen, its reference setting is the one with the

@@ -120,21 +120,26 @@ def test_clients_that_never_finish_their_headers_are_closed(server):
     assert httpx.get(url + "/health").status_code == 200
 
 
-def test_the_page_uploads_a_clip_and_shows_the_bars(server, tmp_path):
-    url, corpus = server
+def headless_chromium(*flags: str):
+    """Debian's chromium, headless, driven by selenium (skips where it is not installed)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
     if chromium is None or not Path(driver_path).exists():
         pytest.skip("Debian's chromium and chromium-driver are not installed (apt install chromium chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=900,900"):
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=900,900", *flags):
         options.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(driver_path), options=options)
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+def test_the_page_uploads_a_clip_and_shows_the_bars(server, tmp_path):
+    url, corpus = server
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    browser = headless_chromium()
     try:
         browser.get(url + "/")
         WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "labels").text != "…")
@@ -148,6 +153,9 @@ def test_the_page_uploads_a_clip_and_shows_the_bars(server, tmp_path):
         assert abs(sum(widths) - 100) < 1 and browser.find_element(By.ID, "label").text in corpus.labels
         best = browser.find_element(By.CSS_SELECTOR, "#bars .row.best span").text
         assert best == browser.find_element(By.ID, "label").text
+        assert browser.find_element(By.ID, "timeline-box").get_attribute("hidden") is not None  # a clip: no timeline
+        assert browser.find_element(By.ID, "shares-box").get_attribute("hidden") is not None
+        assert browser.find_element(By.ID, "bars-title").text == "Probabilities"
         shot = os.environ.get("EMOADAPT_SCREENSHOT")
         browser.save_screenshot(shot or str(tmp_path / "page.png"))
     finally:
@@ -178,3 +186,179 @@ def test_reference_clips_adapt_a_speaker_model_for_their_request_only(trained):
     assert recognizer.reference is None
     text = client.post("/predict", files=files, data={"reference": "me.wav"})
     assert text.status_code == 422 and "takes audio files" in text.json()["detail"]
+
+
+def test_the_openapi_schema_describes_the_upload_and_the_answers(server):
+    url, corpus = server
+    schema = httpx.get(url + "/openapi.json").json()
+    predict = schema["paths"]["/predict"]["post"]
+    form = predict["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["properties"]["file"] == {"type": "string", "format": "binary", "description": "the recording"}
+    assert form["properties"]["reference"]["items"]["format"] == "binary" and form["required"] == ["file"]
+    assert {"labels", "abstain"} <= set(form["properties"])
+    assert predict["requestBody"]["content"]["application/octet-stream"]["schema"]["format"] == "binary"
+    assert predict["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/PredictionOut")
+    for code in ("413", "422", "429"):
+        assert predict["responses"][code]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorOut")
+    models = schema["components"]["schemas"]
+    assert models["PredictionOut"]["properties"]["segments"]["items"]["$ref"].endswith("/SegmentOut")
+    for path, model in (("/health", "HealthOut"), ("/labels", "LabelsOut")):
+        assert schema["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"][
+            "$ref"].endswith(model)
+    clip = Path(corpus.rows[0].path)
+    answer = httpx.post(url + "/predict", files={"file": (clip.name, clip.read_bytes())}, timeout=60).json()
+    assert list(answer) == list(models["PredictionOut"]["properties"])  # the model mirrors the JSON, key for key
+
+
+def test_the_api_docs_render_with_the_network_cut(server):
+    """/docs in a browser that reaches nothing but 127.0.0.1: Swagger UI comes from the server itself."""
+    url, _ = server
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    browser = headless_chromium("--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+                                "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=127.0.0.1")
+    try:
+        browser.set_script_timeout(30)
+        browser.get(url + "/docs")
+        # the cut holds: a CDN (where FastAPI's own /docs takes Swagger UI from) is out of reach
+        assert browser.execute_async_script(
+            "const done = arguments[0]; fetch('https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css')"
+            ".then(() => done('reached'), () => done('unreachable'));") == "unreachable"
+        WebDriverWait(browser, 30).until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".opblock")) >= 3)
+        operations = " ".join(b.text for b in browser.find_elements(By.CSS_SELECTOR, ".opblock"))
+        for path in ("/predict", "/health", "/labels"):
+            assert path in operations
+        assert "emoadapt" in browser.find_element(By.CSS_SELECTOR, ".info .title").text
+    finally:
+        browser.quit()
+
+
+@pytest.fixture(scope="module")
+def long_recording_server(trained, tmp_path_factory):
+    """The app in this process (uvicorn in a thread) with recordings up to a minute, and a ~24 s recording of the
+    fixture's clips with silences between them, the first one starting at 5.8 s.
+
+    silero-vad hears no speech in the fixture's tones: a long recording of them would be read in windows edge to
+    edge, with no gaps to draw. So here the voice detector is one that hears the tones (their level); everything else,
+    the model, the windows and the timeline, is the real thing."""
+    import threading
+
+    import uvicorn
+
+    from emoadapt import Recognizer
+    from emoadapt.inference import segments
+    from emoadapt.serve import create_app
+    corpus, _, models, encoder = trained
+    rate = 16000
+    starts = (5.8, 10.0, 13.4, 18.0, 21.6)  # each clip gets a second of context either side: gaps of 0.6-2.4 s
+    clips = [next(r for r in corpus.rows if r.label == label) for label in corpus.labels]
+    wave = np.zeros(int(24 * rate), np.float32)
+    for k, start in enumerate(starts):
+        clip, clip_rate = sf.read(clips[k % len(clips)].path, dtype="float32")
+        assert clip_rate == rate
+        wave[int(start * rate):int(start * rate) + len(clip)] = clip
+    path = tmp_path_factory.mktemp("long") / "conversation.wav"
+    sf.write(path, wave, rate, subtype="PCM_16")
+
+    def tones(wave, *, max_seconds, pad_seconds, **_):
+        frame = int(0.02 * rate)
+        loud = np.abs(wave[:len(wave) // frame * frame].reshape(-1, frame)).max(1) > 0.01
+        edges = np.flatnonzero(np.diff(np.r_[0, loud.astype(int), 0]))
+        pad = int(pad_seconds * rate)
+        return [(max(0, a * frame - pad), min(len(wave), b * frame + pad)) for a, b in zip(edges[::2], edges[1::2])]
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(segments, "speech_segments", tones)
+    recognizer = Recognizer.from_pretrained(models["global"], encoder=encoder, max_seconds=60, speech_check=False)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(recognizer), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.1)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}", corpus, path, starts
+    server.should_exit = True
+    thread.join(timeout=20)
+    patch.undo()
+
+
+TIMELINE_GEOMETRY = """
+const line = document.getElementById('timeline').getBoundingClientRect();
+return {line: {left: line.left, width: line.width},
+        blocks: [...document.querySelectorAll('#timeline .segment')].map(b => {
+          const r = b.getBoundingClientRect();
+          return {left: r.left, width: r.width, start: +b.dataset.start, end: +b.dataset.end, label: b.textContent,
+                  title: b.title, bare: b.classList.contains('bare'), fits: b.scrollWidth <= b.clientWidth};
+        }),
+        columns: [...document.querySelectorAll('#lanes .lane')].map(l => l.querySelectorAll('.column').length),
+        scroll: document.documentElement.scrollWidth, window: window.innerWidth};
+"""
+
+
+def assert_drawn_in_time(geometry, answer):
+    """Each segment at its true place: left edge at start/duration of the timeline's width, width in proportion to
+    its duration, and a gap wherever there is one in time."""
+    line, blocks, duration = geometry["line"], geometry["blocks"], answer["duration"]
+    assert [(b["start"], b["end"]) for b in blocks] == [(s["start"], s["end"]) for s in answer["segments"]]
+    for b in blocks:
+        assert abs((b["left"] - line["left"]) - b["start"] / duration * line["width"]) <= 2, b
+        assert abs(b["width"] - (b["end"] - b["start"]) / duration * line["width"]) <= 2, b
+        assert b["label"] in b["title"] and (b["bare"] or b["fits"])  # written in it only where it fits
+    for before, after in zip(blocks, blocks[1:]):
+        gap = (after["start"] - before["end"]) / duration * line["width"]
+        drawn = after["left"] - (before["left"] + before["width"])
+        assert abs(drawn - gap) <= 2 and (gap < 1 or drawn > 0.5), (before, after)
+
+
+def test_the_timeline_draws_segments_where_they_are_in_time_and_plays_them(long_recording_server):
+    url, corpus, path, starts = long_recording_server
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    answer = httpx.post(url + "/predict", files={"file": (path.name, path.read_bytes())}, timeout=120).json()
+    assert answer["segments"] and answer["segments"][0]["start"] == pytest.approx(starts[0] - 1, abs=0.05)
+    gaps = [b["start"] - a["end"] for a, b in zip(answer["segments"], answer["segments"][1:])]
+    assert sum(g > 0.4 for g in gaps) == len(starts) - 1  # silence between the clips: the case to draw right
+
+    browser = headless_chromium("--autoplay-policy=no-user-gesture-required")
+    try:
+        browser.get(url + "/")
+        WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "labels").text != "…")
+        browser.find_element(By.ID, "file").send_keys(str(path))
+        browser.find_element(By.ID, "send").click()
+        WebDriverWait(browser, 120).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#timeline .segment"))
+        geometry = browser.execute_script(TIMELINE_GEOMETRY)
+        assert_drawn_in_time(geometry, answer)
+        assert geometry["columns"] == [len(answer["segments"])] * len(corpus.labels)  # a lane per class
+        legend = [k.text for k in browser.find_elements(By.CSS_SELECTOR, "#legend .key")]
+        assert legend == corpus.labels
+        ticks = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "#axis .tick")]
+        assert ticks[0] == "0 s" and len(ticks) >= 4 and all(t.endswith(" s") for t in ticks)
+        # the overall result of a long recording: the shares first, the mean bars after and named as a mean
+        shares = browser.find_element(By.ID, "shares-box")
+        assert shares.is_displayed() and browser.execute_script(
+            "return !!(arguments[0].compareDocumentPosition(document.getElementById('bars')) & 4)", shares)
+        assert browser.find_element(By.ID, "bars-title").text.startswith("Mean over the recording")
+        parts = browser.find_elements(By.CSS_SELECTOR, "#share-bar .part")
+        assert len(parts) == sum(v > 0 for v in answer["shares"].values())
+
+        # a click plays that segment's stretch of the uploaded file and stops at its end
+        widest = max(browser.find_elements(By.CSS_SELECTOR, "#timeline .segment"), key=lambda b: b.size["width"])
+        start, end = float(widest.get_attribute("data-start")), float(widest.get_attribute("data-end"))
+        widest.click()
+        WebDriverWait(browser, 20).until(lambda b: b.execute_script(
+            "const p = document.getElementById('player'); return !p.paused && p.currentTime > arguments[0]", start))
+        WebDriverWait(browser, 30).until(lambda b: b.execute_script("return document.getElementById('player').paused"))
+        stopped = browser.execute_script("return document.getElementById('player').currentTime")
+        assert end - 0.05 <= stopped <= end + 0.25
+
+        # a phone's width: the page does not scroll sideways and the geometry holds
+        browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True})
+        time.sleep(0.5)
+        phone = browser.execute_script(TIMELINE_GEOMETRY)
+        assert phone["window"] == 390 and phone["scroll"] <= phone["window"], phone
+        assert_drawn_in_time(phone, answer)
+    finally:
+        browser.quit()

@@ -18,27 +18,13 @@ def _encoder_options(args) -> dict:
 
 
 def _device(args) -> str:
-    """A device torch has here, checked before anything loads. Under torchrun each rank takes its own GPU: plain
-    "cuda" becomes cuda:$LOCAL_RANK."""
-    import torch
+    """--device, checked before anything loads. Under torchrun each rank takes its own GPU: plain "cuda" becomes
+    cuda:$LOCAL_RANK."""
+    from ..devices import check_device
     device = args.device
     if device == "cuda" and "LOCAL_RANK" in os.environ:
         device = f"cuda:{os.environ['LOCAL_RANK']}"
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise EmoadaptError(None, f"--device {device!r} is not a torch device; use cpu, cuda, cuda:N or mps") from None
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise EmoadaptError(None, f"--device {device}: this torch build has no CUDA or no GPU is visible; use "
-                                      f"--device cpu, or install the torch build for your CUDA")
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise EmoadaptError(None, f"--device {device}: only {torch.cuda.device_count()} GPUs are visible")
-    elif parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise EmoadaptError(None, f"--device {device}: MPS is not available here; use --device cpu")
-    elif parsed.type not in ("cpu", "cuda", "mps"):
-        raise EmoadaptError(None, f"--device {device}: emoadapt runs on cpu, cuda or mps")
-    return device
+    return check_device(device)
 
 
 def cmd_corpus(args) -> int:
@@ -174,6 +160,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
+    if args.format == "hub":
+        return _export_hub(args)
     from ..inference.onnx import export_onnx
     if args.out and Path(args.out).exists() and not args.force:
         raise EmoadaptError(args.out, "exists; choose another --out, or pass --force to replace it")
@@ -188,6 +176,28 @@ def cmd_export(args) -> int:
         print(f"written: {encoder['path']} ({encoder['bytes'] / 2**20:.1f} MiB); onnxruntime vs torch on 5 s of "
               f"audio: max abs difference {encoder['max_abs_difference']:.2e} (values up to "
               f"{encoder['max_abs_value']:.0f})")
+    return 0
+
+
+def _export_hub(args) -> int:
+    from ..modelfolder import resolve_model
+    from ..modelfolder.hub import save_pretrained
+    if not args.out:
+        raise EmoadaptError(None, "--format hub needs --out: the folder to write the Hub repository into")
+    if args.encoder:
+        raise EmoadaptError(None, "--encoder applies to --format onnx; export the ONNX files first, then --format hub "
+                                  "carries them")
+    out = save_pretrained(resolve_model(args.model), args.out, license=args.license, datasets=args.datasets,
+                          results=args.results, force=args.force)
+    print(f"written: {out} (a Hugging Face Hub repository: {', '.join(sorted(p.name for p in out.iterdir()))}); "
+          f"upload it with: emoadapt push {out} --repo OWNER/NAME")
+    return 0
+
+
+def cmd_push(args) -> int:
+    from ..modelfolder.hub import push
+    url = push(args.folder, args.repo, private=args.private, revision=args.revision)
+    print(f"pushed: {url}  (use it with: emoadapt predict AUDIO --model {args.repo})")
     return 0
 
 

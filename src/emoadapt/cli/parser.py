@@ -63,8 +63,10 @@ def _probability(text: str) -> float:
     return value
 
 
-def guard_flags(p: argparse.ArgumentParser) -> None:
-    """How the Recognizer reads long recordings and when it gives no label (predict and serve)."""
+def recognizer_flags(p: argparse.ArgumentParser) -> None:
+    """How the Recognizer reads long recordings, when it gives no label, and where it runs (predict and serve)."""
+    p.add_argument("--device", default="cpu", help="torch device for the encoder and the model (cpu, cuda, cuda:1, "
+                                                   "mps; default cpu); checked before the model loads")
     p.add_argument("--span", type=_positive_float, default=2.0, help="in a long recording, a stretch of speech "
                    "longer than this is read through windows this long, each with silence either side (default 2 s: "
                    "the speech of a median training clip)")
@@ -78,9 +80,10 @@ def guard_flags(p: argparse.ArgumentParser) -> None:
 
 
 def recognizer_options(args) -> dict:
-    """The Recognizer's keyword arguments from :func:`guard_flags`."""
+    """The Recognizer's keyword arguments from :func:`recognizer_flags` (the device checked and named as the flag)."""
+    from ..devices import check_device
     return {"span_seconds": args.span, "hop_seconds": args.hop, "abstain_below": args.abstain,
-            "speech_check": args.speech_check}
+            "speech_check": args.speech_check, "device": check_device(args.device)}
 
 
 def _positive_float(text: str) -> float:
@@ -203,6 +206,8 @@ def _add_training_parsers(sub) -> None:
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="JSON on stdout instead of a table")
     out.add_argument("--csv", action="store_true", help="CSV on stdout: one row per recording and per segment")
+    out.add_argument("--jsonl", action="store_true", help="JSON lines on stdout: one object per recording as it "
+                                                          "finishes ({\"source\", \"error\"} for one that failed)")
     p.add_argument("--top-k", type=_positive_int, default=3, help="classes shown per prediction (default 3)")
     p.add_argument("--reference", "--calibrate", dest="reference", nargs="+", metavar="CLIPS",
                    help="unlabeled audio (files, folders, globs) of the speaker, session or corpus to recognise, as "
@@ -214,23 +219,42 @@ def _add_training_parsers(sub) -> None:
                    "classified whole; longer ones are cut into stretches of speech (default 10)")
     p.add_argument("--labels", metavar="A,B,...", help="only these of the model's classes, e.g. angry,happy,neutral,"
                    "sad: probabilities renormalised over them (the output says so)")
-    guard_flags(p)
+    recognizer_flags(p)
     p.add_argument("--max-seconds", type=_positive_float, default=1200.0,
                    help="longer recordings are refused (default 1200)")
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                    help="onnx: the model's head from `emoadapt export` run by onnxruntime (and the encoder too when "
                         "`export --encoder` wrote encoder.onnx beside it)")
+    p.add_argument("--no-progress", action="store_true", help="no progress on stderr (a bar on a terminal, a line "
+                                                              "every 15 s in a log)")
 
     p = sub.add_parser("export", help="a model folder's head (adapter + pooling + classifier, or the stats model) as "
-                                      "ONNX with a dynamic time axis and the labels in its metadata")
-    p.add_argument("--model", required=True, help="a model folder (or its finetune run folder)")
-    p.add_argument("--format", choices=("onnx",), default="onnx")
-    p.add_argument("--out", help="the file (default: model.onnx in the model folder, replaced when it exists); an "
-                                 "existing --out file is refused unless --force")
-    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+                                      "ONNX with a dynamic time axis and the labels in its metadata; or (--format hub) "
+                                      "the model folder as a Hugging Face Hub repository with a model card")
+    p.add_argument("--model", required=True, help="a model folder (or its finetune run folder); with --format hub "
+                                                  "also a shipped model's name or a Hub id")
+    p.add_argument("--format", choices=("onnx", "hub"), default="onnx",
+                   help="onnx (default): model.onnx; hub: a folder for `emoadapt push` (model files + README.md card)")
+    p.add_argument("--out", help="onnx: the file (default: model.onnx in the model folder, replaced when it exists); "
+                                 "hub: the folder (required). An existing --out is refused unless --force")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--encoder", action="store_true", help="also export the model's (unpadded Whisper) encoder "
                                                           "network as encoder.onnx beside the head")
+    g = p.add_argument_group("the model card (--format hub)")
+    g.add_argument("--license", help="the card's licence: an SPDX id (cc-by-nc-sa-4.0, mit, ...) or other; default "
+                                     "other. A model inherits its training corpora's terms")
+    g.add_argument("--dataset", dest="datasets", action="append", metavar="NAME",
+                   help="a training dataset for the card (Hub dataset id or name; repeatable; default: the corpus)")
+    g.add_argument("--results", metavar="RUN", help="a cv run folder (or its results.json): its UA/WA/F1 means go "
+                                                   "into the card's metrics")
+
+    p = sub.add_parser("push", help="upload a folder written by `emoadapt export --format hub` to the Hugging Face "
+                                    "Hub (needs a token: hf auth login or HF_TOKEN)")
+    p.add_argument("folder", help="the folder export --format hub wrote")
+    p.add_argument("--repo", required=True, help="the Hub repository: owner/name (created when missing)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--revision", help="the branch to commit to (default main)")
 
     p = sub.add_parser("serve", help="an HTTP server (FastAPI + uvicorn) with a web page: POST /predict, GET /health, "
                                      "/labels, /docs")
@@ -245,7 +269,7 @@ def _add_training_parsers(sub) -> None:
                    help="how long a request waits for a free slot before 429 (default 10)")
     p.add_argument("--window", type=_positive_float, default=10.0,
                    help="longer recordings are cut into stretches of speech (default 10 s)")
-    guard_flags(p)
+    recognizer_flags(p)
     p.add_argument("--header-timeout", type=_positive_float, default=10.0,
                    help="a connection whose request headers have not all arrived within this many seconds is closed "
                         "(default 10)")

@@ -46,8 +46,14 @@ def expand_inputs(specs: list[str]) -> list[Input]:
     return found
 
 
+STREAM_CHUNK = 16  # inputs read and encoded together: large enough to batch by length, small enough to stream
+
+
 def run_predict(args) -> int:
+    """Each recording's result is written as soon as it is known (a table row, a JSON line, CSV rows); ``--json``
+    writes one document at the end. Progress goes to stderr: a bar on a terminal, a line every ~15 s in a log."""
     from ..inference import Recognizer
+    from ..progress import progress_bar
     inputs = expand_inputs(args.paths)
     if not inputs:
         raise EmoadaptError(None, "nothing to predict: give audio files, folders, globs or a manifest")
@@ -70,34 +76,81 @@ def run_predict(args) -> int:
         for k, item in enumerate(inputs):
             by_speaker.setdefault(item.speaker, []).append(k)
         groups = sorted(by_speaker.items())
+    bar = progress_bar(len(inputs), "predict", not args.no_progress, unit="file")
+    output = Output(args, recognizer, subset, inputs, bar)
     results: list = [None] * len(inputs)
-    for speaker, members in groups:
-        if speaker is not None:  # each speaker's own clips are its reference (their audio, never labels)
-            adapt(recognizer, [inputs[k].path for k in members], f"speaker {speaker}")
-        with warnings.catch_warnings():  # each prediction carries its warnings into the table, JSON and CSV
-            warnings.simplefilter("ignore")
-            for k, result in zip(members, recognizer.predict_each([inputs[k].path for k in members], labels=subset)):
-                results[k] = result
+    try:
+        for speaker, members in groups:
+            if speaker is not None:  # each speaker's own clips are its reference (their audio, never labels)
+                adapt(recognizer, [inputs[k].path for k in members], f"speaker {speaker}")
+            with warnings.catch_warnings():  # each prediction carries its warnings into the table, JSON and CSV
+                warnings.simplefilter("ignore")
+                predictions = recognizer.predict_each([inputs[k].path for k in members], labels=subset,
+                                                      chunk=STREAM_CHUNK)
+                for k, result in zip(members, predictions):
+                    results[k] = result
+                    output.add(inputs[k], result)
+                    bar.update(1)
+    finally:
+        bar.close()
     failed = [(inputs[k], r) for k, r in enumerate(results) if isinstance(r, Exception)]
     done = [(inputs[k], r) for k, r in enumerate(results) if not isinstance(r, Exception)]
-    out = sys.stdout
-    if args.json:
-        json.dump({"model": str(recognizer.model_dir), "labels": subset or recognizer.labels, "subset": subset,
-                   "predictions": [dict(r.to_dict(), top=r.top(args.top_k), speaker=i.speaker) for i, r in done],
-                   "failed": [{"source": i.path, "error": str(e)} for i, e in failed]}, out, indent=2)
-        out.write("\n")
-    elif args.csv:
-        out.write(csv_text(done, subset or recognizer.labels))
-    else:
-        out.write(table_text(done, args.top_k))
-        if subset:
-            out.write(f"labels: {', '.join(subset)} only (probabilities renormalised over them)\n")
-    for item, error in failed:
-        print(f"failed: {error}", file=sys.stderr)
+    output.finish(done, failed)
     if failed:
         print(f"{len(failed)} of {len(inputs)} inputs failed (listed above)"
               + ("; the others were predicted" if done else "; none was predicted"), file=sys.stderr)
     return 1 if failed else 0
+
+
+class Output:
+    """The predictions on stdout in the format asked for, each written as it arrives (``--json``: at the end, in
+    input order), through the progress bar so that a bar on the terminal is not torn by the rows."""
+
+    def __init__(self, args, recognizer, subset: list[str] | None, inputs: list[Input], bar):
+        self.args, self.recognizer, self.subset, self.bar = args, recognizer, subset, bar
+        self.labels = subset or recognizer.labels
+        self.width = max([len(i.path) for i in inputs] + [6])
+        self.normalizations: set[str] = set()
+        if args.csv:
+            self._write(csv_text([], self.labels).rstrip("\n"))
+
+    def add(self, item: Input, result) -> None:
+        if isinstance(result, Exception):
+            if self.args.jsonl:
+                self._write(json.dumps({"source": item.path, "error": str(result)}))
+            self._write(f"failed: {result}", sys.stderr)
+            return
+        self.normalizations.add(result.normalization)
+        if self.args.jsonl:
+            self._write(json.dumps(self._record(item, result)))
+        elif self.args.csv:
+            self._write(csv_text([(item, result)], self.labels).split("\n", 1)[1].rstrip("\n"))
+        elif not self.args.json:
+            self._write(table_text([(item, result)], self.args.top_k, self.width, footer=False).rstrip("\n"))
+
+    def finish(self, done, failed) -> None:
+        if self.args.json:
+            json.dump({"model": str(self.recognizer.model_dir), "labels": self.labels, "subset": self.subset,
+                       "predictions": [self._record(i, r) for i, r in done],
+                       "failed": [{"source": i.path, "error": str(e)} for i, e in failed]}, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        elif not (self.args.jsonl or self.args.csv):
+            if self.normalizations:
+                self._write("normalization: " + "; ".join(sorted(self.normalizations)))
+            if self.subset:
+                self._write(f"labels: {', '.join(self.subset)} only (probabilities renormalised over them)")
+        sys.stdout.flush()
+
+    def _record(self, item: Input, result) -> dict:
+        return dict(result.to_dict(), top=result.top(self.args.top_k), speaker=item.speaker)
+
+    def _write(self, text: str, file=None) -> None:
+        file = file or sys.stdout
+        if hasattr(self.bar, "write") and not getattr(self.bar, "disable", True):
+            self.bar.write(text, file=file)
+        else:
+            print(text, file=file)
+        file.flush()
 
 
 def adapt(recognizer, clips: list[str], who: str) -> None:
@@ -113,9 +166,9 @@ def expand_inputs_paths(specs: list[str]) -> list[str]:
     return [i.path for i in expand_inputs(specs)]
 
 
-def table_text(done, top_k: int) -> str:
+def table_text(done, top_k: int, width: int | None = None, *, footer: bool = True) -> str:
     lines = []
-    width = max([len(r.source) for _, r in done] + [6])
+    width = width or max([len(r.source) for _, r in done] + [6])
     for item, r in done:
         top = ", ".join(f"{label} {p:.2f}" for label, p in r.top(top_k))
         speech = f", speech {100 * r.speech['ratio']:.0f} %" if r.speech else ""
@@ -130,7 +183,7 @@ def table_text(done, top_k: int) -> str:
             lines.append(f"{'':<{width}}    {s.start:7.2f}-{s.end:7.2f} s  {s.label:<10} {best:.2f}")
         lines += [f"{'':<{width}}    warning: {note}" for note in r.warnings]
     normalizations = sorted({r.normalization for _, r in done})
-    if normalizations:
+    if normalizations and footer:
         lines.append("normalization: " + "; ".join(normalizations))
     return "\n".join(lines) + ("\n" if lines else "")
 

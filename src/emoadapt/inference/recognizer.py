@@ -32,9 +32,11 @@ from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
+import torch
 
 from ..audio import SAMPLE_RATE, load_audio, validate_waveform
 from ..calibration import FEW_CLIPS, MOSTLY_ONE, ONE_SIDED, balance_of, shrunk
+from ..devices import check_device
 from ..encoders import use_onnx
 from ..errors import AudioError, EmoadaptError
 from ..modelfolder import load_classifier, resolve_model
@@ -83,7 +85,7 @@ class Recognizer:
                  max_seconds: float = 1200.0, batch_size: int = 8, backend: str = "torch",
                  onnx: str | os.PathLike | None = None, segment_pad_seconds: float = 1.0,
                  span_seconds: float = 2.0, hop_seconds: float = 0.5, abstain_below: float | None = None,
-                 speech_check: bool = True):
+                 speech_check: bool = True, device: str = "cpu"):
         if window_seconds <= 0 or max_seconds <= 0 or batch_size < 1 or segment_pad_seconds < 0:
             raise EmoadaptError(None, "window_seconds and max_seconds must be > 0, batch_size >= 1 and "
                                       "segment_pad_seconds >= 0")
@@ -97,14 +99,18 @@ class Recognizer:
         self.speech_check = speech_check  # off: label any sound (non-speech research, synthetic test audio)
         if backend not in ("torch", "onnx"):
             raise EmoadaptError(None, f"backend {backend!r}: choose torch or onnx")
+        self.device = check_device(device, "device")
+        if backend == "onnx" and torch.device(self.device).type != "cpu":
+            raise EmoadaptError(None, f"device {device!r} with backend onnx: the exported model runs on onnxruntime's "
+                                      f"CPU provider here; use backend torch on {device}, or device cpu")
         # the context kept around each speech segment: the corpora's clips have about a second of silence around
         # the sentence, and the models learned from that; segments cut tight to the speech are labelled differently
         # (16 of 16 RAVDESS clips joined into one recording changed label at 0.1 s, 3 of 16 at 1 s)
         self.segment_pad_seconds = segment_pad_seconds
         self.loaded = load_classifier(model_dir)
         self.model_dir = Path(model_dir)
-        self.encoder = model_encoder(self.loaded, encoder)
-        self.backend, self.head = backend, self.loaded.model
+        self.encoder = model_encoder(self.loaded, encoder, device=self.device)
+        self.backend, self.head = backend, self.loaded.model.to(self.device)
         if backend == "onnx":  # the head from `emoadapt export` (default: model.onnx in the model folder)
             from .onnx import OnnxHead
             head = Path(onnx or self.loaded.folder / "model.onnx")
@@ -124,9 +130,18 @@ class Recognizer:
         self.balance = bool(recorded.get("balance"))
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | os.PathLike = "default", **options) -> Recognizer:
-        """A model folder, a finetune run folder, or the name of a model shipped inside the package."""
-        return cls(resolve_model(name_or_dir), **options)
+    def from_pretrained(cls, name_or_dir: str | os.PathLike = "default", *, revision: str | None = None,
+                        cache_dir: str | os.PathLike | None = None, **options) -> Recognizer:
+        """A model folder, a finetune run folder, the name of a model shipped inside the package, or a model on the
+        Hugging Face Hub ("org/name", "org/name@v1", or ``revision=``), kept in the Hub client's cache
+        (``cache_dir``; offline with HF_HUB_OFFLINE=1 once cached)."""
+        return cls(resolve_model(name_or_dir, revision=revision, cache_dir=cache_dir), **options)
+
+    def save_pretrained(self, out: str | os.PathLike, **card) -> Path:
+        """This recognizer's model folder written as a Hugging Face Hub repository with a model card
+        (:func:`emoadapt.modelfolder.hub.save_pretrained`: ``license``, ``datasets``, ``results``, ``force``)."""
+        from ..modelfolder.hub import save_pretrained
+        return save_pretrained(self.loaded.folder, out, **card)
 
     @property
     def labels(self) -> list[str]:

@@ -33,12 +33,13 @@ def predict(model: torch.nn.Module, dataset: FeatureDataset, batch_size: int = 3
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
-def model_encoder(loaded: LoadedModel, encoder=None):
-    """The frozen encoder ``loaded`` was trained on (loaded from its ``model.json`` when None; another is refused)."""
+def model_encoder(loaded: LoadedModel, encoder=None, device: str = "cpu"):
+    """The frozen encoder ``loaded`` was trained on (loaded from its ``model.json`` on ``device`` when None; another
+    is refused)."""
     trained = loaded.info.get("encoder") or {}
     if encoder is None:
         from ..encoders import load_encoder
-        encoder = load_encoder(trained.get("name"), **(trained.get("options") or {}))
+        encoder = load_encoder(trained.get("name"), device=device, **(trained.get("options") or {}))
     require_same_features(trained, {"fingerprint": encoder.fingerprint}, keys=("fingerprint",), where=encoder.name,
                           what="the model was trained on features of another encoder", names=("model", "encoder"),
                           error=EncoderError, advice="; use the model's encoder")
@@ -82,6 +83,7 @@ def classify(model: torch.nn.Module, features: Sequence[np.ndarray], batch_size:
     if exported and embed:
         raise EmoadaptError(None, "embeddings need the torch backend (an exported head gives probabilities only)")
     order = sorted(range(len(features)), key=lambda i: features[i].shape[1])
+    device = "cpu" if exported else next(iter(model.parameters()), torch.empty(0)).device
     out = None
     for start in range(0, len(order), batch_size):
         chosen = order[start: start + batch_size]
@@ -89,10 +91,10 @@ def classify(model: torch.nn.Module, features: Sequence[np.ndarray], batch_size:
                           "index": i} for i in chosen])
         if exported:
             values = model(batch["hidden_states"].numpy(), batch["padding_mask"].numpy())
-        elif embed:
-            values = model.embed(batch["hidden_states"], batch["padding_mask"]).float().numpy()
         else:
-            values = F.softmax(model(batch["hidden_states"], batch["padding_mask"]).float(), -1).numpy()
+            states, mask = batch["hidden_states"].to(device), batch["padding_mask"].to(device)
+            values = model.embed(states, mask) if embed else F.softmax(model(states, mask).float(), -1)
+            values = values.float().cpu().numpy()
         if out is None:
             out = np.zeros((len(features), values.shape[1]), dtype=np.float32)
         out[chosen] = values

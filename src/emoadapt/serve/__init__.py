@@ -6,7 +6,7 @@
                     ``labels`` and ``abstain`` (query or form) restrict the classes and set the abstention threshold
     GET  /health    {"status": "ok", ...}
     GET  /labels    the model's classes
-    GET  /docs      OpenAPI documentation (FastAPI's)
+    GET  /docs      OpenAPI documentation: Swagger UI, its script and style served from /static/swagger-ui (offline)
 
 Limits, each answered with a 4xx that says which and what to do: an upload larger than ``max_upload_bytes`` is
 refused from its Content-Length before a byte of the body is read (and, without a Content-Length, as soon as the
@@ -30,6 +30,14 @@ PAGE = Path(__file__).with_name("page.html")
 MAX_REFERENCE_CLIPS = 50  # reference clips per request (form field "reference")
 OPTIONS = ("labels", "abstain")  # per-request options: query parameters or form fields
 UPLOADS_PREFIX = "emoadapt-serve-"  # + the server's pid: a folder per request in the temp dir, removed after it
+SWAGGER_UI_STATIC = "/static/swagger-ui"  # where /docs finds Swagger UI's script and style
+
+
+def swagger_ui_folder() -> Path:
+    """Swagger UI's files (swagger-ui-bundle.js, swagger-ui.css, favicons), from the swagger-ui-bundle-v2 wheel: its
+    5.x release reads the OpenAPI 3.1 that FastAPI writes (swagger-ui-bundle's 4.x cannot)."""
+    import swagger_ui_bundle
+    return Path(swagger_ui_bundle.swagger_ui_path)
 
 
 def remove_stale_uploads(temp_dir: str | os.PathLike | None = None) -> list[Path]:
@@ -105,27 +113,45 @@ def create_app(recognizer, *, max_upload_bytes: int = 20 * 2**20, max_concurrent
     """The FastAPI application around a :class:`emoadapt.inference.Recognizer` (its ``max_seconds`` caps the audio)."""
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.concurrency import run_in_threadpool
+    from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
 
-    app = FastAPI(title="emoadapt", summary="speech emotion recognition",
+    from .schema import (PREDICT_ERRORS, PREDICT_PARAMETERS, PREDICT_REQUEST_BODY, HealthOut, LabelsOut,
+                         PredictionOut)
+
+    # FastAPI's own /docs page loads Swagger UI from a CDN: a blank page on a machine without internet, where this
+    # server is meant to run. The assets come from the swagger-ui-bundle-v2 wheel instead.
+    app = FastAPI(title="emoadapt", summary="speech emotion recognition", docs_url=None, redoc_url=None,
                   description=f"Model {recognizer.model_dir.name}: classes {', '.join(recognizer.labels)}.")
+    app.mount(SWAGGER_UI_STATIC, StaticFiles(directory=swagger_ui_folder()), name="swagger-ui")
     busy = asyncio.Semaphore(max_concurrent)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page():
         return PAGE.read_text(encoding="utf-8")
 
-    @app.get("/health")
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def docs(request: Request):
+        root = request.scope.get("root_path", "").rstrip("/")  # behind a proxy that mounts the server under a path
+        return get_swagger_ui_html(openapi_url=root + app.openapi_url, title=f"{app.title} — API",
+                                   swagger_js_url=f"{root}{SWAGGER_UI_STATIC}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{root}{SWAGGER_UI_STATIC}/swagger-ui.css",
+                                   swagger_favicon_url=f"{root}{SWAGGER_UI_STATIC}/favicon-32x32.png")
+
+    @app.get("/health", response_model=HealthOut, summary="The model and its classes")
     def health():
         return {"status": "ok", "model": recognizer.model_dir.name, "labels": recognizer.labels,
                 "normalization": recognizer.trained_normalization}
 
-    @app.get("/labels")
+    @app.get("/labels", response_model=LabelsOut, summary="The model's classes")
     def labels():
         return {"labels": recognizer.labels}
 
-    @app.post("/predict", responses={413: {"description": "upload or audio too long"},
-                                     422: {"description": "not usable audio"}, 429: {"description": "busy"}})
+    # the endpoint reads the request itself (a form or the raw body, and the options from either), so its body and
+    # parameters are described here for /docs and /openapi.json rather than inferred from the signature
+    @app.post("/predict", response_model=PredictionOut, responses=PREDICT_ERRORS, summary="Recognise a recording",
+              openapi_extra={"requestBody": PREDICT_REQUEST_BODY, "parameters": PREDICT_PARAMETERS})
     async def predict(request: Request):
         """The audio as a multipart upload (field ``file``) or as the raw request body (any format libsndfile reads:
         WAV, FLAC, Ogg, MP3, ...). Options, as query parameters or form fields: ``labels`` (comma-separated: only

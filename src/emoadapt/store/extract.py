@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 import uuid
 import zlib
@@ -28,6 +27,7 @@ import torch
 from ..atomic import atomic_write, atomic_write_text, fsync_file, remove_stale_temp_files
 from ..encoders.base import SAMPLE_RATE
 from ..errors import AudioError, EncoderError, FeatureStoreError, StoreMismatch, TooShortAudio
+from ..progress import progress_bar
 from .features import (DTYPE, FORMAT, INDEX_PART, VERSION, Failure, FeatureStore, audio_identity, file_stat,
                        read_meta)
 
@@ -374,37 +374,6 @@ def _rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int,
     return rank, world_size
 
 
-class LineProgress:
-    """Progress for a log file (stderr is not a terminal): one plain line every ``every`` seconds and one at the
-    end, instead of a bar redrawn hundreds of times."""
-
-    def __init__(self, total: int, desc: str, every: float = 15.0):
-        self.total, self.desc, self.every, self.n, self.postfix = total, desc, every, 0, ""
-        self.start = self.last = time.perf_counter()
-
-    def set_postfix(self, refresh: bool = False, **values) -> None:
-        self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
-
-    def update(self, n: int) -> None:
-        self.n += n
-        if time.perf_counter() - self.last >= self.every:
-            self._line()
-
-    def close(self) -> None:
-        if self.n:
-            self._line()
-
-    def _line(self) -> None:
-        self.last = time.perf_counter()
-        elapsed = self.last - self.start
-        print(f"{self.desc}: {self.n}/{self.total} ({100 * self.n / max(self.total, 1):.0f}%), {elapsed:.0f} s"
-              + (f", {self.postfix}" if self.postfix else ""), file=sys.stderr, flush=True)
-
-
 def _progress_bar(total: int, rank: int, world_size: int, enabled: bool):
-    from tqdm.auto import tqdm
     desc = "extract" if world_size == 1 else f"extract r{rank}"
-    if enabled and not sys.stderr.isatty():
-        return LineProgress(total, desc)
-    return tqdm(total=total, desc=desc, unit="utt", disable=not enabled, position=rank if world_size > 1 else None,
-                smoothing=0.1, dynamic_ncols=True)
+    return progress_bar(total, desc, enabled, position=rank if world_size > 1 else None)
