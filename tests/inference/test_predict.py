@@ -187,6 +187,27 @@ def test_predict_streams_each_result_as_it_finishes_with_progress_on_stderr(trai
     assert "predict: 4/4 (100%)" in capsys.readouterr().err
 
 
+def test_an_old_speaker_model_without_population_statistics_warns_in_every_output(trained, tmp_path, capsys):
+    """Models saved before the training population's statistics were kept read a recording by itself when no
+    reference is given; that is said, not done silently."""
+    import shutil
+    from emoadapt import Recognizer
+    corpus, _, models, encoder = trained
+    old = tmp_path / "old-speaker-model"
+    shutil.copytree(models["speaker"], old)
+    info = json.loads((old / "model.json").read_text())
+    info.pop("reference")
+    (old / "model.json").write_text(json.dumps(info))
+    (old / "reference.safetensors").unlink()
+    result = Recognizer(old, encoder=encoder, speech_check=False).predict(corpus.rows[0].path)
+    assert result.normalization.startswith("speaker (uncalibrated:")
+    assert any("without a reference" in w and "--reference" in w for w in result.warnings)
+    assert cli.main(["predict", corpus.rows[0].path, "--model", str(old), "--no-speech-check", "--no-progress"]) == 0
+    assert "warning: speaker-normalised model without a reference" in capsys.readouterr().out
+    adapted = Recognizer(old, encoder=encoder, speech_check=False).adapt([u.path for u in corpus.rows[:8]])
+    assert not any("without a reference" in w for w in adapted.predict(corpus.rows[0].path).warnings)
+
+
 def test_line_progress_writes_a_line_every_interval_and_one_at_the_end(capsys):
     from emoadapt.progress import LineProgress
     progress = LineProgress(3, "predict", every=0.0)

@@ -47,6 +47,7 @@ from .runtime import classify, encode_waveforms, model_encoder, model_normalizat
 from .segments import overall, pieces_of, shares, timeline, with_silence
 
 Audio = Union[str, os.PathLike, np.ndarray]
+UNCALIBRATED = "speaker (uncalibrated:"  # how a speaker model without a reference or population statistics reads
 
 
 @dataclass
@@ -297,6 +298,10 @@ class Recognizer:
         labels = subset or self.labels
         per_piece = np.asarray(per_piece, np.float64)
         warnings_ = [*notes, *self._calibration_notes]  # references: speaker models only
+        if normalization.startswith(UNCALIBRATED):  # a clip normalised by itself loses what the model reads
+            warnings_.append("speaker-normalised model without a reference, saved before emoadapt kept its training "
+                             "population's statistics: this recording is its own reference, which can remove the "
+                             "emotion itself; give reference clips of the speaker (--reference, adapt()) or retrain")
         if subset is not None:
             chosen = [self.labels.index(label) for label in subset]
             mass = per_piece[:, chosen].sum(1, keepdims=True)
@@ -388,7 +393,7 @@ class Recognizer:
             statistics, how = self.population, "speaker (no reference: the training population's statistics)"
         elif mode == "speaker":
             statistics = array_statistics(features)
-            how = (f"speaker (uncalibrated: this recording's own {pieces} segment(s), "
+            how = (f"{UNCALIBRATED} this recording's own {pieces} segment(s), "
                    f"{seconds:.1f} s, as the reference)")
         normalizer = waveform_normalizer(self.loaded, statistics)
         return [x.astype(np.float32) if normalizer is None else normalizer.normalize(x) for x in features], how
