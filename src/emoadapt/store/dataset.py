@@ -157,17 +157,12 @@ def usable_ids(corpus: Corpus, store: FeatureStore, ids: Iterable[str]) -> tuple
     return keep, skipped
 
 
-
-
 def augmented_copies(corpus: Corpus, store: FeatureStore, ids: Iterable[str]) -> dict[str, list[str]]:
     """id -> the ids of its augmented copies in ``store`` (an augmented store, :mod:`emoadapt.store.augment`), for
     every one of ``ids``; a copy the store could not encode is left out. A copy never extracted, or made from audio
     that changed since, is an error."""
     from .augment import AugmentedRow, augmented_id
-    augmentation = store.meta.get("augmentation")
-    if not augmentation:
-        raise FeatureStoreError(store.root, "not an augmented store (its meta records no augmentation): make one with "
-                                            "emoadapt extract CORPUS --store S --augment copies=1")
+    augmentation = require_augmented(store)
     failed = {f.id for f in store.failures()}
     by_id = {u.id: u for u in corpus.rows}
     copies, missing, present = {}, [], []
@@ -197,8 +192,15 @@ def open_augmented_store(augmented: FeatureStore | str | os.PathLike | None, cle
     if augmented is None:
         return None
     augmented = open_store(augmented)
-    if not augmented.meta.get("augmentation"):
-        raise FeatureStoreError(augmented.root, "not an augmented store (its meta records no augmentation): make one "
-                                                "with emoadapt extract CORPUS --store S --augment copies=1")
+    require_augmented(augmented)
     check_same_features([clean, augmented])
     return augmented
+
+
+def require_augmented(store: FeatureStore) -> dict:
+    """The augmentation a store's meta records; a store without one is an error that says how to make one."""
+    augmentation = store.meta.get("augmentation")
+    if not augmentation:
+        raise FeatureStoreError(store.root, "not an augmented store (its meta records no augmentation): make one with "
+                                            "emoadapt extract CORPUS --store S --augment copies=1")
+    return augmentation
