@@ -76,6 +76,30 @@ def test_stats_recipe_fits_on_training_speakers_picks_c_on_validation_and_predic
         finetune(corpus, store, 1, tmp_path / "bad", recipe="stats", config=tiny_config("head.projector_dim=3"))
 
 
+def test_stats_layer_grid_chooses_the_hidden_states_with_c_and_ignores_the_others(data, tmp_path):
+    """head.layer_grid: each set of hidden states is scored with every C on validation, the best kept; the model
+    keeps its shape and gives the other layers weight 0, so it saves, loads and predicts like any stats model."""
+    corpus, store = data
+    num_layers = len(FeatureStore(store).meta["layers"])
+    assert num_layers >= 2
+    grid = "head.layer_grid=[[0],[1],[0,1]]"
+    finetune(corpus, store, 1, tmp_path, recipe="stats", config=tiny_config("head.c_grid=[0.1,1.0]", grid),
+             progress=False)
+    fold = json.loads((tmp_path / "results.json").read_text())
+    chosen = fold["closed_form"]
+    assert set(chosen["val_ua_by_layers"]) == {"0", "1", "0,1"} and set(chosen["val_ua"]) == {"0.1", "1.0"}
+    key = ",".join(map(str, chosen["layers"]))
+    assert chosen["val_ua_by_layers"][key] == max(chosen["val_ua_by_layers"].values()) == fold["best_val_ua"]
+    model = load_model(tmp_path / "model").model
+    width = model.head.weight.shape[1] // num_layers
+    used = [bool(model.head.weight[:, k * width:(k + 1) * width].abs().sum() > 0) for k in range(num_layers)]
+    assert used == [k in chosen["layers"] for k in range(num_layers)]
+    assert evaluate(tmp_path, corpus, store, 1)["scores"] == fold["scores"]
+    with pytest.raises(EmoadaptError, match=r"head.layer_grid .*hidden states 0\.\.1 .*\(5 is not\)"):
+        finetune(corpus, store, 1, tmp_path / "bad", recipe="stats", config=tiny_config("head.layer_grid=[[5]]"),
+                 progress=False)
+
+
 def test_speaker_normalisation_uses_each_speakers_own_statistics(data, tmp_path):
     from emoadapt.calibration import calibration_clips, make_normalizer
     from emoadapt.store.features import array_statistics

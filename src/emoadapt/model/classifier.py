@@ -177,6 +177,9 @@ class StatsConfig:
     input_dim: int = 1024
     num_classes: int = 4
     c_grid: tuple[float, ...] = (0.01, 0.1, 1.0)  # inverse L2 strengths tried; validation UA picks one
+    # sets of hidden states (indices into the store's layers) tried with every C, the best one kept (the others'
+    # weights are 0); empty: every layer. Chosen the same way as C (validation speakers, or choose_by=corpus)
+    layer_grid: list[list[int]] = field(default_factory=list)
 
 
 class StatsClassifier(nn.Module):

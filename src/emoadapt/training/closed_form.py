@@ -11,6 +11,7 @@ the adapter's input statistics gives the adapter recipe's head its start (``head
 from __future__ import annotations
 
 import time
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -53,67 +54,112 @@ def all_class_probabilities(scaler: StandardScaler, model: LogisticRegression, x
     return full
 
 
-def choose_by_held_out_corpus(x: np.ndarray, y: np.ndarray, groups: np.ndarray, labels, c_grid, log=None
+def layer_columns(layers: Sequence[int] | None, num_features: int, num_layers: int) -> np.ndarray:
+    """The columns of pooled statistics (per hidden state [mean; std], :func:`utterance_statistics`) that hold
+    ``layers`` (None: every column)."""
+    if layers is None:
+        return np.arange(num_features)
+    width = num_features // num_layers
+    return np.concatenate([np.arange(l * width, (l + 1) * width) for l in sorted(layers)])
+
+
+def _candidates(c_grid, layer_grid) -> list[tuple[tuple[int, ...] | None, float]]:
+    """(layers, C) pairs to score: every C of the grid for every layer set (None: all layers)."""
+    sets = [tuple(sorted(int(l) for l in layers)) for layers in layer_grid] if layer_grid else [None]
+    return [(layers, c) for layers in sets for c in sorted(float(c) for c in c_grid)]
+
+
+def _choice_record(scores: dict, best: tuple, layer_grid) -> dict:
+    """What the fold's results record of the choice: the chosen C (and layers), the UA of each C within the chosen
+    layer set, and with a layer grid the best UA of each layer set."""
+    layers, c = best
+    record = {"C": c, "val_ua": {str(k[1]): v for k, v in scores.items() if k[0] == layers}}
+    if layer_grid:
+        by_layers: dict[str, float] = {}
+        for (candidate, _), ua in scores.items():
+            key = ",".join(map(str, candidate))
+            by_layers[key] = max(by_layers.get(key, -1.0), ua)
+        record.update(layers=list(layers), val_ua_by_layers=by_layers)
+    return record
+
+
+def _best(scores: dict) -> tuple:
+    """The best (layers, C): highest UA; ties: the stronger regularisation, then fewer layers."""
+    return max(scores, key=lambda k: (scores[k], -k[1], -(len(k[0]) if k[0] else 1e9)))
+
+
+def choose_by_held_out_corpus(x: np.ndarray, y: np.ndarray, groups: np.ndarray, labels, c_grid, log=None,
+                              layer_grid=None, num_layers: int = 1
                               ) -> tuple[StandardScaler, LogisticRegression, dict]:
-    """C with the best mean UA over the training corpora, each held out in turn (fitted on the others, scored over
-    its own classes, "closed"), then refitted on every training utterance: validation that imitates a corpus never
-    heard (leave-one-corpus-out)."""
+    """C (and, with ``layer_grid``, the hidden states used) with the best mean UA over the training corpora, each
+    held out in turn (fitted on the others, scored over its own classes, "closed"), then refitted on every training
+    utterance: validation that imitates a corpus never heard (leave-one-corpus-out)."""
     names = sorted(set(groups.tolist()))
     if len(names) < 2:
         raise TrainingError(None, f"choose_by=corpus needs at least two training corpora; the training utterances "
                                   f"come from {', '.join(names) or 'none'}: use choose_by=speakers")
-    grid, held_out_ua, held_out = sorted(float(c) for c in c_grid), {}, {}
-    for c in grid:
-        per_corpus, held_out[c] = {}, (np.zeros((len(y), len(labels))), y)
+    held_out_ua, held_out = {}, {}
+    for layers, c in _candidates(c_grid, layer_grid):
+        columns = layer_columns(layers, x.shape[1], num_layers)
+        per_corpus, held_out[layers, c] = {}, (np.zeros((len(y), len(labels))), y)
         for name in names:
             inside = groups == name
-            full = all_class_probabilities(*fit_logistic(x[~inside], y[~inside], c), x[inside], len(labels))
-            held_out[c][0][inside] = full
+            fit = fit_logistic(x[~inside][:, columns], y[~inside], c)
+            full = all_class_probabilities(*fit, x[inside][:, columns], len(labels))
+            held_out[layers, c][0][inside] = full
             truth = y[inside].tolist()
             per_corpus[name] = score(truth, closed_predictions(truth, full), labels).ua
-        held_out_ua[c] = float(np.mean(list(per_corpus.values())))
+        held_out_ua[layers, c] = float(np.mean(list(per_corpus.values())))
         if log:
-            log(f"  C={c:g}: held-out-corpus UA {held_out_ua[c]:.2f} "
+            log(f"  {_name(layers, c)}: held-out-corpus UA {held_out_ua[layers, c]:.2f} "
                 f"({', '.join(f'{k} {v:.1f}' for k, v in per_corpus.items())})")
-    best = max(grid, key=lambda c: (held_out_ua[c], -c))
-    scaler, model = fit_logistic(x, y, best)
-    return scaler, model, {"C": best, "val_ua": {str(c): v for c, v in held_out_ua.items()},
+    best = _best(held_out_ua)
+    scaler, model = fit_logistic(x[:, layer_columns(best[0], x.shape[1], num_layers)], y, best[1])
+    return scaler, model, {**_choice_record(held_out_ua, best, layer_grid),
                            "chosen_on": f"each training corpus held out in turn ({', '.join(names)})",
                            OUT_OF_SAMPLE: held_out[best]}
 
 
-def choose_and_fit(train: tuple, val: tuple, labels, c_grid, log=None, *, refit: bool = True
-                   ) -> tuple[StandardScaler, LogisticRegression, dict]:
-    """C with the best validation UA (ties: the stronger regularisation), then refitted on training + validation
-    (``refit``; else the fit on training alone, for a model whose training goes on to be judged on validation).
-    Without validation utterances the middle of the grid is used, and the record says so."""
+def _name(layers, c) -> str:
+    return f"C={c:g}" if layers is None else f"layers {','.join(map(str, layers))}, C={c:g}"
+
+
+def choose_and_fit(train: tuple, val: tuple, labels, c_grid, log=None, *, refit: bool = True, layer_grid=None,
+                   num_layers: int = 1) -> tuple[StandardScaler, LogisticRegression, dict]:
+    """C (and, with ``layer_grid``, the hidden states used) with the best validation UA (ties: the stronger
+    regularisation, then fewer layers), then refitted on training + validation (``refit``; else the fit on training
+    alone, for a model whose training goes on to be judged on validation). Without validation utterances the middle
+    of the grid is used (all layers), and the record says so."""
     (x_train, y_train), (x_val, y_val) = train, val
     present = sorted({int(y) for y in y_train})
     if len(present) < 2:
         raise TrainingError(None, f"the training speakers' utterances hold only the class "
                                   f"{', '.join(labels[k] for k in present) or '(none)'}: a classifier needs at least "
                                   f"two; check the corpus (emoadapt corpus) and its folds")
-    grid = sorted(float(c) for c in c_grid)
-    fits = {}
+    fits, val_ua = {}, {}
     if len(y_val):
-        val_ua = {}
-        for c in grid:
-            scaler, model = fits[c] = fit_logistic(x_train, y_train, c)
-            val_ua[c] = score(y_val.tolist(), model.predict(scaler.transform(x_val)).tolist(), labels).ua
+        for layers, c in _candidates(c_grid, layer_grid):
+            columns = layer_columns(layers, x_train.shape[1], num_layers)
+            scaler, model = fits[layers, c] = fit_logistic(x_train[:, columns], y_train, c)
+            predicted = model.predict(scaler.transform(x_val[:, columns])).tolist()
+            val_ua[layers, c] = score(y_val.tolist(), predicted, labels).ua
             if log:
-                log(f"  C={c:g}: validation UA {val_ua[c]:.2f}")
-        best = max(grid, key=lambda c: (val_ua[c], -c))
+                log(f"  {_name(layers, c)}: validation UA {val_ua[layers, c]:.2f}")
+        best = _best(val_ua)
     else:
-        val_ua, best = {}, grid[len(grid) // 2]
+        grid = sorted(float(c) for c in c_grid)
+        best = (None, grid[len(grid) // 2])
+    columns = layer_columns(best[0], x_train.shape[1], num_layers)
     # the validation speakers as the fit on training speakers alone sees them
-    out_of_sample = (all_class_probabilities(*fits[best], x_val, len(labels)), y_val) if val_ua else None
+    out_of_sample = (all_class_probabilities(*fits[best], x_val[:, columns], len(labels)), y_val) if val_ua else None
     if refit or not val_ua:
-        scaler, model = fit_logistic(np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val]), best)
+        scaler, model = fit_logistic(np.concatenate([x_train, x_val])[:, columns], np.concatenate([y_train, y_val]),
+                                     best[1])
     else:
         scaler, model = fits[best]
-    return scaler, model, {"C": best, "val_ua": {str(c): v for c, v in val_ua.items()},
-                           "chosen_on": "validation speakers" if val_ua else "no validation speakers: middle of grid",
-                           OUT_OF_SAMPLE: out_of_sample}
+    record = _choice_record(val_ua, best, layer_grid if val_ua else None)
+    return scaler, model, {**record, "chosen_on": "validation speakers" if val_ua else
+                           "no validation speakers: middle of grid", OUT_OF_SAMPLE: out_of_sample}
 
 
 def logistic_weights(logistic: LogisticRegression, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -128,17 +174,24 @@ def logistic_weights(logistic: LogisticRegression, num_classes: int) -> tuple[np
 
 
 @torch.no_grad()
-def load_logistic(model, scaler: StandardScaler, logistic: LogisticRegression) -> None:
-    """Copy a fitted scaler and logistic regression into ``model.feature_mean / feature_scale / head``."""
+def load_logistic(model, scaler: StandardScaler, logistic: LogisticRegression, columns: np.ndarray | None = None
+                  ) -> None:
+    """Copy a fitted scaler and logistic regression into ``model.feature_mean / feature_scale / head``. Fitted on
+    some ``columns`` only (the chosen layers), the others get weight 0: the model keeps its shape and its file
+    format, and simply ignores the layers not chosen."""
     weight, bias = logistic_weights(logistic, model.head.weight.shape[0])
-    model.feature_mean.copy_(torch.as_tensor(scaler.mean_))
-    model.feature_scale.copy_(torch.as_tensor(scaler.scale_))
-    model.head.weight.copy_(torch.as_tensor(weight))
+    columns = torch.as_tensor(np.arange(model.head.weight.shape[1]) if columns is None else columns)
+    model.feature_mean.zero_()
+    model.feature_scale.fill_(1.0)
+    model.head.weight.zero_()
+    model.feature_mean[columns] = torch.as_tensor(scaler.mean_, dtype=model.feature_mean.dtype)
+    model.feature_scale[columns] = torch.as_tensor(scaler.scale_, dtype=model.feature_scale.dtype)
+    model.head.weight[:, columns] = torch.as_tensor(weight, dtype=model.head.weight.dtype)
     model.head.bias.copy_(torch.as_tensor(bias))
 
 
 def _fit_on_statistics(pool, data, batch_size: int, c_grid, log=None, refit: bool = True,
-                       choose_by: str = "speakers"):
+                       choose_by: str = "speakers", layer_grid=None, num_layers: int = 1):
     """The pooled features of the fold's training and validation utterances, checked, then C chosen on validation
     (:func:`choose_and_fit`) or on each training corpus held out in turn (:func:`choose_by_held_out_corpus`)."""
     t0 = time.perf_counter()
@@ -155,8 +208,10 @@ def _fit_on_statistics(pool, data, batch_size: int, c_grid, log=None, refit: boo
         corpus_of = {u.id: (u.extras.get("corpus") or "").strip() for u in data.corpus.rows}
         ids = [item[1] for item in data.train.items] + [item[1] for item in data.val.items]
         return choose_by_held_out_corpus(np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]),
-                                         np.array([corpus_of[source_id(i)] for i in ids]), data.labels, c_grid, log)
-    return choose_and_fit(train, val, data.labels, c_grid, log, refit=refit)
+                                         np.array([corpus_of[source_id(i)] for i in ids]), data.labels, c_grid, log,
+                                         layer_grid, num_layers)
+    return choose_and_fit(train, val, data.labels, c_grid, log, refit=refit, layer_grid=layer_grid,
+                          num_layers=num_layers)
 
 
 @torch.no_grad()
@@ -184,9 +239,17 @@ def fit_closed_form(model, data, batch_size: int, log=None, choose_by: str = "sp
     results record (``best_val_ua``: the chosen C's validation UA). ``log``: a function for progress lines."""
     t0 = time.perf_counter()
     model.eval()
+    layer_grid, num_layers = model.config.layer_grid, model.config.input_layers
+    wrong = sorted({l for layers in layer_grid for l in layers if not 0 <= l < num_layers})
+    if wrong or any(not layers for layers in layer_grid):
+        raise TrainingError(None, f"head.layer_grid {layer_grid}: each entry is a non-empty list of hidden states "
+                                  f"0..{num_layers - 1} of the store's {num_layers}"
+                                  + (f" ({', '.join(map(str, wrong))} is not)" if wrong else ""))
     scaler, logistic, chosen = _fit_on_statistics(model.pooled, data, batch_size, model.config.c_grid, log,
-                                                  choose_by=choose_by)
-    load_logistic(model, scaler, logistic)
+                                                  choose_by=choose_by, layer_grid=layer_grid, num_layers=num_layers)
+    columns = layer_columns(tuple(chosen["layers"]) if "layers" in chosen else None,
+                            model.head.weight.shape[1], num_layers)
+    load_logistic(model, scaler, logistic, columns)
     held_out = chosen.pop(OUT_OF_SAMPLE, None)
     best_val = chosen["val_ua"].get(str(chosen["C"]))
     return {"best_val_ua": best_val, "best_epoch": None, "epochs_run": 0, "world_size": 1,
