@@ -54,8 +54,8 @@ def download_model(repo_id: str, revision: str | None = None, cache_dir: str | o
         raise EmoadaptError(where, "a gated model on the Hugging Face Hub: accept its terms on its page, then log in "
                                    "(hf auth login) or set HF_TOKEN") from None
     except RepositoryNotFoundError:
-        raise EmoadaptError(where, "no such local model folder, and no such model on the Hugging Face Hub (or it is "
-                                   "private: log in with hf auth login or set HF_TOKEN)") from None
+        raise EmoadaptError(where, "no such model on the Hugging Face Hub (or it is private: log in with hf auth "
+                                   "login or set HF_TOKEN)") from None
     except RevisionNotFoundError:
         raise EmoadaptError(where, f"the model on the Hub has no revision {revision!r}: give a branch, tag or "
                                    f"commit it has") from None
