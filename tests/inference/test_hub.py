@@ -144,3 +144,24 @@ def test_export_format_hub_from_the_command_line(trained, tmp_path, capsys):
     assert "emoadapt push" in capsys.readouterr().out and (out / "README.md").is_file()
     assert cli.main(["export", "--model", str(models["global"]), "--format", "hub"]) == 2
     assert "--format hub needs --out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error, message", [
+    ("RepositoryNotFoundError", "no such model on the Hugging Face Hub"),
+    ("RevisionNotFoundError", "has no revision 'v9'"),
+    ("GatedRepoError", "a gated model"),
+])
+def test_what_the_hub_answers_becomes_one_line(monkeypatch, error, message):
+    """The Hub's refusals (which this machine cannot get from the Hub itself), as the client raises them."""
+    import httpx2
+    from huggingface_hub import errors
+
+    from emoadapt.modelfolder import resolve_model
+    response = httpx2.Response(404, request=httpx2.Request("GET", "https://huggingface.co/api/models/org/x"))
+
+    def refuse(*args, **kwargs):
+        raise getattr(errors, error)("refused", response=response)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
+    with pytest.raises(EmoadaptError, match=message) as caught:
+        resolve_model("org/x@v9")
+    assert str(caught.value).count("no such local model folder") == 1
