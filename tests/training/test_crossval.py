@@ -236,6 +236,7 @@ def test_choose_by_corpus_holds_each_training_corpus_out_in_turn(data, tmp_path)
     run_cv(merged, store, "stats", tmp_path, folds=[2], config=config, protocol="corpus", progress=False,
            log=lambda *_: None)
     chosen = json.loads((tmp_path / "fold_2" / "results.json").read_text())["closed_form"]
+    assert json.loads((tmp_path / "results.json").read_text())["folds"]["2"]["closed_form"] == chosen  # kept in cv's
     assert chosen["chosen_on"] == "each training corpus held out in turn (a, c)"
     assert set(chosen["val_ua"]) == {"0.01", "1.0"} and chosen["C"] in (0.01, 1.0)
     with pytest.raises(EmoadaptError, match="choose_by=corpus applies to the closed-form recipes"):
