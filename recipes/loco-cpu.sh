@@ -4,8 +4,8 @@
 #
 #   recipes/loco-cpu.sh [ROW ...]      # no ROW: all of them, in this order; `recipes/loco-cpu.sh --list`
 #
-# ROW is loco-features, loco-stats, loco-stats-choose-corpus, loco-stats-layers, loco-stats-speaker, loco-references,
-# loco-adapter, loco-stage1-pairs (not in the default list: 9 stage-1 and 18 stage-2 runs, hours on a CPU; SEEDS,
+# ROW is loco-features, loco-stats, loco-stats-choose-corpus, loco-stats-layers, loco-stats-balanced,
+# loco-stats-speaker, loco-references, loco-adapter, loco-stage1-pairs (not in the default list: 9 stage-1 and 18 stage-2 runs, hours on a CPU; SEEDS,
 # default "0 1 2").
 # Environment: DATA (default ../shared/data), WORK (default runs), EMOADAPT (default `emoadapt`), PYTHON (default
 # python). Every command resumes after an interruption and skips what is finished: re-run the same line.
@@ -35,6 +35,8 @@ row() {
             "${emoadapt[@]}" cv "${loco[@]}" "${grid[@]}" \
                 --set "head.layer_grid=[[0,1,2,3,4,5,6],[4,5,6],[2,3,4],[0,1,2],[6],[5],[4]]" \
                 --out "$out/stats-layers" ;;
+        loco-stats-balanced)  # every class weighs the same in the fit (disgust and surprise come from RAVDESS alone)
+            "${emoadapt[@]}" cv "${loco[@]}" "${grid[@]}" --set head.class_weight=balanced --out "$out/stats-balanced" ;;
         loco-stats-speaker)  # speaker-normalised; tested without a reference (the training population's statistics)
             "${emoadapt[@]}" cv "${loco[@]}" "${grid[@]}" --normalize speaker --set calibration.scope=none \
                 --out "$out/stats-speaker" ;;
@@ -56,7 +58,7 @@ row() {
     esac
 }
 
-all=(loco-features loco-stats loco-stats-choose-corpus loco-stats-layers loco-stats-speaker loco-references loco-adapter)
+all=(loco-features loco-stats loco-stats-choose-corpus loco-stats-layers loco-stats-balanced loco-stats-speaker loco-references loco-adapter)
 if [[ ${1:-} == --list ]]; then printf '%s\n' "${all[@]}"; exit 0; fi
 if (( $# )); then rows=("$@"); else rows=("${all[@]}"); fi
 for r in "${rows[@]}"; do row "$r"; done

@@ -279,6 +279,19 @@ def test_a_fitted_logistic_regression_lives_in_the_stats_model(classes_present):
     assert (probs[:, absent] < 1e-6).all() if absent else True
 
 
+def test_balanced_class_weights_give_a_rare_class_its_share():
+    """class_weight balanced: a class with a tenth of the clips is predicted about as often as it is true, where
+    the unweighted fit all but ignores it (overlapping classes)."""
+    from emoadapt.training.closed_form import fit_logistic
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 450 + [1] * 50)
+    x = rng.normal(size=(500, 4)) + 0.8 * y[:, None]
+    plain = fit_logistic(x, y, 1.0)
+    balanced = fit_logistic(x, y, 1.0, class_weight="balanced")
+    recall = [float((m.predict(s.transform(x))[y == 1] == 1).mean()) for s, m in (plain, balanced)]
+    assert recall[0] < 0.3 < 0.6 < recall[1], recall
+
+
 def test_head_can_see_the_input_statistics_beside_sap():
     """head.input_statistics: the head gets [SAP(Z); LN(utterance statistics of the standardised input)], and a
     padded batch still gives each utterance what it gets alone."""

@@ -180,6 +180,11 @@ class StatsConfig:
     # sets of hidden states (indices into the store's layers) tried with every C, the best one kept (the others'
     # weights are 0); empty: every layer. Chosen the same way as C (validation speakers, or choose_by=corpus)
     layer_grid: list[list[int]] = field(default_factory=list)
+    class_weight: str = "none"  # "balanced": every class weighs the same in the fit, however many clips it has
+
+    def __post_init__(self):
+        if self.class_weight not in ("none", "balanced"):
+            raise ValueError(f"class_weight {self.class_weight!r}: choose none or balanced")
 
 
 class StatsClassifier(nn.Module):

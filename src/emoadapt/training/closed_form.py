@@ -11,6 +11,7 @@ the adapter's input statistics gives the adapter recipe's head its start (``head
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Sequence
 
 import numpy as np
@@ -41,9 +42,12 @@ def pooled_features(pool, dataset: FeatureDataset, batch_size: int) -> tuple[np.
     return out, labels
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, c: float) -> tuple[StandardScaler, LogisticRegression]:
+def fit_logistic(x: np.ndarray, y: np.ndarray, c: float, class_weight: str | None = None
+                 ) -> tuple[StandardScaler, LogisticRegression]:
+    """``class_weight="balanced"``: each class weighs the same in the loss however many clips it has (corpora
+    merged onto shared classes leave some classes to one corpus only)."""
     scaler = StandardScaler().fit(x)
-    return scaler, LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(x), y)
+    return scaler, LogisticRegression(C=c, max_iter=3000, class_weight=class_weight).fit(scaler.transform(x), y)
 
 
 def all_class_probabilities(scaler: StandardScaler, model: LogisticRegression, x: np.ndarray,
@@ -89,7 +93,7 @@ def _best(scores: dict) -> tuple:
 
 
 def choose_by_held_out_corpus(x: np.ndarray, y: np.ndarray, groups: np.ndarray, labels, c_grid, log=None,
-                              layer_grid=None, num_layers: int = 1
+                              layer_grid=None, num_layers: int = 1, fit=fit_logistic
                               ) -> tuple[StandardScaler, LogisticRegression, dict]:
     """C (and, with ``layer_grid``, the hidden states used) with the best mean UA over the training corpora, each
     held out in turn (fitted on the others, scored over its own classes, "closed"), then refitted on every training
@@ -104,8 +108,8 @@ def choose_by_held_out_corpus(x: np.ndarray, y: np.ndarray, groups: np.ndarray, 
         per_corpus, held_out[layers, c] = {}, (np.zeros((len(y), len(labels))), y)
         for name in names:
             inside = groups == name
-            fit = fit_logistic(x[~inside][:, columns], y[~inside], c)
-            full = all_class_probabilities(*fit, x[inside][:, columns], len(labels))
+            fitted = fit(x[~inside][:, columns], y[~inside], c)
+            full = all_class_probabilities(*fitted, x[inside][:, columns], len(labels))
             held_out[layers, c][0][inside] = full
             truth = y[inside].tolist()
             per_corpus[name] = score(truth, closed_predictions(truth, full), labels).ua
@@ -114,7 +118,7 @@ def choose_by_held_out_corpus(x: np.ndarray, y: np.ndarray, groups: np.ndarray, 
             log(f"  {_name(layers, c)}: held-out-corpus UA {held_out_ua[layers, c]:.2f} "
                 f"({', '.join(f'{k} {v:.1f}' for k, v in per_corpus.items())})")
     best = _best(held_out_ua)
-    scaler, model = fit_logistic(x[:, layer_columns(best[0], x.shape[1], num_layers)], y, best[1])
+    scaler, model = fit(x[:, layer_columns(best[0], x.shape[1], num_layers)], y, best[1])
     return scaler, model, {**_choice_record(held_out_ua, best, layer_grid),
                            "chosen_on": f"each training corpus held out in turn ({', '.join(names)})",
                            OUT_OF_SAMPLE: held_out[best]}
@@ -125,7 +129,7 @@ def _name(layers, c) -> str:
 
 
 def choose_and_fit(train: tuple, val: tuple, labels, c_grid, log=None, *, refit: bool = True, layer_grid=None,
-                   num_layers: int = 1) -> tuple[StandardScaler, LogisticRegression, dict]:
+                   num_layers: int = 1, fit=fit_logistic) -> tuple[StandardScaler, LogisticRegression, dict]:
     """C (and, with ``layer_grid``, the hidden states used) with the best validation UA (ties: the stronger
     regularisation, then fewer layers), then refitted on training + validation (``refit``; else the fit on training
     alone, for a model whose training goes on to be judged on validation). Without validation utterances the middle
@@ -140,7 +144,7 @@ def choose_and_fit(train: tuple, val: tuple, labels, c_grid, log=None, *, refit:
     if len(y_val):
         for layers, c in _candidates(c_grid, layer_grid):
             columns = layer_columns(layers, x_train.shape[1], num_layers)
-            scaler, model = fits[layers, c] = fit_logistic(x_train[:, columns], y_train, c)
+            scaler, model = fits[layers, c] = fit(x_train[:, columns], y_train, c)
             predicted = model.predict(scaler.transform(x_val[:, columns])).tolist()
             val_ua[layers, c] = score(y_val.tolist(), predicted, labels).ua
             if log:
@@ -153,8 +157,7 @@ def choose_and_fit(train: tuple, val: tuple, labels, c_grid, log=None, *, refit:
     # the validation speakers as the fit on training speakers alone sees them
     out_of_sample = (all_class_probabilities(*fits[best], x_val[:, columns], len(labels)), y_val) if val_ua else None
     if refit or not val_ua:
-        scaler, model = fit_logistic(np.concatenate([x_train, x_val])[:, columns], np.concatenate([y_train, y_val]),
-                                     best[1])
+        scaler, model = fit(np.concatenate([x_train, x_val])[:, columns], np.concatenate([y_train, y_val]), best[1])
     else:
         scaler, model = fits[best]
     record = _choice_record(val_ua, best, layer_grid if val_ua else None)
@@ -191,7 +194,7 @@ def load_logistic(model, scaler: StandardScaler, logistic: LogisticRegression, c
 
 
 def _fit_on_statistics(pool, data, batch_size: int, c_grid, log=None, refit: bool = True,
-                       choose_by: str = "speakers", layer_grid=None, num_layers: int = 1):
+                       choose_by: str = "speakers", layer_grid=None, num_layers: int = 1, fit=fit_logistic):
     """The pooled features of the fold's training and validation utterances, checked, then C chosen on validation
     (:func:`choose_and_fit`) or on each training corpus held out in turn (:func:`choose_by_held_out_corpus`)."""
     t0 = time.perf_counter()
@@ -209,9 +212,9 @@ def _fit_on_statistics(pool, data, batch_size: int, c_grid, log=None, refit: boo
         ids = [item[1] for item in data.train.items] + [item[1] for item in data.val.items]
         return choose_by_held_out_corpus(np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]),
                                          np.array([corpus_of[source_id(i)] for i in ids]), data.labels, c_grid, log,
-                                         layer_grid, num_layers)
+                                         layer_grid, num_layers, fit)
     return choose_and_fit(train, val, data.labels, c_grid, log, refit=refit, layer_grid=layer_grid,
-                          num_layers=num_layers)
+                          num_layers=num_layers, fit=fit)
 
 
 @torch.no_grad()
@@ -245,8 +248,10 @@ def fit_closed_form(model, data, batch_size: int, log=None, choose_by: str = "sp
         raise TrainingError(None, f"head.layer_grid {layer_grid}: each entry is a non-empty list of hidden states "
                                   f"0..{num_layers - 1} of the store's {num_layers}"
                                   + (f" ({', '.join(map(str, wrong))} is not)" if wrong else ""))
+    fit = partial(fit_logistic, class_weight=None if model.config.class_weight == "none" else "balanced")
     scaler, logistic, chosen = _fit_on_statistics(model.pooled, data, batch_size, model.config.c_grid, log,
-                                                  choose_by=choose_by, layer_grid=layer_grid, num_layers=num_layers)
+                                                  choose_by=choose_by, layer_grid=layer_grid, num_layers=num_layers,
+                                                  fit=fit)
     columns = layer_columns(tuple(chosen["layers"]) if "layers" in chosen else None,
                             model.head.weight.shape[1], num_layers)
     load_logistic(model, scaler, logistic, columns)
