@@ -60,6 +60,8 @@ def test_export_writes_a_hub_repository_with_a_card_the_hub_reads(hub_cache):
     with pytest.raises(EmoadaptError, match="exists and is not empty"):
         from emoadapt.modelfolder.hub import save_pretrained
         save_pretrained(folder, folder)
+    with pytest.raises(EmoadaptError, match="is a file"):
+        save_pretrained(folder, folder / "README.md")
 
 
 def test_from_pretrained_finds_the_cached_model_offline_and_pins_revisions(hub_cache, offline):

@@ -81,6 +81,8 @@ def save_pretrained(model: str | os.PathLike, out: str | os.PathLike, *, license
     ``results``: a cv ``results.json`` whose means go into the card's metrics (else only validation UA)."""
     folder, info = read_classifier(model)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise EmoadaptError(out, "is a file: --out names the folder to write the Hub repository into")
     if out.exists() and any(out.iterdir()) and not force:
         raise EmoadaptError(out, "the folder exists and is not empty: choose another --out, or --force to replace "
                                  "the model files in it")
