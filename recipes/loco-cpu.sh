@@ -5,8 +5,8 @@
 #   recipes/loco-cpu.sh [ROW ...]      # no ROW: all of them, in this order; `recipes/loco-cpu.sh --list`
 #
 # ROW is loco-features, loco-stats, loco-stats-choose-corpus, loco-stats-layers, loco-stats-balanced,
-# loco-stats-balanced-wide, loco-stats-speaker, loco-references, loco-adapter, loco-stage1-pairs (not in the default list: 9 stage-1 and 18
-# stage-2 runs, hours on a CPU; SEEDS, default "0 1 2").
+# loco-stats-balanced-wide, loco-stats-speaker, loco-references, loco-adapter, loco-stage1-pairs (not in the default
+# list: 9 stage-1 and 18 stage-2 runs, hours on a CPU; SEEDS, default "0 1 2").
 # Environment: DATA (default ../shared/data), WORK (default runs), EMOADAPT (default `emoadapt`), PYTHON (default
 # python). Every command resumes after an interruption and skips what is finished: re-run the same line.
 set -euo pipefail
