@@ -5,8 +5,8 @@
 #   recipes/loco-cpu.sh [ROW ...]      # no ROW: all of them, in this order; `recipes/loco-cpu.sh --list`
 #
 # ROW is loco-features, loco-stats, loco-stats-choose-corpus, loco-stats-layers, loco-stats-balanced,
-# loco-stats-balanced-wide, loco-stats-speaker, loco-references, loco-adapter, loco-stage1-pairs (not in the default
-# list: 9 stage-1 and 18 stage-2 runs, hours on a CPU; SEEDS, default "0 1 2").
+# loco-stats-balanced-wide, loco-stats-balanced-wider, loco-stats-speaker, loco-references, loco-adapter,
+# loco-stage1-pairs (not in the default list: 9 stage-1 and 18 stage-2 runs, hours on a CPU; SEEDS, default "0 1 2").
 # Environment: DATA (default ../shared/data), WORK (default runs), EMOADAPT (default `emoadapt`), PYTHON (default
 # python). Every command resumes after an interruption and skips what is finished: re-run the same line.
 set -euo pipefail
@@ -40,6 +40,10 @@ row() {
         loco-stats-balanced-wide)  # the same with C from a wider grid (still chosen on the training corpora)
             "${emoadapt[@]}" cv "${loco[@]}" --set choose_by=corpus --set "head.c_grid=[0.001,0.003,0.01,0.03,0.1]" \
                 --set head.class_weight=balanced --out "$out/stats-balanced-wide" ;;
+        loco-stats-balanced-wider)  # the wide grid put C at its upper edge for one target: up to 1
+            "${emoadapt[@]}" cv "${loco[@]}" --set choose_by=corpus \
+                --set "head.c_grid=[0.001,0.003,0.01,0.03,0.1,0.3,1.0]" --set head.class_weight=balanced \
+                --out "$out/stats-balanced-wider" ;;
         loco-stats-speaker)  # speaker-normalised; tested without a reference (the training population's statistics)
             "${emoadapt[@]}" cv "${loco[@]}" "${grid[@]}" --normalize speaker --set calibration.scope=none \
                 --out "$out/stats-speaker" ;;
@@ -61,7 +65,7 @@ row() {
     esac
 }
 
-all=(loco-features loco-stats loco-stats-choose-corpus loco-stats-layers loco-stats-balanced loco-stats-balanced-wide loco-stats-speaker loco-references loco-adapter)
+all=(loco-features loco-stats loco-stats-choose-corpus loco-stats-layers loco-stats-balanced loco-stats-balanced-wide loco-stats-balanced-wider loco-stats-speaker loco-references loco-adapter)
 if [[ ${1:-} == --list ]]; then printf '%s\n' "${all[@]}"; exit 0; fi
 if (( $# )); then rows=("$@"); else rows=("${all[@]}"); fi
 for r in "${rows[@]}"; do row "$r"; done
