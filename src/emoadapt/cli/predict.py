@@ -112,7 +112,7 @@ class Output:
         self.width = max([len(i.path) for i in inputs] + [6])
         self.normalizations: set[str] = set()
         if args.csv:
-            self._write(csv_text([], self.labels).rstrip("\n"))
+            self._write(csv_line(csv_header(self.labels)))
 
     def add(self, item: Input, result) -> None:
         if isinstance(result, Exception):
@@ -124,9 +124,10 @@ class Output:
         if self.args.jsonl:
             self._write(json.dumps(self._record(item, result)))
         elif self.args.csv:
-            self._write(csv_text([(item, result)], self.labels).split("\n", 1)[1].rstrip("\n"))
+            for row in csv_rows(result, self.labels):
+                self._write(csv_line(row))
         elif not self.args.json:
-            self._write(table_text([(item, result)], self.args.top_k, self.width, footer=False).rstrip("\n"))
+            self._write("\n".join(table_lines(result, self.args.top_k, self.width)))
 
     def finish(self, done, failed) -> None:
         if self.args.json:
@@ -166,40 +167,44 @@ def expand_inputs_paths(specs: list[str]) -> list[str]:
     return [i.path for i in expand_inputs(specs)]
 
 
-def table_text(done, top_k: int, width: int | None = None, *, footer: bool = True) -> str:
-    lines = []
-    width = width or max([len(r.source) for _, r in done] + [6])
-    for item, r in done:
-        top = ", ".join(f"{label} {p:.2f}" for label, p in r.top(top_k))
-        speech = f", speech {100 * r.speech['ratio']:.0f} %" if r.speech else ""
-        lines.append(f"{r.source:<{width}}  {r.label or '-':<10}  {top}  ({r.duration:.1f} s{speech})")
-        if r.abstained:
-            lines.append(f"{'':<{width}}    no label: {r.abstained}")
-        if r.segments:
-            held = ", ".join(f"{c} {v:.0%}" for c, v in sorted(r.shares.items(), key=lambda kv: -kv[1]) if v > 0)
-            lines.append(f"{'':<{width}}    speech time: {held}" + ("  (mixed)" if r.mixed else ""))
-        for s in r.segments:
-            best = max(s.probabilities.values())
-            lines.append(f"{'':<{width}}    {s.start:7.2f}-{s.end:7.2f} s  {s.label:<10} {best:.2f}")
-        lines += [f"{'':<{width}}    warning: {note}" for note in r.warnings]
-    normalizations = sorted({r.normalization for _, r in done})
-    if normalizations and footer:
-        lines.append("normalization: " + "; ".join(normalizations))
-    return "\n".join(lines) + ("\n" if lines else "")
+def table_lines(r, top_k: int, width: int) -> list[str]:
+    """One recording's rows of the table: its label and top classes, then what to know (no label, the speech time,
+    the segments, warnings), indented under it."""
+    top = ", ".join(f"{label} {p:.2f}" for label, p in r.top(top_k))
+    speech = f", speech {100 * r.speech['ratio']:.0f} %" if r.speech else ""
+    lines = [f"{r.source:<{width}}  {r.label or '-':<10}  {top}  ({r.duration:.1f} s{speech})"]
+    if r.abstained:
+        lines.append(f"{'':<{width}}    no label: {r.abstained}")
+    if r.segments:
+        held = ", ".join(f"{c} {v:.0%}" for c, v in sorted(r.shares.items(), key=lambda kv: -kv[1]) if v > 0)
+        lines.append(f"{'':<{width}}    speech time: {held}" + ("  (mixed)" if r.mixed else ""))
+    for s in r.segments:
+        best = max(s.probabilities.values())
+        lines.append(f"{'':<{width}}    {s.start:7.2f}-{s.end:7.2f} s  {s.label:<10} {best:.2f}")
+    return lines + [f"{'':<{width}}    warning: {note}" for note in r.warnings]
 
 
-def csv_text(done, labels: list[str]) -> str:
+def csv_header(labels: list[str]) -> list[str]:
+    return ["source", "segment", "start", "end", "label", *[f"p_{c}" for c in labels], "shares", "abstained",
+            "mixed", "speech_ratio", "speech_flag", "normalization", "warnings"]
+
+
+def csv_rows(r, labels: list[str]) -> list[list]:
+    """One row for the recording, then one per segment."""
+    notes = " | ".join(r.warnings)
+    speech = [r.speech["ratio"], r.speech["flag"]] if r.speech else ["", ""]
+    held = " ".join(f"{c}={v:.4f}" for c, v in r.shares.items())  # share of the speech time per class
+    rows = [[r.source, "", 0.0, r.duration, r.label or "", *[f"{r.probabilities[c]:.5f}" for c in labels],
+             held, r.abstained or "", int(r.mixed), *speech, r.normalization, notes]]
+    for n, s in enumerate(r.segments, start=1):
+        rows.append([r.source, n, s.start, s.end, s.label, *[f"{s.probabilities[c]:.5f}" for c in labels],
+                     "", "", "", "", "", r.normalization, notes])
+    return rows
+
+
+def csv_line(values: list) -> str:
+    """One CSV record as the csv module writes it, less the final newline, which the writer adds (the \\r of the
+    module's \\r\\n line ending stays, so the stream's lines end as before)."""
     buffer = io.StringIO()
-    w = csv.writer(buffer)
-    w.writerow(["source", "segment", "start", "end", "label", *[f"p_{c}" for c in labels], "shares", "abstained",
-                "mixed", "speech_ratio", "speech_flag", "normalization", "warnings"])
-    for _, r in done:
-        notes = " | ".join(r.warnings)
-        speech = [r.speech["ratio"], r.speech["flag"]] if r.speech else ["", ""]
-        held = " ".join(f"{c}={v:.4f}" for c, v in r.shares.items())  # share of the speech time per class
-        w.writerow([r.source, "", 0.0, r.duration, r.label or "", *[f"{r.probabilities[c]:.5f}" for c in labels],
-                    held, r.abstained or "", int(r.mixed), *speech, r.normalization, notes])
-        for n, s in enumerate(r.segments, start=1):
-            w.writerow([r.source, n, s.start, s.end, s.label, *[f"{s.probabilities[c]:.5f}" for c in labels],
-                        "", "", "", "", "", r.normalization, notes])
-    return buffer.getvalue()
+    csv.writer(buffer).writerow(values)
+    return buffer.getvalue().rstrip("\n")

@@ -15,7 +15,7 @@ import re
 import shutil
 from pathlib import Path
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write, atomic_write_text
 from ..errors import EmoadaptError
 from .format import CONFIG, WEIGHTS, read_classifier
 from .reference import REFERENCE
@@ -89,8 +89,7 @@ def save_pretrained(model: str | os.PathLike, out: str | os.PathLike, *, license
     out.mkdir(parents=True, exist_ok=True)
     for name in HUB_FILES:
         if name != CARD and (folder / name).is_file():
-            shutil.copyfile(folder / name, out / f".{name}.tmp")
-            os.replace(out / f".{name}.tmp", out / name)
+            atomic_write(out / name, lambda tmp, source=folder / name: shutil.copyfile(source, tmp))
     atomic_write_text(out / CARD, model_card(folder, info, license=license, datasets=datasets,
                                              results=_read_results(results) if results else None))
     return out
