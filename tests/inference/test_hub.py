@@ -146,6 +146,10 @@ def test_export_format_hub_from_the_command_line(trained, tmp_path, capsys):
     assert "emoadapt push" in capsys.readouterr().out and (out / "README.md").is_file()
     assert cli.main(["export", "--model", str(models["global"]), "--format", "hub"]) == 2
     assert "--format hub needs --out" in capsys.readouterr().err
+    (tmp_path / "junk.json").write_text("not json")
+    assert cli.main(["export", "--model", str(models["global"]), "--format", "hub", "--out", str(tmp_path / "none"),
+                     "--results", str(tmp_path / "junk.json")]) == 2
+    assert "not a results.json of a cv run" in capsys.readouterr().err and not (tmp_path / "none").exists()
 
 
 @pytest.mark.parametrize("error, message", [

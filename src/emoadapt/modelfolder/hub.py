@@ -80,6 +80,7 @@ def save_pretrained(model: str | os.PathLike, out: str | os.PathLike, *, license
     ``license``: an SPDX id or "other" (the Hub's metadata field); ``datasets``: Hub dataset ids or corpus names;
     ``results``: a cv ``results.json`` whose means go into the card's metrics (else only validation UA)."""
     folder, info = read_classifier(model)
+    figures = _read_results(results) if results else None  # a bad --results is refused before anything is written
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise EmoadaptError(out, "is a file: --out names the folder to write the Hub repository into")
@@ -91,7 +92,7 @@ def save_pretrained(model: str | os.PathLike, out: str | os.PathLike, *, license
         if name != CARD and (folder / name).is_file():
             atomic_write(out / name, lambda tmp, source=folder / name: shutil.copyfile(source, tmp))
     atomic_write_text(out / CARD, model_card(folder, info, license=license, datasets=datasets,
-                                             results=_read_results(results) if results else None))
+                                             results=figures))
     return out
 
 
