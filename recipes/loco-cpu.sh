@@ -5,8 +5,10 @@
 #   recipes/loco-cpu.sh [ROW ...]      # no ROW: all of them, in this order; `recipes/loco-cpu.sh --list`
 #
 # ROW is loco-features, loco-stats, loco-stats-choose-corpus, loco-stats-layers, loco-stats-balanced,
-# loco-stats-balanced-wide, loco-stats-balanced-wider, loco-stats-speaker, loco-references, loco-adapter,
-# loco-stage1-pairs (not in the default list: 9 stage-1 and 18 stage-2 runs, hours on a CPU; SEEDS, default "0 1 2").
+# loco-stats-balanced-wide, loco-stats-balanced-wider, loco-stats-speaker, loco-references,
+# loco-stats-speaker-balanced, loco-references-balanced, loco-adapter,
+# loco-stage1-pairs (not in the default list: 9 stage-1 and 18 stage-2 runs, hours on a CPU; SEEDS, default "0 1 2") and
+# loco-stage1-sources (its control, not in the default list either).
 # Environment: DATA (default ../shared/data), WORK (default runs), EMOADAPT (default `emoadapt`), PYTHON (default
 # python). Every command resumes after an interruption and skips what is finished: re-run the same line.
 set -euo pipefail
@@ -50,6 +52,14 @@ row() {
         loco-references)  # every reference condition x setting on the speaker model; the setting chosen per target
             "${python[@]}" tools/reference_conditions.py --corpus "$corpus" --store "$store" --run "$out/stats-speaker" \
                 --json "$out/references.json" ;;
+        loco-stats-speaker-balanced)  # speaker-normalised with the best settings without a reference: balanced weights,
+            # the wide C grid chosen with each training corpus held out
+            "${emoadapt[@]}" cv "${loco[@]}" --set choose_by=corpus --set "head.c_grid=[0.001,0.003,0.01,0.03,0.1]" \
+                --set head.class_weight=balanced --normalize speaker --set calibration.scope=none \
+                --out "$out/stats-speaker-balanced" ;;
+        loco-references-balanced)  # every reference condition x setting on that model
+            "${python[@]}" tools/reference_conditions.py --corpus "$corpus" --store "$store" \
+                --run "$out/stats-speaker-balanced" --json "$out/references-balanced.json" ;;
         loco-adapter)  # the trained adapter (stage 2 alone, the CPU-sized config), epochs chosen on validation speakers
             "${emoadapt[@]}" cv --corpus "$corpus" --store "$store" --protocol corpus --recipe adapter --config cpu \
                 --seed 0 --no-progress --out "$out/adapter-s0" ;;
@@ -61,14 +71,20 @@ row() {
                 "${emoadapt[@]}" cv --corpus "$corpus" --store "$store" --protocol corpus --recipe full --config cpu \
                     --set pretrain.test_audio=true --seed "$seed" --no-progress --out "$out/full-test-audio-s$seed"
             done ;;
+        loco-stage1-sources)  # the control for those pairs: the same stage 1 on the sources' audio alone (it separates
+            # "pre-training" from "pre-training on the target"); SEEDS as above
+            for seed in ${SEEDS:-0 1 2}; do
+                "${emoadapt[@]}" cv --corpus "$corpus" --store "$store" --protocol corpus --recipe full --config cpu \
+                    --seed "$seed" --no-progress --out "$out/full-sources-s$seed"
+            done ;;
         *) echo "unknown row $1 (see recipes/loco-cpu.sh --list)" >&2; return 2 ;;
     esac
 }
 
-all=(loco-features loco-stats loco-stats-choose-corpus loco-stats-layers loco-stats-balanced loco-stats-balanced-wide loco-stats-balanced-wider loco-stats-speaker loco-references loco-adapter)
+all=(loco-features loco-stats loco-stats-choose-corpus loco-stats-layers loco-stats-balanced loco-stats-balanced-wide loco-stats-balanced-wider loco-stats-speaker loco-references loco-stats-speaker-balanced loco-references-balanced loco-adapter)
 if [[ ${1:-} == --list ]]; then printf '%s\n' "${all[@]}"; exit 0; fi
 if (( $# )); then rows=("$@"); else rows=("${all[@]}"); fi
 for r in "${rows[@]}"; do row "$r"; done
 runs=()
-for run in "$out"/stats* "$out"/adapter-s* "$out"/full-test-audio-s*; do [[ -f $run/results.json ]] && runs+=("$run"); done
+for run in "$out"/stats* "$out"/adapter-s* "$out"/full-test-audio-s* "$out"/full-sources-s*; do [[ -f $run/results.json ]] && runs+=("$run"); done
 if (( ${#runs[@]} )); then "${emoadapt[@]}" compare "${runs[@]}"; fi

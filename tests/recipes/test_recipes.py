@@ -112,3 +112,43 @@ def test_results_recipe_gives_one_command_per_row(tmp_path):
     assert len(listed) == 42 and all(len(commands(r)) >= 1 for r in listed)
     bad = subprocess.run(["bash", str(script), "nope"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown row nope" in bad.stderr
+
+
+def test_loco_recipe_gives_one_command_per_row(tmp_path):
+    """recipes/loco-cpu.sh with `echo` in place of emoadapt: every leave-one-corpus-out row of docs/RESULTS.md runs
+    `cv --protocol corpus` on the merged corpus, each with its own settings and output folder."""
+    script = RECIPE.parent / "loco-cpu.sh"
+    env = {**os.environ, "EMOADAPT": "echo emoadapt", "PYTHON": "echo python", "WORK": str(tmp_path), "SEEDS": "0 2"}
+
+    def commands(*rows):
+        done = subprocess.run(["bash", str(script), *rows], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()
+
+    loco = tmp_path / "loco"
+    merge, extract = commands("loco-features")
+    assert merge.startswith("emoadapt merge ../shared/data/ravdess ../shared/data/emovo ../shared/data/ased")
+    assert merge.endswith(f"--label-map shared7 --out {loco}/ravdess-emovo-ased")
+    assert extract == f"emoadapt extract {loco}/ravdess-emovo-ased --store {loco}/features-whisper-base --no-progress"
+    (loco / "ravdess-emovo-ased").mkdir(parents=True)
+    (loco / "ravdess-emovo-ased" / "manifest.csv").write_text("path,label,speaker,corpus\n")
+    assert len(commands("loco-features")) == 1  # the merge is not redone
+    (speaker,) = commands("loco-stats-speaker-balanced")
+    assert "--protocol corpus --recipe stats" in speaker and "--normalize speaker" in speaker
+    assert "--set head.class_weight=balanced" in speaker and "--set choose_by=corpus" in speaker
+    assert speaker.endswith(f"--out {loco}/stats-speaker-balanced")
+    (references,) = commands("loco-references-balanced")
+    assert references.startswith("python tools/reference_conditions.py") and f"--run {loco}/stats-speaker-balanced" in references
+    pairs = commands("loco-stage1-pairs")
+    assert [c.split("--out ")[1] for c in pairs] == [f"{loco}/{r}" for r in
+                                                   ("adapter-s0", "full-test-audio-s0", "adapter-s2", "full-test-audio-s2")]
+    assert all("pretrain.test_audio=true" in c for c in pairs[1::2]) and "test_audio" not in pairs[0]
+    sources = commands("loco-stage1-sources")
+    assert [c.split("--out ")[1] for c in sources] == [f"{loco}/full-sources-s0", f"{loco}/full-sources-s2"]
+    assert all("--recipe full" in c and "test_audio" not in c for c in sources)
+    listed = subprocess.run(["bash", str(script), "--list"], capture_output=True, text=True).stdout.split()
+    assert "loco-stage1-pairs" not in listed and "loco-references-balanced" in listed
+    outs = [c.split("--out ")[-1] for r in listed[1:] for c in commands(r) if "--out" in c]
+    assert len(outs) == len(set(outs)), "two rows write the same run folder"
+    bad = subprocess.run(["bash", str(script), "nope"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown row nope" in bad.stderr
