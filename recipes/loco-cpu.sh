@@ -7,8 +7,9 @@
 # ROW is loco-features, loco-stats, loco-stats-choose-corpus, loco-stats-layers, loco-stats-balanced,
 # loco-stats-balanced-wide, loco-stats-balanced-wider, loco-stats-speaker, loco-references,
 # loco-stats-speaker-balanced, loco-references-balanced, loco-adapter,
-# loco-stage1-pairs (not in the default list: 9 stage-1 and 18 stage-2 runs, hours on a CPU; SEEDS, default "0 1 2") and
-# loco-stage1-sources (its control, not in the default list either).
+# loco-stage1-pairs (not in the default list: 9 stage-1 and 18 stage-2 runs, hours on a CPU; SEEDS, default "0 1 2"),
+# loco-stage1-frozen, loco-stage1-slowed (stage-2 variants on the pairs' stage 1) and loco-stage1-sources (the
+# pairs' control); none of these is in the default list either.
 # Environment: DATA (default ../shared/data), WORK (default runs), EMOADAPT (default `emoadapt`), PYTHON (default
 # python). Every command resumes after an interruption and skips what is finished: re-run the same line.
 set -euo pipefail
@@ -71,6 +72,16 @@ row() {
                 "${emoadapt[@]}" cv --corpus "$corpus" --store "$store" --protocol corpus --recipe full --config cpu \
                     --set pretrain.test_audio=true --seed "$seed" --no-progress --out "$out/full-test-audio-s$seed"
             done ;;
+        loco-stage1-frozen|loco-stage1-slowed)  # stage-2 variants that keep more of that stage 1: the adapter frozen
+            # for the first 3 of 10 epochs, or at a third of the learning rate; each on the pair's own stage 1
+            # (--stage1-from), so it is paired with the same adapter-s<seed> run; SEEDS as above
+            if [[ $1 == loco-stage1-frozen ]]; then variant=(--set stage2.freeze_adapter_epochs=3); name=frozen
+            else variant=(--set stage2.lr=1e-4); name=slowed; fi
+            for seed in ${SEEDS:-0 1 2}; do
+                "${emoadapt[@]}" cv --corpus "$corpus" --store "$store" --protocol corpus --recipe full --config cpu \
+                    --set pretrain.test_audio=true "${variant[@]}" --seed "$seed" --no-progress \
+                    --stage1-from "$out/full-test-audio-s$seed" --out "$out/full-test-audio-$name-s$seed"
+            done ;;
         loco-stage1-sources)  # the control for those pairs: the same stage 1 on the sources' audio alone (it separates
             # "pre-training" from "pre-training on the target"); SEEDS as above
             for seed in ${SEEDS:-0 1 2}; do
@@ -86,5 +97,5 @@ if [[ ${1:-} == --list ]]; then printf '%s\n' "${all[@]}"; exit 0; fi
 if (( $# )); then rows=("$@"); else rows=("${all[@]}"); fi
 for r in "${rows[@]}"; do row "$r"; done
 runs=()
-for run in "$out"/stats* "$out"/adapter-s* "$out"/full-test-audio-s* "$out"/full-sources-s*; do [[ -f $run/results.json ]] && runs+=("$run"); done
+for run in "$out"/stats* "$out"/adapter-s* "$out"/full-test-audio-* "$out"/full-sources-s*; do [[ -f $run/results.json ]] && runs+=("$run"); done
 if (( ${#runs[@]} )); then "${emoadapt[@]}" compare "${runs[@]}"; fi

@@ -268,6 +268,31 @@ def test_stage1_on_the_test_audio_is_a_labelled_protocol_of_its_own(data, tmp_pa
         run_cv(merged, store, "adapter", tmp_path / "adapter", config=config, protocol="corpus", progress=False,
                log=lambda *_: None)
 
+    # a stage-2 variant on that run's stage 1 (--stage1-from): no stage 1 of its own, started from that teacher
+    frozen = load_config(None, ["stage2.freeze_adapter_epochs=1"], base=config)
+    said = []
+    variant = run_cv(merged, store, "full", tmp_path / "frozen", folds=[2], config=frozen, protocol="corpus",
+                     progress=False, log=said.append, stage1_from=tmp_path)
+    assert not (tmp_path / "frozen" / "fold_2" / "stage1").exists() and f"fold 2: stage 1 from {stage1}" in said
+    assert json.loads((tmp_path / "frozen" / "fold_2" / "results.json").read_text())["init"]["path"] == str(stage1)
+    assert variant["stage1_from"] == {"run": str(tmp_path), "test_audio": True}
+    assert variant["protocol"]["stage1_test_audio"]  # still tabled apart
+    for settings, message in (([], "other settings \\(pretrain\\)"),  # without test_audio: another stage 1
+                              (["pretrain.test_audio=true", "seed=3"], "other settings \\(seed\\)")):
+        with pytest.raises(EmoadaptError, match=message):
+            run_cv(merged, store, "full", tmp_path / "other", folds=[2], config=load_config(None, settings,
+                   base=tiny_config()), protocol="corpus", progress=False, stage1_from=tmp_path)
+    with pytest.raises(EmoadaptError, match="stage 1 of fold 1 is not finished"):
+        run_cv(merged, store, "full", tmp_path / "other", folds=[1], config=config, protocol="corpus",
+               progress=False, stage1_from=tmp_path)
+    with pytest.raises(EmoadaptError, match="another corpus or protocol"):
+        run_cv(merged, store, "full", tmp_path / "other", folds=[2], config=config, progress=False,
+               stage1_from=tmp_path)
+    with pytest.raises(EmoadaptError, match="needs a `cv --recipe full` run"):
+        run_cv(merged, store, "full", tmp_path / "other", folds=[2], config=config, protocol="corpus",
+               progress=False, stage1_from=tmp_path / "fold_2")
+    assert not (tmp_path / "other").exists()
+
 
 def test_a_corpus_without_folds_gets_speaker_folds_and_final_trains_the_model_to_deploy(data, tmp_path):
     from dataclasses import replace

@@ -215,7 +215,8 @@ def cmd_cv(args) -> int:
     corpus = _corpus(args)
     run_cv(corpus, args.store, args.recipe, args.out, folds=_folds(args.folds), config=_run_config(args),
            extra_unlabeled_stores=args.unlabeled_store, stage1=args.stage1, protocol=args.protocol,
-           progress=not args.no_progress, augmented=args.augmented_store, final=args.final)
+           progress=not args.no_progress, augmented=args.augmented_store, final=args.final,
+           stage1_from=args.stage1_from)
     print(f"results: {Path(args.out) / 'results.json'}  confusion: {Path(args.out) / 'confusion.png'}")
     if args.final:
         print(f"model to deploy: {Path(args.out) / 'final'}  (emoadapt predict AUDIO --model {Path(args.out) / 'final'})")

@@ -293,6 +293,9 @@ def _add_training_parsers(sub) -> None:
                    "every speaker with the same settings (<out>/final; what finetune --fold all makes)")
     p.add_argument("--stage1", help="recipe full: a finished `emoadapt pretrain` run on other audio (e.g. the "
                                     "unlabeled pool) used for every fold instead of pre-training per fold")
+    p.add_argument("--stage1-from", metavar="RUN", help="recipe full: another `cv --recipe full` run (same corpus, "
+                   "protocol and stage-1 settings) whose fold k's stage 1 starts fold k's stage 2 here: stage-2 "
+                   "variants on one stage 1")
     _add_training_args(p, stage1=True, stage2=True)
 
     p = sub.add_parser("compare", help="table of cross-validation runs: mean ± std over folds (and seeds: runs "

@@ -22,14 +22,14 @@ from ..corpora import Corpus
 from ..corpora.splits import corpus_folds, speaker_folds
 from ..errors import CorpusError, EmoadaptError
 from ..model import recipe as lookup_recipe
-from ..modelfolder import read_seen, read_stage1_adapter, refuse_on_folds, speakers_of
+from ..modelfolder import CONFIG, read_seen, read_stage1_adapter, refuse_on_folds, speakers_of
 from ..provenance import git_commit, versions
 from ..store.dataset import check_same_features, open_augmented_store, open_corpus, open_store
 from ..store.features import FeatureStore
 from .data import FoldData
 from .metrics import METRICS, CrossValidationReport, Scores
 from .reports import plot_confusion
-from .settings import RunConfig, load_config, validate, with_store_dims
+from .settings import RunConfig, load_config, validate, with_defaults, with_store_dims
 from .stage1 import train_stage1
 from .stage2 import train_stage2
 from .trainer import check_trainer, claim_run_dir, is_global_zero
@@ -51,11 +51,45 @@ def check_shared_stage1(stage1: str | os.PathLike, corpus: Corpus, folds: Sequen
             "updates": info.get("updates"), "utterances": info.get("utterances")}
 
 
+def check_stage1_from(run: str | os.PathLike, config: RunConfig, protocol: dict, folds: Sequence[int]) -> dict:
+    """Another ``cv --recipe full`` run whose per-fold stage 1 this run's stage 2 starts from, so that stage-2
+    variants (the adapter frozen or slowed...) share one stage 1 and are paired by it. It must be a recipe-``full``
+    run on the same corpus and protocol, with the same stage-1 settings (``pretrain``, ``adapter``, ``seed``,
+    ``normalize``, ``standardize``), and each fold's stage 1 must be finished. Returns its description."""
+    run = Path(run)
+    record = run / "config.json"
+    try:
+        theirs = json.loads(record.read_text())
+    except (OSError, ValueError) as e:
+        raise EmoadaptError(run, f"--stage1-from needs a `cv --recipe full` run folder with its config.json ({e})")
+    if theirs.get("stage") != "cv" or theirs.get("recipe") != "full":
+        raise EmoadaptError(run, f"--stage1-from needs a `cv --recipe full` run; this one is "
+                                 f"{theirs.get('stage')} --recipe {theirs.get('recipe')}")
+    def folds_of(record: dict) -> dict:  # the corpus by its resolved folder (a link or a renamed path is the same)
+        return {**{k: v for k, v in record.items() if k not in ("folds", "targets", "corpus", "root")},
+                "root": Path(record.get("root", "")).resolve()}
+    if folds_of(theirs.get("protocol") or {}) != folds_of(protocol):
+        raise EmoadaptError(run, "--stage1-from: that run used another corpus or protocol; its stage 1 belongs to "
+                                 "other folds")
+    ours = config.to_dict()
+    other = with_defaults(theirs.get("config") or {})
+    differ = [k for k in ("pretrain", "adapter", "seed", "normalize", "standardize") if other.get(k) != ours.get(k)]
+    if differ:
+        raise EmoadaptError(run, f"--stage1-from: that run's stage 1 had other settings ({', '.join(differ)}); give "
+                                 f"the same ones (its config.json) so that the stage 1 is the one the run says")
+    missing = [k for k in folds if not (run / f"fold_{k}" / "stage1" / "adapter" / CONFIG).is_file()]
+    if missing:
+        raise EmoadaptError(run, f"--stage1-from: the stage 1 of fold {missing[0]} is not finished there; resume "
+                                 f"that run first")
+    return {"run": str(run), "test_audio": bool(other.get("pretrain", {}).get("test_audio"))}
+
+
 def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.PathLike, recipe: str,
            out_dir: str | os.PathLike, folds: Sequence[int] | None = None, seed: int | None = None, *,
            config: RunConfig | None = None, overrides: Sequence[str] = (), extra_unlabeled_stores: Sequence = (),
            stage1: str | os.PathLike | None = None, protocol: str = "folds", progress: bool = True,
-           log=print, augmented: FeatureStore | str | os.PathLike | None = None, final: bool = False) -> dict:
+           log=print, augmented: FeatureStore | str | os.PathLike | None = None, final: bool = False,
+           stage1_from: str | os.PathLike | None = None) -> dict:
     """Cross-validation over the corpus's folds (or ``folds``). Per fold: split (validation = whole speakers from
     the training speakers), stage 1 on the fold's training split (+ ``extra_unlabeled_stores``) for recipe
     ``full``, stage 2, test with the best-validation checkpoint; ``fold_<k>/results.json`` is written as each fold
@@ -64,6 +98,8 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
     ``overrides`` ("stage2.lr=3e-4" ...) apply on top of ``config``; ``seed``, when given, on top of both.
     ``stage1`` (recipe ``full`` only): a finished stage-1 run trained on other audio than this corpus (e.g. the
     unlabeled pool), used for every fold instead of pre-training per fold: one stage 1 for all folds and seeds.
+    ``stage1_from`` (recipe ``full``): another cv run of recipe ``full`` whose fold k's stage 1 starts fold k's
+    stage 2 here (:func:`check_stage1_from`): stage-2 variants on one stage 1.
     ``protocol`` "folds": the corpus's own (speaker-independent) folds; "corpus": leave-one-corpus-out over a
     merged corpus (``emoadapt merge``): fold k tests the k-th source corpus, trained and validated on the others
     only, and scored over the target's classes both "open" (argmax over every class) and "closed" (over the
@@ -85,6 +121,9 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
     if config.pretrain.test_audio and (not spec.stage1 or stage1 is not None):
         raise EmoadaptError(None, "pretrain.test_audio applies to recipe 'full' pre-training on each fold "
                                   "(without --stage1)")
+    if stage1_from is not None and (not spec.stage1 or stage1 is not None or extras):
+        raise EmoadaptError(None, "--stage1-from applies to recipe 'full' alone, without --stage1 or "
+                                  "--unlabeled-store (its stage 1 was trained already)")
     if stage1 is not None:
         if not spec.stage1:
             raise EmoadaptError(None, f"a shared stage-1 adapter only applies to recipe 'full', not {recipe!r}")
@@ -123,11 +162,13 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
         protocol.update(kind="leave-one-corpus-out", targets={str(k): targets[k] for k in folds},
                         validation="whole speakers drawn from the training corpora's speakers, never from the "
                                    "held-out corpus")
+    stage1_source = (check_stage1_from(stage1_from, config, protocol, folds) if stage1_from is not None else None)
     claim_run_dir(out_dir, {"stage": "cv", "recipe": recipe, "config": config.to_dict(), "encoder": encoder,
                             # the folds asked for (and their targets) may change between calls that resume a run
                             "protocol": {k: v for k, v in protocol.items() if k not in ("folds", "targets")},
                             "unlabeled_stores": [str(s.root) for s in extras],
                             "shared_stage1": shared_stage1,
+                            **({"stage1_from": stage1_source["run"]} if stage1_source else {}),
                             **({"augmentation": {"store": str(augmented.root), **augmented.meta["augmentation"]}}
                                if augmented is not None else {})})
     protocol.update(protocol_of(config))
@@ -142,6 +183,9 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
         init = None
         if shared_stage1 is not None:
             init = shared_stage1["path"]
+        elif stage1_source is not None:
+            init = Path(stage1_source["run"]) / fold_dir.name / "stage1" / "adapter"
+            log(f"{name}: stage 1 from {init}")
         elif spec.stage1:
             log(f"{name}: stage 1 on {len(data.split['train'])} training utterances"
                 + (f" + the audio of {len(data.split['test'])} test utterances" if config.pretrain.test_audio
@@ -175,7 +219,7 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
         "protocol": protocol, "recipe": recipe, "classes": corpus.labels, "config": config.to_dict(),
         "seed": config.seed, "encoder": encoder, "git": git_commit(), "versions": versions(),
         "unlabeled_stores": [{"root": str(s.root), "utterances": len(s)} for s in extras],
-        "shared_stage1": shared_stage1,
+        "shared_stage1": shared_stage1, "stage1_from": stage1_source,
         "augmentation": ({"store": str(augmented.root), **augmented.meta["augmentation"]} if augmented is not None
                          else None),
         "folds": {str(k): {**summary["folds"][str(k)], "best_val_ua": per_fold[k].get("best_val_ua"),
