@@ -52,7 +52,7 @@ row() {
                 --out "$out/stats-speaker" ;;
         loco-references)  # every reference condition x setting on the speaker model; the setting chosen per target
             "${python[@]}" tools/reference_conditions.py --corpus "$corpus" --store "$store" --run "$out/stats-speaker" \
-                --json "$out/references.json" ;;
+                --settings tau0 tau5 tau5-balance tau20-balance --json "$out/references.json" ;;  # its grid then
         loco-stats-speaker-balanced)  # speaker-normalised with the best settings without a reference: balanced weights,
             # the wide C grid chosen with each training corpus held out
             "${emoadapt[@]}" cv "${loco[@]}" --set choose_by=corpus --set "head.c_grid=[0.001,0.003,0.01,0.03,0.1]" \
