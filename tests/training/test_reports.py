@@ -111,6 +111,9 @@ def test_compare_pools_seeds_of_the_same_settings_only(tmp_path):
     recorded["config"]["stage2"]["mixup_alpha"] = 0.4
     (tmp_path / "adapter-mixup-s2.json").write_text(json.dumps(recorded))
     assert len(compare_runs([a0, tmp_path / "adapter-mixup-s2.json"])) == 2
+    unfinished = _cv_results(tmp_path / "adapter-s3", "adapter", 3, [64])  # fold 1 of 3 done: not pooled
+    (whole, partial) = compare_runs([a0, a1, unfinished])
+    assert whole["seeds"] == [0, 1] and partial["seeds"] == [3] and partial["folds"] == [1]
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "results.json").write_text("{}")
     with pytest.raises(ValueError, match="junk.*not a cross-validation results file"):

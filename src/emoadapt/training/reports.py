@@ -17,7 +17,7 @@ from .settings import config_from_record, with_defaults
 def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
     """Cross-validation runs (folders with ``results.json``, or such files, e.g. ``docs/results/<run>.json``) grouped
     by everything but the seed — corpus, view, recipe, config (settings added since a run at their defaults), shared
-    stage-1 adapter — one row per group: mean ± std over every (fold, seed) score, the std of the per-seed means,
+    stage-1 adapter, the folds run — one row per group: mean ± std over every (fold, seed) score, the std of the per-seed means,
     and the mean validation UA (the number settings are chosen on; never the test)."""
     groups: dict[str, dict] = {}
     paths = [Path(run) / "results.json" if Path(run).is_dir() else Path(run) for run in run_dirs]
@@ -36,7 +36,9 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
         stage1 = (r.get("shared_stage1") or {}).get("path")
         augmentation = {k: v for k, v in (r.get("augmentation") or {}).items() if k != "store"} or None
         key = json.dumps([protocol["corpus"], protocol.get("view"), protocol.get("kind"), r["recipe"], config,
-                          stage1, r.get("unlabeled_stores"), augmentation], sort_keys=True)
+                          stage1, r.get("unlabeled_stores"), augmentation,
+                          sorted(r["folds"])],  # a run of fewer folds (unfinished) is its own row, never pooled
+                         sort_keys=True)
         g = groups.setdefault(key, {"runs": [], "corpus": protocol["corpus"], "view": protocol.get("view"),
                                     "recipe": r["recipe"], "shared_stage1": stage1, "scores": {}, "val_ua": [],
                                     "protocol": protocol_name(protocol), "targets": protocol.get("targets"),
@@ -94,7 +96,9 @@ def protocol_name(protocol: dict) -> str:
     if protocol.get("stage1_test_audio"):
         rest = protocol_name({k: v for k, v in protocol.items() if k != "stage1_test_audio"}
                              | {"speaker_independent": not protocol.get("calibration")})
-        return f"stage 1 on the test utterances' unlabeled audio; {rest}"
+        # its test speakers were heard (unlabeled), so "speaker-independent" would mislead: say what was not used
+        return ("stage 1 on the test utterances' unlabeled audio; "
+                + ("no speaker reference" if rest == "speaker-independent" else rest))
     if protocol.get("speaker_independent", True):
         return "speaker-independent"
     calibration = protocol.get("calibration") or {}
