@@ -196,6 +196,8 @@ def main(argv=None) -> int:
         summary["targets"][name] = {"fold": fold, "chosen": chosen, "choice": rows, "C": chosen_c, "closed_ua": table}
         print(f"{name}: chosen on {', '.join(inner_targets.values())}: {chosen}", flush=True)
     print(table_text(summary))
+    print()
+    print(summary_text(summary))
     if args.json:
         from emoadapt.atomic import atomic_write_json
         atomic_write_json(summary, args.json)
@@ -222,6 +224,24 @@ def table_text(summary: dict) -> str:
                 cells.append(f"{ua:.2f}" + ("*" if use == chosen and setting else ""))
             mean = np.mean([targets[n]["closed_ua"][setting or targets[n]["chosen"]][condition] for n in names])
             out.append(f"| {label} | {condition} | " + " | ".join(cells) + f" | {mean:.2f} | {min(gains):+.2f} |")
+    return "\n".join(out)
+
+
+def summary_text(summary: dict) -> str:
+    """Markdown as in docs/RESULTS.md: per setting, the mean closed UA over the targets in each condition, and the
+    worst target's gain over no reference; then the same for the setting chosen per target ("chosen")."""
+    targets = summary["targets"]
+    conditions_ = sorted(summary["conditions"], key=[*conditions(), *summary["conditions"]].index)  # none first
+    out = ["| setting | " + " | ".join(conditions_) + " |", "|---|" + "---|" * len(conditions_)]
+    settings = sorted(summary["settings"], key=[*SETTINGS, *summary["settings"]].index)
+    for label, setting in [*((s, s) for s in settings), ("chosen per target", None)]:
+        def ua(name, condition):
+            return targets[name]["closed_ua"][setting or targets[name]["chosen"]][condition]
+        means = [np.mean([ua(n, c) for n in targets]) for c in conditions_]
+        worst = [min(ua(n, c) - ua(n, "none") for n in targets) for c in conditions_]
+        out.append(f"| {label}, mean | " + " | ".join(f"{m:.2f}" for m in means) + " |")
+        out.append(f"| {label}, worst gain | " + " | ".join("0" if c == "none" else f"{w:+.2f}"
+                                                             for c, w in zip(conditions_, worst)) + " |")
     return "\n".join(out)
 
 

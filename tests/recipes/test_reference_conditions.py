@@ -41,6 +41,13 @@ def test_reference_conditions_choose_on_training_corpora_and_measure_the_target(
         assert name not in inner["protocol"]["targets"].values()  # chosen without the target
     table = capsys.readouterr().out
     assert "| auto | only-angry |" in table and table.count("\n| tau0 |") == 4
+    worst = min(t["closed_ua"]["tau0"]["k1"] - t["closed_ua"]["tau0"]["none"] for t in summary["targets"].values())
+    mean = sum(t["closed_ua"]["tau5-balance"]["speaker"] for t in summary["targets"].values()) / 3
+    assert "| setting | none | speaker | k1 | only-angry |" in table  # the RESULTS.md summary, none first
+    cells = {line.split(" | ")[0][2:]: line.strip(" |").split(" | ")[1:] for line in table.splitlines()
+             if ", mean |" in line or ", worst gain |" in line}
+    assert cells["tau0, worst gain"][0] == "0" and cells["tau0, worst gain"][2] == f"{worst:+.2f}"
+    assert cells["tau5-balance, mean"][1] == f"{mean:.2f}" and len(cells) == 2 * 3  # 2 settings + the choice
     evaluations = sorted((tmp_path / "run" / "references").rglob("*.json"))
     assert len(evaluations) == 3 * 3 * 2 * 4  # 3 targets x (2 inner folds + the target) x settings x conditions
     from emoadapt.training.evaluate import evaluate  # the fast path gives what `emoadapt evaluate` gives
