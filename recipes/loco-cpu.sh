@@ -8,8 +8,8 @@
 # loco-stats-balanced-wide, loco-stats-balanced-wider, loco-stats-speaker, loco-references,
 # loco-stats-speaker-balanced, loco-references-balanced, loco-adapter,
 # loco-stage1-pairs (not in the default list: 9 stage-1 and 18 stage-2 runs, hours on a CPU; SEEDS, default "0 1 2"),
-# loco-stage1-frozen, loco-stage1-slowed (stage-2 variants on the pairs' stage 1) and loco-stage1-sources (the
-# pairs' control); none of these is in the default list either.
+# loco-stage1-frozen, loco-stage1-slowed, loco-stage1-stats-start (stage-2 variants on the pairs' stage 1) and
+# loco-stage1-sources (the pairs' control); none of these is in the default list either.
 # Environment: DATA (default ../shared/data), WORK (default runs), EMOADAPT (default `emoadapt`), PYTHON (default
 # python). Every command resumes after an interruption and skips what is finished: re-run the same line.
 set -euo pipefail
@@ -81,6 +81,16 @@ row() {
                 "${emoadapt[@]}" cv --corpus "$corpus" --store "$store" --protocol corpus --recipe full --config cpu \
                     --set pretrain.test_audio=true "${variant[@]}" --seed "$seed" --no-progress \
                     --stage1-from "$out/full-test-audio-s$seed" --out "$out/full-test-audio-$name-s$seed"
+            done ;;
+        loco-stage1-stats-start)  # both sides of the pair with the head started as the stats recipe's regression
+            # (head.start_from_statistics): adapter-stats-start-s<seed> without stage 1, and on the pair's stage 1
+            local start=(--set head.input_statistics=true --set head.start_from_statistics=true)
+            for seed in ${SEEDS:-0 1 2}; do
+                "${emoadapt[@]}" cv --corpus "$corpus" --store "$store" --protocol corpus --recipe adapter --config cpu \
+                    "${start[@]}" --seed "$seed" --no-progress --out "$out/adapter-stats-start-s$seed"
+                "${emoadapt[@]}" cv --corpus "$corpus" --store "$store" --protocol corpus --recipe full --config cpu \
+                    --set pretrain.test_audio=true "${start[@]}" --seed "$seed" --no-progress \
+                    --stage1-from "$out/full-test-audio-s$seed" --out "$out/full-test-audio-stats-start-s$seed"
             done ;;
         loco-stage1-sources)  # the control for those pairs: the same stage 1 on the sources' audio alone (it separates
             # "pre-training" from "pre-training on the target"); SEEDS as above

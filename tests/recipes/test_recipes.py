@@ -143,6 +143,13 @@ def test_loco_recipe_gives_one_command_per_row(tmp_path):
     assert [c.split("--out ")[1] for c in pairs] == [f"{loco}/{r}" for r in
                                                    ("adapter-s0", "full-test-audio-s0", "adapter-s2", "full-test-audio-s2")]
     assert all("pretrain.test_audio=true" in c for c in pairs[1::2]) and "test_audio" not in pairs[0]
+    for row, setting in (("loco-stage1-frozen", "stage2.freeze_adapter_epochs=3"), ("loco-stage1-slowed", "stage2.lr=1e-4")):
+        variant = commands(row)  # on each pair's own stage 1, so paired with adapter-s<seed>
+        assert [c.split("--stage1-from ")[1].split()[0] for c in variant] == [f"{loco}/full-test-audio-s{s}" for s in (0, 2)]
+        assert all(setting in c and "pretrain.test_audio=true" in c for c in variant)
+    started = commands("loco-stage1-stats-start")
+    assert all("head.start_from_statistics=true" in c for c in started) and "--stage1-from" not in started[0]
+    assert started[1].endswith(f"--stage1-from {loco}/full-test-audio-s0 --out {loco}/full-test-audio-stats-start-s0")
     sources = commands("loco-stage1-sources")
     assert [c.split("--out ")[1] for c in sources] == [f"{loco}/full-sources-s0", f"{loco}/full-sources-s2"]
     assert all("--recipe full" in c and "test_audio" not in c for c in sources)
