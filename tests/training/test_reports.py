@@ -134,3 +134,32 @@ def test_compare_command_prints_the_paired_differences_against_a_baseline(tmp_pa
     assert len(json.loads((tmp_path / "rows.json").read_text())["rows"]) == 2
     assert cli.main(["compare", str(a0), str(superb), "--baseline", "3"]) == 2
     assert "the table has rows 1 to 2" in capsys.readouterr().err
+
+
+def test_leave_one_corpus_out_runs_pair_on_closed_ua_and_know_a_corpus_by_its_folder(tmp_path):
+    """LOCO rows are paired on the closed UA (their headline), and two runs that reached the same corpus folder
+    through different paths (a link) are the same corpus: paired, not kept apart by the folder's name."""
+    (tmp_path / "merged").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "merged")
+
+    def loco(name, root, open_uas, closed_uas):
+        run = _cv_results(tmp_path / name, "adapter", 0, open_uas)
+        r = json.loads((run / "results.json").read_text())
+        r["protocol"] = {"corpus": Path(root).name, "root": str(root), "kind": "leave-one-corpus-out",
+                         "targets": {"1": "a", "2": "b"}}
+        for k, ua in zip(r["folds"], closed_uas):
+            r["folds"][k]["closed"] = {"ua": ua, "wa": ua, "macro_f1": ua, "weighted_f1": ua}
+        (run / "results.json").write_text(json.dumps(r))
+        return run
+
+    base = loco("adapter-s0", tmp_path / "merged", [40, 30], [50, 30])
+    other = loco("variant-s0", tmp_path / "link", [41, 20], [52, 35])
+    r = json.loads((other / "results.json").read_text())
+    r["config"]["stage2"]["lr"] = 3e-4
+    (other / "results.json").write_text(json.dumps(r))
+    rows = compare_runs([base, other])
+    assert rows[0]["corpus_id"] == rows[1]["corpus_id"] == str((tmp_path / "merged").resolve())
+    assert rows[0]["paired_on"] == "closed UA"
+    text = paired_table(rows, 0)
+    assert text.startswith("closed UA minus that of adapter-s0")
+    assert "variant-s0: +3.50 ± 1.50 over 2 pairs (better in 2, worse in 0)" in text  # +2 and +5 (open: +1, -10)

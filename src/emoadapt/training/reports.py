@@ -35,14 +35,16 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
         seed = config.pop("seed", r.get("seed"))
         stage1 = (r.get("shared_stage1") or {}).get("path")
         augmentation = {k: v for k, v in (r.get("augmentation") or {}).items() if k != "store"} or None
-        key = json.dumps([protocol["corpus"], protocol.get("view"), protocol.get("kind"), r["recipe"], config,
+        # the corpus by its folder when recorded (a link to it is the same corpus, under another name)
+        corpus_id = str(Path(protocol["root"]).resolve()) if protocol.get("root") else protocol["corpus"]
+        key = json.dumps([corpus_id, protocol.get("view"), protocol.get("kind"), r["recipe"], config,
                           stage1, r.get("unlabeled_stores"), augmentation,
                           sorted(r["folds"])],  # a run of fewer folds (unfinished) is its own row, never pooled
                          sort_keys=True)
         g = groups.setdefault(key, {"runs": [], "corpus": protocol["corpus"], "view": protocol.get("view"),
                                     "recipe": r["recipe"], "shared_stage1": stage1, "scores": {}, "val_ua": [],
                                     "protocol": protocol_name(protocol), "targets": protocol.get("targets"),
-                                    "augmentation": augmentation})
+                                    "augmentation": augmentation, "corpus_id": corpus_id})
         if seed in g["scores"]:
             raise ValueError(f"{path}: two runs with the same settings and seed {seed}")
         g["runs"].append(str(path.parent) if path.name == "results.json" else str(path.with_suffix("")))
@@ -50,8 +52,8 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
         g["val_ua"] += [v.get("best_val_ua") for v in r["folds"].values() if v.get("best_val_ua") is not None]
     rows = []
     for g in groups.values():
-        row = {k: g[k] for k in ("runs", "corpus", "view", "recipe", "shared_stage1", "protocol", "targets",
-                                 "augmentation")}
+        row = {k: g[k] for k in ("runs", "corpus", "corpus_id", "view", "recipe", "shared_stage1", "protocol",
+                                 "targets", "augmentation")}
         row["seeds"] = sorted(g["scores"])
         row["folds"] = sorted({int(k) for folds in g["scores"].values() for k in folds})
         for m in METRICS:
@@ -66,7 +68,11 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
                                                    if k in folds]))
                               for kind in ("closed", "open")} for k in map(str, row["folds"])}
         row["val_ua"] = float(np.mean(g["val_ua"])) if g["val_ua"] else None
-        row["ua_by_seed_and_fold"] = {str(seed): {k: v["ua"] for k, v in folds.items()}
+        # leave-one-corpus-out runs are paired on the closed UA (over the target's classes), their headline figure
+        closed_scores = all("closed" in v for folds in g["scores"].values() for v in folds.values())
+        row["paired_on"] = "closed UA" if closed_scores else "UA"
+        row["ua_by_seed_and_fold"] = {str(seed): {k: (v["closed"] if closed_scores else v)["ua"]
+                                                  for k, v in folds.items()}
                                       for seed, folds in g["scores"].items()}
         rows.append(row)
     return rows
@@ -160,9 +166,11 @@ def _run_name(row: dict) -> str:
 def paired_table(rows: list[dict], baseline: int) -> str:
     """Each row against row ``baseline`` (0-based) on the (seed, fold) pairs both have: UA difference."""
     base = rows[baseline]
-    out = [f"UA minus that of {_run_name(base)}, paired by seed and fold:"]
+    out = [f"{base.get('paired_on', 'UA')} minus that of {_run_name(base)}, paired by seed and fold:"]
     for i, r in enumerate(rows):
-        d = None if i == baseline or r["corpus"] != base["corpus"] else paired_difference(r, base)
+        comparable = (r.get("corpus_id", r["corpus"]) == base.get("corpus_id", base["corpus"])
+                      and r.get("paired_on") == base.get("paired_on"))
+        d = None if i == baseline or not comparable else paired_difference(r, base)
         if d:
             out.append(f"  {_run_name(r)}: {d['mean']:+.2f} ± {d['std']:.2f} over {d['pairs']} pairs "
                        f"(better in {d['better']}, worse in {d['worse']})")
