@@ -30,12 +30,17 @@ from .data import FoldData
 from .metrics import METRICS, CrossValidationReport, Scores
 from .reports import plot_confusion
 from .settings import RunConfig, load_config, validate, with_defaults, with_store_dims
-from .stage1 import train_stage1
+from .stage1 import stage1_adapter_dir, train_stage1
 from .stage2 import train_stage2
 from .trainer import check_trainer, claim_run_dir, is_global_zero
 
 
 PROTOCOLS = ("folds", "corpus")  # the corpus's own folds; leave-one-corpus-out
+
+
+def fold_stage1_dir(run: str | os.PathLike, fold_name: str) -> Path:
+    """The stage-1 run folder of one fold (``fold_<k>`` or ``final``) of a ``cv --recipe full`` run."""
+    return Path(run) / fold_name / "stage1"
 
 
 def check_shared_stage1(stage1: str | os.PathLike, corpus: Corpus, folds: Sequence[int]) -> dict:
@@ -77,7 +82,7 @@ def check_stage1_from(run: str | os.PathLike, config: RunConfig, protocol: dict,
     if differ:
         raise EmoadaptError(run, f"--stage1-from: that run's stage 1 had other settings ({', '.join(differ)}); give "
                                  f"the same ones (its config.json) so that the stage 1 is the one the run says")
-    missing = [k for k in folds if not (run / f"fold_{k}" / "stage1" / "adapter" / CONFIG).is_file()]
+    missing = [k for k in folds if not (stage1_adapter_dir(fold_stage1_dir(run, f"fold_{k}")) / CONFIG).is_file()]
     if missing:
         raise EmoadaptError(run, f"--stage1-from: the stage 1 of fold {missing[0]} is not finished there; resume "
                                  f"that run first")
@@ -184,7 +189,7 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
         if shared_stage1 is not None:
             init = shared_stage1["path"]
         elif stage1_source is not None:
-            init = Path(stage1_source["run"]) / fold_dir.name / "stage1" / "adapter"
+            init = stage1_adapter_dir(fold_stage1_dir(stage1_source["run"], fold_dir.name))
             log(f"{name}: stage 1 from {init}")
         elif spec.stage1:
             log(f"{name}: stage 1 on {len(data.split['train'])} training utterances"
@@ -193,7 +198,7 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
                 + (f" + {sum(len(s) for s in extras)} unlabeled" if extras else ""))
             init = train_stage1(data.unlabeled(extras, config.pretrain.max_crop_seconds,
                                                test_audio=config.pretrain.test_audio),
-                                fold_dir / "stage1", config=config, encoder=encoder, speakers=speakers_of(corpus),
+                                fold_stage1_dir(out_dir, fold_dir.name), config=config, encoder=encoder, speakers=speakers_of(corpus),
                                 progress=progress)
         log(f"{name}: stage 2 ({stage2_recipe})")
         train_stage2(data, fold_dir, recipe=stage2_recipe, config=config, encoder=encoder, init=init,

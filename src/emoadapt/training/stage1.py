@@ -105,13 +105,18 @@ def pretrain(stores: Sequence[FeatureStore | str | os.PathLike], out_dir: str | 
                         callbacks=callbacks)
 
 
+def stage1_adapter_dir(run_dir: str | os.PathLike) -> Path:
+    """The model folder a stage-1 run folder (``pretrain --out``, a fold's ``stage1/``) holds once it is finished."""
+    return Path(run_dir) / "adapter"
+
+
 def train_stage1(dataset: FeatureDataset, out_dir: str | os.PathLike, *, config: RunConfig, encoder: dict,
                  speakers: Mapping[str, str] | None = None, progress: bool = True, callbacks: Sequence = ()) -> Path:
     """Stage 1 on ``dataset`` (unlabeled crops; its stores hold ``encoder``'s features) with settings already
     checked (:func:`emoadapt.training.settings.validate` with ``stage1=True``, the trainer's): the loop behind
     :func:`pretrain` and each fold of ``cv --recipe full``. Returns ``out_dir/adapter``."""
     out_dir = Path(out_dir)
-    adapter_dir = out_dir / "adapter"
+    adapter_dir = stage1_adapter_dir(out_dir)
     claim_run_dir(out_dir, {"stage": "pretrain", "config": config.to_dict(), "encoder": encoder,
                              "data": {"stores": [str(s.root) for s in dataset.stores],
                                       "utterances": len(dataset)}})
