@@ -262,9 +262,13 @@ def test_the_bundle_build_chooses_by_leave_one_corpus_out_and_ships_a_model_with
     make_emovo(data / "emovo", sentences=("b1",), seconds=0.6)
     make_ased(data / "ased", speakers=6, seconds=0.6)
     out = tmp_path / "shipped"
+    out.mkdir()
+    (out / "bundle.json").write_text(json.dumps({"edition": script.EDITION - 1}))  # the edition this build replaces
     summary = script.build(data, tmp_path / "work", encoder="whisper-tiny.en", out=out,
                            candidates=["stats", "stats-speaker", "stats-speaker + augmentation"],
                            reference_settings=["tau0", "tau20-balance"])
+    kept = tmp_path / f"edition{script.EDITION - 1}" / "bundle.json"
+    assert json.loads(kept.read_text())["edition"] == script.EDITION - 1 and summary["edition"] == script.EDITION
     rows = summary["candidates"]
     assert set(rows) == {"stats", "stats-speaker", "stats-speaker + augmentation"}
     speaker = [k for k in rows if k.startswith("stats-speaker")]
