@@ -1,7 +1,7 @@
 """`make model`: build the model shipped inside the package (``emoadapt/modelfolder/shipped_models/default``) and its
 model card. A build script of the project, not part of the package.
 
-    python tools/build_shipped_model.py [--data ../shared/data] [--work runs/bundle2] [--config cpu]
+    python tools/build_shipped_model.py [--data ../shared/data] [--work runs/bundle3] [--config cpu]
 
 Third edition (issue 20): the second edition's build (issue 21: three corpora, augmentation, chosen by
 leave-one-corpus-out validation) with the two settings that generalised best in docs/RESULTS.md's leave-one-corpus-out
@@ -142,7 +142,8 @@ def build(data: Path, work: Path, config: str = "cpu", seed: int = 0, out: Path 
     shutil.copytree(work / "final" / "model", out)
     summary = {
         "edition": EDITION, "chosen": chosen, "recipe": "stats", "label_map": LABEL_MAP, "held_out": DEMO_ACTOR,
-        "held_out_speakers": held_out, "config": config, "settings": COMMON, "seed": seed, "augmentation": augmentation.to_meta(),
+        "held_out_speakers": held_out, "config": config, "settings": COMMON, "seed": seed,
+        "augmentation": augmentation.to_meta(),
         "candidates": {k: {"runs": [Path(p).name for p in r["runs"]], "closed_ua": r["closed_ua"], "ua": r["ua"],
                            "by_fold": r["by_fold"], "targets": r["targets"]} for k, r in rows.items()},
         "reference": {"setting": reference_setting, "options": options, "choice": setting_rows,
@@ -275,7 +276,7 @@ def model_card(s: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", help="folder holding ravdess/, emovo/ and ased/ (default ../shared/data or $EMOADAPT_DATA)")
-    p.add_argument("--work", default="runs/bundle2")
+    p.add_argument("--work", default="runs/bundle3")  # bundle2 holds the 2nd edition's runs
     p.add_argument("--config", default="cpu")
     p.add_argument("--robustness", help="a bench/robustness.py JSON to put in the model card")
     p.add_argument("--card-only", action="store_true", help="only rewrite the shipped model's card from its "

@@ -198,8 +198,8 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
                 + (f" + {sum(len(s) for s in extras)} unlabeled" if extras else ""))
             init = train_stage1(data.unlabeled(extras, config.pretrain.max_crop_seconds,
                                                test_audio=config.pretrain.test_audio),
-                                fold_stage1_dir(out_dir, fold_dir.name), config=config, encoder=encoder, speakers=speakers_of(corpus),
-                                progress=progress)
+                                fold_stage1_dir(out_dir, fold_dir.name), config=config, encoder=encoder,
+                                speakers=speakers_of(corpus), progress=progress)
         log(f"{name}: stage 2 ({stage2_recipe})")
         train_stage2(data, fold_dir, recipe=stage2_recipe, config=config, encoder=encoder, init=init,
                      progress=progress, init_heard_test_audio=spec.stage1 and config.pretrain.test_audio
