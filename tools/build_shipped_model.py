@@ -1,12 +1,13 @@
 """`make model`: build the model shipped inside the package (``emoadapt/modelfolder/shipped_models/default``) and its
 model card. A build script of the project, not part of the package.
 
-    python tools/build_shipped_model.py [--data ../shared/data] [--work runs/bundle3] [--config cpu]
+    python tools/build_shipped_model.py [--data ../shared/data] [--work runs/bundle4] [--config cpu]
 
-Third edition (issue 20): the second edition's build (issue 21: three corpora, augmentation, chosen by
-leave-one-corpus-out validation) with the two settings that generalised best in docs/RESULTS.md's leave-one-corpus-out
-rows: classes weighted equally in the fit (``head.class_weight=balanced``) and C from a wider grid; τ = 50 with balance
-joins the reference settings. The edition it replaces is kept beside it (``--model edition2``).
+Fourth edition (issue 20): the third edition's build (the second's — issue 21: three corpora, augmentation, chosen
+by leave-one-corpus-out validation — with classes weighted equally in the fit, ``head.class_weight=balanced``, and C
+from a wider grid) with references that keep the training population's spread and lose the emotion the model hears
+in them (``calibration.spread``, ``remove_emotion``) among the reference settings. The edition it replaces is kept
+beside it (``--model edition3``).
 1. RAVDESS, EMOVO and ASED are mapped onto one label set (``shared7``) and merged; the speakers of :data:`HELD_OUT`
    (RAVDESS Actor_01, whom `make demo` labels, and every 11th ASED speaker) are set aside before anything else:
    nothing below reads them, so they stay a held-out set for ``bench/robustness.py``.
@@ -19,7 +20,8 @@ joins the reference settings. The edition it replaces is kept beside it (``--mod
    among those that can take a reference (speaker-normalised) is chosen; the others are reported beside it.
 4. The chosen run's three fold models are measured under every reference condition and setting
    (``tools/reference_conditions.py``); the setting whose worst gain over no reference, over every condition and
-   target, is largest becomes the model's default (``calibration.shrink`` / ``balance``).
+   target, is largest becomes the model's default (``calibration.shrink``, ``balance``, ``spread``,
+   ``remove_emotion``).
 5. The chosen candidate is trained on every speaker (C and the temperature chosen the same way) and copied with a
    model card into ``emoadapt/modelfolder/shipped_models/default``.
 Every step resumes: a re-run skips what is finished. ``bench/robustness.py`` then compares it with the first edition
@@ -55,11 +57,12 @@ MUSIC = Path("/usr/share/games/fillets-ng/music")  # bench/robustness.py mixes i
 SPEAKER = ["normalize=speaker", "calibration.scope=none"]  # tested without a reference: the population's statistics
 CANDIDATES = {"stats": ([], False), "stats + augmentation": ([], True),  # (settings, with the augmented copies)
               "stats-speaker": (SPEAKER, False), "stats-speaker + augmentation": (SPEAKER, True)}
-EDITION = 3
+EDITION = 4
 ORDINALS = {1: "first", 2: "second", 3: "third", 4: "fourth"}
 COMMON = ["choose_by=corpus", "head.c_grid=[0.001,0.003,0.01,0.03,0.1]", "head.class_weight=balanced"]
 REFERENCE_SETTINGS = {k: reference_conditions.SETTINGS[k]  # the grid this edition is chosen from
-                      for k in ("tau0", "tau5", "tau5-balance", "tau20-balance", "tau50-balance")}
+                      for k in ("tau0", "tau5", "tau5-balance", "tau20-balance", "tau50-balance", "tau5-mean",
+                                "tau0-mean-emotion", "tau5-mean-emotion", "tau20-mean-emotion")}
 
 
 def held_out_speakers(rows) -> list[str]:
@@ -131,8 +134,7 @@ def build(data: Path, work: Path, config: str = "cpu", seed: int = 0, out: Path 
 
     options = REFERENCE_SETTINGS[reference_setting]
     final_settings = load_config(config, [*COMMON, *CANDIDATES[chosen][0], f"seed={seed}",
-                                          f"calibration.shrink={options['shrink']}",
-                                          f"calibration.balance={options['balance']}"])
+                                          *(f"calibration.{k}={v}" for k, v in options.items())])
     print(f"[5/5] {chosen} on every speaker ...", flush=True)
     final = finetune(corpus, store, None, work / "final", recipe="stats", config=final_settings, progress=False,
                      augmented=augmented if CANDIDATES[chosen][1] else None)
@@ -231,6 +233,12 @@ def model_card(s: dict) -> str:
         "them; the global rows are there to compare.", "",
         f"## With a reference (the chosen candidate's fold models; closed UA; setting **{r['setting']}** chosen: the "
         "largest worst gain over no reference)", "",
+        f"The setting: a reference of n clips keeps the weight n / (n + {r['options']['shrink']:g})"
+        f"{', times its balance,' if r['options']['balance'] else ''} against the training population's statistics; "
+        + ("only its mean is used (the population's spread is kept)"
+           if r["options"].get("spread") == "population" else "its own spread is used")
+        + ("; the emotion the model hears in it is taken out of its mean." if r["options"].get("remove_emotion")
+           else "."), "",
         "| setting | condition | " + " | ".join(r["closed_ua"]) + " |", "|---|---|" + "---|" * len(r["closed_ua"]),
     ]
     for setting in r["choice"]:
@@ -276,7 +284,7 @@ def model_card(s: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", help="folder holding ravdess/, emovo/ and ased/ (default ../shared/data or $EMOADAPT_DATA)")
-    p.add_argument("--work", default="runs/bundle3")  # bundle2 holds the 2nd edition's runs
+    p.add_argument("--work", default="runs/bundle4")  # runs/bundle<N> holds the N-th edition's runs
     p.add_argument("--config", default="cpu")
     p.add_argument("--robustness", help="a bench/robustness.py JSON to put in the model card")
     p.add_argument("--card-only", action="store_true", help="only rewrite the shipped model's card from its "

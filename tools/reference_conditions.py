@@ -14,7 +14,9 @@ For each held-out corpus (fold k of the run):
    the chosen setting marked.
 Conditions: no reference; the whole target as one reference; each speaker's own clips (all; k = 1, 5, 20 at
 random); only its neutral clips; only clips of one emotion (the adversarial case; the emotions every corpus has).
-Settings: the shrinkage τ (clips) and whether the reference's balance is weighed. Every evaluation is written as
+Settings: the shrinkage τ (clips), whether the reference's balance is weighed, whose spread is used (the reference's
+or the training population's) and whether the emotion the model hears in the reference is taken out of its mean
+(``calibration.spread``, ``remove_emotion``: :func:`emoadapt.calibration.reference_statistics`). Every evaluation is written as
 JSON under ``<run>/references/``; a re-run reuses them.
 """
 from __future__ import annotations
@@ -32,9 +34,17 @@ CONDITIONS = {"none": {"scope": "none"}, "corpus": {"scope": "corpus"}, "speaker
               "k20": {"scope": "speaker", "clips": 20}, "neutral": {"scope": "speaker", "only_label": "neutral", "if_missing": "none"}}
 EMOTIONS = ("angry", "happy", "sad", "fear")  # one emotion per speaker: the labels every development target has
 # (a speaker with no clip of that emotion gets no reference: calibration.if_missing=none)
-SETTINGS = {"tau0": {"shrink": 0, "balance": False}, "tau5": {"shrink": 5, "balance": False},
-            "tau5-balance": {"shrink": 5, "balance": True}, "tau20-balance": {"shrink": 20, "balance": True},
-            "tau50-balance": {"shrink": 50, "balance": True}}  # the last added after the first runs (they name theirs)
+_OWN = {"spread": "reference", "remove_emotion": False}  # how references were made before calibration.spread
+_MEAN = {"spread": "population", "remove_emotion": False}  # the mean moved, the population's spread kept
+_EMOTION = {"spread": "population", "remove_emotion": True}  # and the emotion heard in the reference taken out
+SETTINGS = {"tau0": {"shrink": 0, "balance": False, **_OWN}, "tau5": {"shrink": 5, "balance": False, **_OWN},
+            "tau5-balance": {"shrink": 5, "balance": True, **_OWN},
+            "tau20-balance": {"shrink": 20, "balance": True, **_OWN},
+            "tau50-balance": {"shrink": 50, "balance": True, **_OWN},  # added after the first runs (they name theirs)
+            "tau5-mean": {"shrink": 5, "balance": False, **_MEAN},
+            "tau0-mean-emotion": {"shrink": 0, "balance": False, **_EMOTION},  # calibration's defaults
+            "tau5-mean-emotion": {"shrink": 5, "balance": False, **_EMOTION},
+            "tau20-mean-emotion": {"shrink": 20, "balance": False, **_EMOTION}}
 CHOICE_CONDITIONS = ("none", "speaker", "k1", "k5", "neutral", "only-angry", "only-sad")  # the choice's (cost: time)
 
 
@@ -85,10 +95,10 @@ def measure(model_dir: Path, corpus, store, fold: int, out: Path, settings: dict
     """closed UA of the stats model in ``model_dir`` on fold ``fold`` under every setting x condition, references
     drawn, shrunk and balanced by emoadapt.calibration's own functions (cached as JSON in ``out``)."""
     from emoadapt.atomic import atomic_write_json
-    from emoadapt.calibration import balance_of, calibration_clips, shrunk
+    from emoadapt.calibration import calibration_clips, reference_statistics
     from emoadapt.corpora.splits import corpus_folds
     from emoadapt.modelfolder import load_classifier
-    from emoadapt.modelfolder.reference import read_population
+    from emoadapt.modelfolder.reference import read_class_offsets, read_population
     from emoadapt.training.evaluate import model_settings
     from emoadapt.training.metrics import closed_predictions, score
     from emoadapt.training.settings import load_config
@@ -96,6 +106,7 @@ def measure(model_dir: Path, corpus, store, fold: int, out: Path, settings: dict
     if loaded.info["build"]["recipe"] != "stats":
         raise SystemExit(f"{model_dir}: the fast path covers the stats recipe only; use `emoadapt evaluate`")
     population, labels = read_population(loaded.folder, loaded.info), loaded.info["labels"]
+    offsets = read_class_offsets(loaded.folder, loaded.info)
     folds = corpus_folds(corpus.rows, corpus.root)[0]
     test = [i for i in folds.split(fold, val_fraction=0).test if i in moments.index]
     by_id = {u.id: u for u in corpus.rows}
@@ -118,11 +129,13 @@ def measure(model_dir: Path, corpus, store, fold: int, out: Path, settings: dict
                     if not chosen:
                         statistics[group], weights[group] = population, 0.0
                         continue
-                    balance = 1.0
-                    if calibration.balance:
-                        balance = balance_of(moments.probabilities(loaded.model, chosen, {i: population for i in chosen}))
-                    statistics[group], weights[group] = shrunk(moments.statistics(chosen), population, len(chosen),
-                                                               calibration.shrink, balance)
+                    if calibration.remove_emotion and offsets is None:
+                        raise SystemExit(f"{model_dir}: no class offsets (trained before calibration.remove_emotion); "
+                                         f"re-train the run, or leave out the settings that remove the emotion")
+                    without = moments.probabilities(loaded.model, chosen, {i: population for i in chosen}) \
+                        if calibration.reads_model else None
+                    statistics[group], weights[group], _ = reference_statistics(
+                        moments.statistics(chosen), population, len(chosen), calibration, without, offsets)
                 group_of = {i: g for g, ids in groups.items() for i in ids}
                 probabilities = moments.probabilities(loaded.model, test, {i: statistics[group_of[i]] for i in test})
                 closed = score(truth, closed_predictions(truth, probabilities), labels)

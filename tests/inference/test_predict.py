@@ -67,7 +67,9 @@ def test_speaker_calibration_matches_evaluate_on_the_speakers_own_clips(trained)
         recognizer.calibrate([u.path for u in clips])
     for u, r in zip(clips, recognizer.predict([u.path for u in clips])):
         assert r.normalization.startswith("speaker (reference of 8 clip(s), kept at weight 1.00")
-        assert r.reference == {"clips": 8, "weight": 1.0, "shrink": 0.0, "balance": 1.0}
+        assert r.reference == {"clips": 8, "weight": 1.0, "shrink": 0.0, "balance": 1.0, "spread": "population",
+                               "emotion_removed": r.reference["emotion_removed"]}
+        assert len(r.reference["emotion_removed"]) == len(corpus.labels)  # the same reference as evaluate's:
         assert np.allclose([r.probabilities[c] for c in corpus.labels], expected[u.id], atol=2e-4), u.id
 
 
@@ -266,7 +268,7 @@ def test_the_bundle_build_chooses_by_leave_one_corpus_out_and_ships_a_model_with
     (out / "bundle.json").write_text(json.dumps({"edition": script.EDITION - 1}))  # the edition this build replaces
     summary = script.build(data, tmp_path / "work", encoder="whisper-tiny.en", out=out,
                            candidates=["stats", "stats-speaker", "stats-speaker + augmentation"],
-                           reference_settings=["tau0", "tau20-balance"])
+                           reference_settings=["tau0", "tau20-balance", "tau5-mean-emotion"])
     kept = tmp_path / f"edition{script.EDITION - 1}" / "bundle.json"
     assert json.loads(kept.read_text())["edition"] == script.EDITION - 1 and summary["edition"] == script.EDITION
     rows = summary["candidates"]
@@ -282,12 +284,15 @@ def test_the_bundle_build_chooses_by_leave_one_corpus_out_and_ships_a_model_with
     assert len(seen["speakers"]) == 3 + 6 + 5
     model = json.loads((out / "model.json").read_text())
     assert model["config"]["normalize"] == "speaker" and (out / "reference.safetensors").is_file()
-    assert model["config"]["calibration"]["shrink"] == summary["reference"]["options"]["shrink"]
+    for key, value in summary["reference"]["options"].items():  # the model makes references as chosen
+        assert model["config"]["calibration"][key] == value
     assert (model["augmentation"] is not None) == ("augmentation" in summary["chosen"])
-    assert set(choice) == {"tau0", "tau20-balance"}
+    assert set(choice) == {"tau0", "tau20-balance", "tau5-mean-emotion"}
+    assert model["reference"]["class_offsets"] is True
     card = (out / "MODEL_CARD.md").read_text()
     assert "CC BY-NC-SA 4.0" in card and "**(chosen)**" in card and "Amharic" in card
     assert f"{rows['stats']['closed_ua']['mean']:.2f}" in card and "worst gain over none" in card
+    assert "against the training population's statistics; " in card
     recognizer = Recognizer.from_pretrained(out, speech_check=False)  # the fixture's emotions are tones
     assert recognizer.labels == summary["labels"] and len(recognizer.labels) == 7
     clips = sorted((data / "ravdess" / "Actor_01").iterdir())

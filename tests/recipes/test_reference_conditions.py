@@ -29,13 +29,13 @@ def test_reference_conditions_choose_on_training_corpora_and_measure_the_target(
     run_cv(merged, store, "stats", tmp_path / "run", config=config, protocol="corpus", progress=False,
            log=lambda *_: None)
     argv = ["--corpus", str(tmp_path / "merged"), "--store", str(store), "--run", str(tmp_path / "run"),
-            "--json", str(tmp_path / "references.json"), "--settings", "tau0", "tau5-balance",
+            "--json", str(tmp_path / "references.json"), "--settings", "tau0", "tau5-balance", "tau5-mean-emotion",
             "--conditions", "none", "speaker", "k1", "only-angry"]
     assert reference_conditions.main(argv) == 0
     summary = json.loads((tmp_path / "references.json").read_text())
     assert set(summary["targets"]) == {"a", "b", "c"}
     for name, target in summary["targets"].items():
-        assert target["chosen"] in ("tau0", "tau5-balance")
+        assert target["chosen"] in ("tau0", "tau5-balance", "tau5-mean-emotion")
         assert set(target["closed_ua"]["tau0"]) == {"none", "speaker", "k1", "only-angry"}
         inner = json.loads((tmp_path / "run" / "inner" / name / "results.json").read_text())
         assert name not in inner["protocol"]["targets"].values()  # chosen without the target
@@ -47,11 +47,11 @@ def test_reference_conditions_choose_on_training_corpora_and_measure_the_target(
     cells = {line.split(" | ")[0][2:]: line.strip(" |").split(" | ")[1:] for line in table.splitlines()
              if ", mean |" in line or ", worst gain |" in line}
     assert cells["tau0, worst gain"][0] == "0" and cells["tau0, worst gain"][2] == f"{worst:+.2f}"
-    assert cells["tau5-balance, mean"][1] == f"{mean:.2f}" and len(cells) == 2 * 3  # 2 settings + the choice
+    assert cells["tau5-balance, mean"][1] == f"{mean:.2f}" and len(cells) == 2 * 4  # 3 settings + the choice
     evaluations = sorted((tmp_path / "run" / "references").rglob("*.json"))
-    assert len(evaluations) == 3 * 3 * 2 * 4  # 3 targets x (2 inner folds + the target) x settings x conditions
+    assert len(evaluations) == 3 * 3 * 3 * 4  # 3 targets x (2 inner folds + the target) x settings x conditions
     from emoadapt.training.evaluate import evaluate  # the fast path gives what `emoadapt evaluate` gives
-    for setting in ("tau0", "tau5-balance"):
+    for setting in ("tau0", "tau5-balance", "tau5-mean-emotion"):
         for condition in ("speaker", "k1", "only-angry"):
             reference = {**reference_conditions.conditions()[condition], **reference_conditions.SETTINGS[setting]}
             slow = evaluate(tmp_path / "run" / "fold_1" / "model", merged, store, 1, protocol="corpus",

@@ -175,7 +175,9 @@ def test_reference_clips_adapt_a_speaker_model_for_their_request_only(trained):
     adapted = client.post("/predict", files=files + [("reference", (p.name, p.read_bytes())) for p in speaker])
     assert adapted.status_code == 200, adapted.text
     answer = adapted.json()
-    assert answer["reference"] == {"clips": 8, "weight": 1.0, "shrink": 0.0, "balance": 1.0}
+    removed = answer["reference"].pop("emotion_removed")  # the emotion heard in the reference, taken out
+    assert answer["reference"] == {"clips": 8, "weight": 1.0, "shrink": 0.0, "balance": 1.0, "spread": "population"}
+    assert len(removed) == len(recognizer.labels)
     assert any("reference of 8 clip(s) is small" in w for w in answer["warnings"])
     with pytest.warns(UserWarning):
         expected = Recognizer.from_pretrained(models["speaker"], encoder=encoder,

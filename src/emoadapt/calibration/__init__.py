@@ -25,6 +25,9 @@ NORMALIZATIONS = ("global", "speaker", "utterance")
 CALIBRATED_SPEAKERS = ("test", "all")  # calibration.apply_to
 SCOPES = ("speaker", "corpus", "none")  # calibration.scope
 IF_MISSING = ("refuse", "none")         # calibration.if_missing
+SPREADS = ("population", "reference")   # calibration.spread
+# what a model recorded before calibration.spread existed did: the reference's own spread, no emotion removed
+LEGACY_REFERENCE = {"spread": "reference", "remove_emotion": False}
 FEW_CLIPS = 10  # calibration below this many clips is weak (docs/RESULTS.md, the calibration curve)
 # a reference looks one-sided when, read without a reference, its clips spread over less than this share of the
 # model's classes' worth (the exponential of the entropy of their mean probabilities: 4 of 7), or this share of them
@@ -51,6 +54,28 @@ class CalibrationConfig:
     #                                  reference's clips over the classes (1: evenly; less: one-sided, e.g. all angry)
     if_missing: str = "refuse"       # a test speaker without a clip labelled only_label: "refuse", or "none" (no
     #                                  reference for that speaker: the training population's statistics)
+    spread: str = "population"       # a reference's std: "population" keeps the training population's and moves the
+    #                                  mean only (a few clips, or clips of one emotion, have too narrow a spread and
+    #                                  inflate every feature); "reference": its own (what models before it did)
+    remove_emotion: bool = True      # take out of a reference's mean the emotion the model hears in it: its mean
+    #                                  class probabilities (read without a reference) against the training prior, times
+    #                                  each class's offset learnt in training (ClassOffsets; models trained now keep them)
+
+    @property
+    def reads_model(self) -> bool:
+        """Whether a reference needs the model's reading of its clips (balance, emotion removal)."""
+        return self.balance or self.remove_emotion
+
+
+@dataclass
+class ClassOffsets:
+    """What each emotion adds to a speaker's hidden states, learnt in training: ``offsets`` [C, L+1, D] the mean over
+    a class's training clips of the clip's frame mean standardised with its speaker's statistics, and ``prior`` [C]
+    the classes' share of training frames. A speaker's reference of clips whose emotions are spread like the prior has
+    the mean the model was trained with; a reference of one emotion is off by that emotion's offset (in units of the
+    speaker's std), which :func:`reference_statistics` takes out."""
+    offsets: np.ndarray
+    prior: np.ndarray
 
 
 class Normalizer:
@@ -67,20 +92,21 @@ class Normalizer:
         self.population = None  # the training population's (mean, std): what a reference is shrunk toward
         self.weights: dict[str, float] = {}  # speaker -> the weight its reference kept after shrinking
         self.references: dict = {}  # test speaker -> (its reference's raw (mean, std), the reference clips' ids)
-        self.shrink = 0.0
+        self.calibration = CalibrationConfig()  # how the test references are made (make_normalizer sets it)
 
-    def rebalance(self, probabilities_without_reference) -> None:
-        """Weigh every test reference by its balance (:func:`balance_of`) as well as its size:
-        ``probabilities_without_reference(ids)`` gives the model's probabilities [n, C] for those clips normalised with
-        the population's statistics (as without a reference); asked once, for every reference clip."""
+    def read_references(self, probabilities_without_reference, offsets: ClassOffsets | None) -> None:
+        """Remake every test reference with the trained model's reading of its clips (balance, emotion removal:
+        :func:`reference_statistics`): ``probabilities_without_reference(ids)`` gives the model's probabilities [n, C]
+        for those clips normalised with the population's statistics (as without a reference); asked once, for every
+        reference clip."""
         every = sorted({i for _, ids in self.references.values() for i in ids})
         if not every:
             return
         row = {i: k for k, i in enumerate(every)}
         probabilities = probabilities_without_reference(every)
         for speaker, (raw, ids) in self.references.items():
-            balance = balance_of(probabilities[[row[i] for i in ids]])
-            stats, self.weights[speaker] = shrunk(raw, self.population, len(ids), self.shrink, balance)
+            stats, self.weights[speaker], _ = reference_statistics(
+                raw, self.population, len(ids), self.calibration, probabilities[[row[i] for i in ids]], offsets)
             self._by_speaker[speaker] = self._pair(*stats)
 
     def _pair(self, mean, std) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +157,64 @@ def shrunk(reference: tuple[np.ndarray, np.ndarray], population: tuple[np.ndarra
     mixed = weight * mean + (1 - weight) * pop_mean
     second = weight * (np.square(std) + np.square(mean)) + (1 - weight) * (np.square(pop_std) + np.square(pop_mean))
     return (mixed, np.sqrt(np.maximum(second - np.square(mixed), 0.0))), weight
+
+
+def recorded_calibration(record: dict | None) -> CalibrationConfig:
+    """The calibration settings a model folder's config records; one recorded before ``spread`` existed makes its
+    references as it did then (:data:`LEGACY_REFERENCE`)."""
+    record = dict(record or {})
+    if "spread" not in record:
+        record = {**LEGACY_REFERENCE, **record}
+    known = CalibrationConfig.__dataclass_fields__
+    return CalibrationConfig(**{k: v for k, v in record.items() if k in known})
+
+
+def reference_statistics(raw: tuple[np.ndarray, np.ndarray], population: tuple[np.ndarray, np.ndarray] | None,
+                         clips: int, calibration: CalibrationConfig, without: np.ndarray | None = None,
+                         offsets: ClassOffsets | None = None) -> tuple[tuple[np.ndarray, np.ndarray], float, dict]:
+    """The (mean, std) a reference of ``clips`` clips whose frames have the ``raw`` (mean, std) stands for, as
+    ``calibration`` says: its std or the population's (``spread``), its mean less the emotion the model hears in it
+    (``remove_emotion``: ``without``, the model's probabilities [n, C] for the clips read with the population's
+    statistics, against ``offsets``), then shrunk toward the population by n / (n + τ), times the balance of
+    ``without`` with ``balance`` (:func:`shrunk`). Returns the statistics, the weight the reference kept, and what was
+    done (``balance``, ``spread``, ``emotion_removed``: the reference's estimated share of each class less the
+    prior's, or None when nothing was removed). Training, ``evaluate``, the tools and the Recognizer all come here."""
+    mean, std = raw
+    if calibration.spread == "population" and population is not None:
+        std = population[1]
+    removed = None
+    if calibration.remove_emotion and offsets is not None and without is not None and len(without):
+        excess = np.asarray(without, np.float64).mean(0) - offsets.prior
+        mean = mean - std * np.tensordot(excess, offsets.offsets, 1)
+        removed = [round(float(x), 4) for x in excess]
+    balance = balance_of(without) if calibration.balance and without is not None else 1.0
+    statistics, weight = shrunk((mean, std), population, clips, calibration.shrink, balance)
+    spread = calibration.spread if population is not None else "reference"
+    return statistics, weight, {"balance": round(balance, 4), "spread": spread, "emotion_removed": removed}
+
+
+def class_offsets(normalizer: Normalizer, store: FeatureStore, ids: Iterable[str], label_of: dict[str, str],
+                  labels: Sequence[str]) -> ClassOffsets | None:
+    """The :class:`ClassOffsets` of training clips ``ids`` (``label_of``: id -> label among ``labels``), each clip's
+    frame mean standardised with its speaker's statistics in ``normalizer`` (their audio; the labels only say which
+    class a clip adds to). A class without a training clip gets offset 0 and prior 0 (nothing is known to remove);
+    None when no clip has a known speaker."""
+    total, frames = None, np.zeros(len(labels))
+    for i in ids:
+        if i not in store or label_of.get(i) not in labels or normalizer.speaker_of.get(i) is None:
+            continue
+        x = np.asarray(store.get(i), np.float64)
+        mean, inv_std = normalizer.statistics(i, x)
+        z = (x.mean(1) - mean[:, 0]) * inv_std[:, 0] * x.shape[1]
+        if total is None:
+            total = np.zeros((len(labels), *z.shape))
+        c = list(labels).index(label_of[i])
+        total[c] += z
+        frames[c] += x.shape[1]
+    if total is None:
+        return None
+    offsets = total / np.maximum(frames, 1)[:, None, None]
+    return ClassOffsets(offsets.astype(np.float32), (frames / frames.sum()).astype(np.float32))
 
 
 def normalizer_for(normalize: str, statistics: tuple[np.ndarray, np.ndarray] | None = None) -> Normalizer | None:
@@ -186,11 +270,13 @@ def make_normalizer(config, corpus: Corpus, store: FeatureStore, test_ids: Itera
                 continue
         raw = array_statistics(store.get(i) for i in ids)
         if speaker in calibrated and any(i in test_ids for i in clips[speaker]):
-            references[speaker] = (raw, ids)  # a test reference: re-weighed by its balance once a model exists
+            references[speaker] = (raw, ids)  # a test reference: read again by the model once one exists
+            statistics[speaker], weights[speaker], _ = reference_statistics(raw, population, len(ids), calibration)
+            continue
         statistics[speaker], weights[speaker] = shrunk(raw, population, len(ids), calibration.shrink)
     normalizer = Normalizer("speaker", {i: group(i) for ids in clips.values() for i in ids}, statistics)
     normalizer.population, normalizer.weights = population, weights
-    normalizer.references, normalizer.shrink = references, calibration.shrink
+    normalizer.references, normalizer.calibration = references, calibration
     return normalizer
 
 
@@ -222,6 +308,8 @@ def protocol_of(config) -> dict:
         out["calibration"] = {"clips": config.calibration.clips, "only_label": config.calibration.only_label,
                               "apply_to": config.calibration.apply_to, "scope": config.calibration.scope,
                               "shrink": config.calibration.shrink, "balance": config.calibration.balance,
+                              "spread": config.calibration.spread,
+                              "remove_emotion": config.calibration.remove_emotion,
                               "uses": "the test speakers' unlabeled audio"
                                       + (f" (clips chosen by the label {config.calibration.only_label!r})"
                                          if config.calibration.only_label else "")}

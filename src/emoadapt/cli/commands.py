@@ -133,7 +133,8 @@ def cmd_evaluate(args) -> int:
     from ..training.metrics import Scores
     corpus = _corpus(args)
     reference = {k: v for k, v in (("scope", args.reference), ("clips", args.reference_clips),
-                                   ("only_label", args.reference_label), ("shrink", args.shrink)) if v is not None}
+                                   ("only_label", args.reference_label), ("shrink", args.shrink),
+                                   ("spread", args.spread), ("remove_emotion", args.remove_emotion)) if v is not None}
     results = evaluate(args.model, corpus, args.store, args.fold, batch_size=args.batch_size, out=args.out,
                        protocol=args.protocol, reference=reference or None)
     print(f"{corpus.name}" + (f" fold {args.fold}" if args.fold is not None else "") +

@@ -86,6 +86,12 @@ def recognizer_options(args) -> dict:
             "speech_check": args.speech_check, "device": check_device(args.device)}
 
 
+def _yes_no(text: str) -> bool:
+    if text.lower() not in ("yes", "no"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give yes or no")
+    return text.lower() == "yes"
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -190,6 +196,10 @@ def _add_training_parsers(sub) -> None:
     g.add_argument("--reference-label", help="draw only clips with this label (e.g. neutral; or one emotion, the "
                                              "adversarial case)")
     g.add_argument("--shrink", type=float, help="τ in clips (default: the model's calibration.shrink)")
+    g.add_argument("--spread", choices=("population", "reference"), help="the training population's spread (only the "
+                   "mean moves) or the reference's own (default: the model's calibration.spread)")
+    g.add_argument("--remove-emotion", type=_yes_no, metavar="yes|no", help="take the emotion the model hears in the "
+                   "reference out of its mean (default: the model's calibration.remove_emotion)")
 
     p = sub.add_parser("merge", help="several corpora mapped onto one label set, written as one manifest corpus "
                                      "(ids and speakers prefixed by corpus; fold k = every corpus's fold k)")

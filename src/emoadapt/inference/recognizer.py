@@ -35,12 +35,12 @@ import numpy as np
 import torch
 
 from ..audio import SAMPLE_RATE, load_audio, validate_waveform
-from ..calibration import FEW_CLIPS, MOSTLY_ONE, ONE_SIDED, balance_of, shrunk
+from ..calibration import FEW_CLIPS, MOSTLY_ONE, ONE_SIDED, balance_of, recorded_calibration, reference_statistics
 from ..devices import check_device
 from ..encoders import use_onnx
 from ..errors import AudioError, EmoadaptError
 from ..modelfolder import load_classifier, resolve_model
-from ..modelfolder.reference import read_population
+from ..modelfolder.reference import read_class_offsets, read_population
 from ..store.features import array_statistics
 from .guard import DOMINANT_SHARE, check_speech
 from .runtime import classify, encode_waveforms, model_encoder, model_normalization, waveform_normalizer
@@ -67,7 +67,8 @@ class Prediction:
     normalization: str                # how the inputs were normalised (see the module docstring)
     segments: list[Segment] = field(default_factory=list)  # the timeline of a long recording; [] for a clip
     warnings: list[str] = field(default_factory=list)  # what to doubt (silent audio, weak calibration, ...)
-    reference: dict | None = None     # speaker models: the reference used (clips, weight kept, shrink, balance)
+    reference: dict | None = None     # speaker models: the reference used (clips, weight kept, shrink, balance,
+    #                                   spread, emotion_removed)
     speech: dict | None = None        # the guard's speech check: ratio, seconds, method, flag
     abstained: str | None = None      # why ``label`` is None: no speech, a mixed recording, a low top probability
     shares: dict[str, float] = field(default_factory=dict)  # share of the speech time each class holds as top class
@@ -126,9 +127,8 @@ class Recognizer:
         self._calibration_notes: list[str] = []
         self.reference: dict | None = None  # the reference in use: clips, the weight it kept, shrink, balance
         self.population = read_population(self.loaded.folder, self.loaded.info)  # speaker models saved with one
-        recorded = (self.loaded.info.get("config") or {}).get("calibration") or {}
-        self.shrink = float(recorded.get("shrink") or 0.0)
-        self.balance = bool(recorded.get("balance"))
+        self.offsets = read_class_offsets(self.loaded.folder, self.loaded.info)  # models trained since remove_emotion
+        self.calibration = recorded_calibration((self.loaded.info.get("config") or {}).get("calibration"))
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike = "default", *, revision: str | None = None,
@@ -151,10 +151,12 @@ class Recognizer:
     # --- reference adaptation -----------------------------------------------------------------------------------
     def adapt(self, clips: Sequence[Audio], sample_rate: int | None = None) -> Recognizer:
         """Use these unlabeled clips (one speaker, one session or a whole target corpus) as the reference for every
-        later prediction of a model trained with ``normalize=speaker``. Their statistics are shrunk toward the
-        training population's by n / (n + τ) (τ: the model's ``calibration.shrink``; with its ``calibration.balance``,
-        also by how evenly the model spreads them over the classes); a warning says when the reference is small or
-        looks one-sided (a reference of one emotion takes that emotion away). Returns the recognizer."""
+        later prediction of a model trained with ``normalize=speaker``, made as the model's ``calibration`` settings
+        say (:func:`emoadapt.calibration.reference_statistics`): the mean less the emotion the model hears in the clips
+        (``remove_emotion``), the population's spread or theirs (``spread``), shrunk toward the training population's
+        statistics by n / (n + τ) (``shrink``; with ``balance``, also by how evenly the model spreads them over the
+        classes). ``reference`` on every later prediction says what was done; a warning says when the reference is
+        small or looks one-sided (a reference of one emotion takes that emotion away). Returns the recognizer."""
         if isinstance(clips, (str, os.PathLike, np.ndarray)) or hasattr(clips, "numpy"):
             clips = [clips]  # one clip given alone
         if self.trained_normalization != "speaker":
@@ -167,11 +169,11 @@ class Recognizer:
             raise EmoadaptError(None, "adapt needs at least one reference clip")
         features = encode_waveforms(self.loaded, self.encoder, waves, self.batch_size)
         without = self._without_reference(features)  # the clips as the model reads them with no reference
-        balance = balance_of(without) if self.balance and without is not None else 1.0
-        statistics, weight = shrunk(array_statistics(features), self.population, len(waves), self.shrink, balance)
+        statistics, weight, done = reference_statistics(array_statistics(features), self.population, len(waves),
+                                                        self.calibration, without, self.offsets)
         self._speaker, self._speaker_clips = statistics, len(waves)
-        self.reference = {"clips": len(waves), "weight": round(weight, 4), "shrink": self.shrink,
-                          "balance": round(balance, 4)}
+        self.reference = {"clips": len(waves), "weight": round(weight, 4), "shrink": self.calibration.shrink,
+                          **done}
         self._calibration_notes = [f"reference: {note}" for note in notes]
         trained_on = ((self.loaded.info.get("config") or {}).get("calibration") or {})
         if trained_on.get("apply_to") == "all" and trained_on.get("only_label"):
@@ -387,8 +389,10 @@ class Recognizer:
                "utterance": "utterance (each clip or segment by itself)"}.get(mode)
         if mode == "speaker" and self._speaker is not None:
             statistics = self._speaker
+            removed = "; its emotion removed" if self.reference.get("emotion_removed") is not None else ""
             how = (f"speaker (reference of {self._speaker_clips} clip(s), kept at weight "
-                   f"{self.reference['weight']:.2f} against the training population's statistics)")
+                   f"{self.reference['weight']:.2f} against the training population's statistics; "
+                   f"{self.reference['spread']} spread{removed})")
         elif mode == "speaker" and self.population is not None:
             statistics, how = self.population, "speaker (no reference: the training population's statistics)"
         elif mode == "speaker":

@@ -11,24 +11,57 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..atomic import atomic_write
+from ..calibration import ClassOffsets
 from ..errors import CheckpointError
 
 REFERENCE = "reference.safetensors"
 
 
-def write_population(folder: str | Path, population: tuple[np.ndarray, np.ndarray]) -> dict:
-    """Write the population statistics into ``folder`` (before ``model.json``, which records what this returns)."""
+POPULATION_KEYS = {"population_mean", "population_std"}
+OFFSET_KEYS = {"class_offsets", "class_prior"}  # models trained since calibration.remove_emotion: ClassOffsets
+
+
+def write_population(folder: str | Path, population: tuple[np.ndarray, np.ndarray],
+                     offsets: ClassOffsets | None = None) -> dict:
+    """Write the population statistics (and the classes' offsets, when known) into ``folder`` (before
+    ``model.json``, which records what this returns)."""
     from .format import _sha256
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    mean, std = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in population)
-    atomic_write(folder / REFERENCE, lambda tmp: save_file({"population_mean": mean, "population_std": std}, str(tmp)))
-    return {"file": REFERENCE, "sha256": _sha256(folder / REFERENCE), "shape": list(mean.shape)}
+    tensors = dict(zip(("population_mean", "population_std"), population))
+    if offsets is not None:
+        tensors.update(class_offsets=offsets.offsets, class_prior=offsets.prior)
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for k, a in tensors.items()}
+    atomic_write(folder / REFERENCE, lambda tmp: save_file(tensors, str(tmp)))
+    return {"file": REFERENCE, "sha256": _sha256(folder / REFERENCE), "shape": list(tensors["population_mean"].shape),
+            "class_offsets": offsets is not None}
 
 
 def read_population(folder: str | Path, info: dict) -> tuple[np.ndarray, np.ndarray] | None:
     """The population statistics a model folder records (None for a model saved without them), checked against
     ``model.json``: the fixed file name, its sha256, the shape the encoder's layers and width give, finite values."""
+    tensors = _read_reference(folder, info)
+    return None if tensors is None else (tensors["population_mean"], tensors["population_std"])
+
+
+def read_class_offsets(folder: str | Path, info: dict) -> ClassOffsets | None:
+    """The classes' offsets a model folder records (None for a model saved without them), checked like the
+    population's statistics and against the model's labels: [C, L+1, D] and a prior over C classes that sums to 1."""
+    tensors = _read_reference(folder, info)
+    if tensors is None or not OFFSET_KEYS <= set(tensors):
+        return None
+    offsets, prior = tensors["class_offsets"], tensors["class_prior"]
+    classes = len(info.get("labels") or [])
+    path = Path(folder) / REFERENCE
+    if offsets.shape != (classes, *tensors["population_mean"].shape) or prior.shape != (classes,):
+        raise CheckpointError(path, f"class offsets of shape {list(offsets.shape)} and prior {list(prior.shape)} do not "
+                                    f"fit the model's {classes} classes; restore the model folder or re-train it")
+    if (prior < 0).any() or abs(float(prior.sum()) - 1) > 1e-3:
+        raise CheckpointError(path, "the class prior is not a distribution; restore the model folder or re-train it")
+    return ClassOffsets(offsets, prior)
+
+
+def _read_reference(folder: str | Path, info: dict) -> dict[str, np.ndarray] | None:
     from .format import CONFIG, _sha256
     record = info.get("reference")
     if record is None:
@@ -45,9 +78,12 @@ def read_population(folder: str | Path, info: dict) -> tuple[np.ndarray, np.ndar
                                     f"re-train it")
     try:
         with safe_open(str(path), framework="pt") as f:
-            if set(f.keys()) != {"population_mean", "population_std"}:
-                raise CheckpointError(path, f"holds {sorted(f.keys())}, not the population mean and std")
-            mean, std = (f.get_tensor(k).double().numpy() for k in ("population_mean", "population_std"))
+            keys = set(f.keys())
+            if keys not in (POPULATION_KEYS, POPULATION_KEYS | OFFSET_KEYS):
+                raise CheckpointError(path, f"holds {sorted(keys)}, not the population mean and std (and the classes' "
+                                            f"offsets)")
+            tensors = {k: f.get_tensor(k).double().numpy() for k in keys}
+            mean, std = tensors["population_mean"], tensors["population_std"]
     except (SafetensorError, OSError) as error:
         raise CheckpointError(path, f"unreadable safetensors file ({error})") from None
     encoder = info.get("encoder") or {}
@@ -56,6 +92,6 @@ def read_population(folder: str | Path, info: dict) -> tuple[np.ndarray, np.ndar
     if mean.shape != std.shape or mean.ndim != 2 or (None not in expected and mean.shape != expected):
         raise CheckpointError(path, f"statistics of shape {list(mean.shape)} do not fit the model's input "
                                     f"{list(expected)}; restore the model folder or re-train it")
-    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+    if not all(np.isfinite(a).all() for a in tensors.values()):
         raise CheckpointError(path, "holds NaN or infinite statistics; re-train the model")
-    return mean, std
+    return tensors

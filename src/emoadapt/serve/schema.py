@@ -24,6 +24,11 @@ class ReferenceOut(BaseModel):
     weight: float = Field(description="the weight the reference kept against the training population")
     shrink: float
     balance: float
+    spread: str = Field(description='"population": only the mean moved, the training population\'s spread kept; '
+                                    '"reference": the reference\'s own spread')
+    emotion_removed: list[float] | None = Field(default=None, description="per class, the share of the reference the "
+                                                "model heard in it less the training prior, whose offsets were taken "
+                                                "out of its mean; None: nothing was removed")
 
 
 class PredictionOut(BaseModel):

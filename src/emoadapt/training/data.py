@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from ..calibration import Normalizer, make_normalizer
+from ..calibration import Normalizer, class_offsets, make_normalizer
 from ..corpora import Corpus
 from ..corpora.base import one_fold, speaker_group
 from ..corpora.splits import speaker_folds
@@ -172,6 +172,15 @@ class FoldData(pl.LightningDataModule):
                                       copies)
         self.val = labelled_dataset(corpus, store, self.split["val"], self.labels, normalizer=self.normalizer)
         self.test = labelled_dataset(corpus, store, self.split["test"], self.labels, normalizer=self.normalizer)
+
+    def class_offsets(self):
+        """What each class adds to a speaker's standardised hidden states, from the training clips (computed once;
+        None unless speaker-normalised): :func:`emoadapt.calibration.class_offsets`."""
+        if not hasattr(self, "_class_offsets"):
+            label_of = {u.id: u.label for u in self.corpus.rows}
+            self._class_offsets = None if getattr(self.normalizer, "mode", None) != "speaker" else class_offsets(
+                self.normalizer, self.store, self.split["train"], label_of, self.labels)
+        return self._class_offsets
 
     def train_dataloader(self):
         return train_loader(self.train, self.batch_size, seed=self.seed, num_workers=self.num_workers,

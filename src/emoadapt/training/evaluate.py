@@ -18,7 +18,7 @@ from ..corpora.splits import corpus_folds, speaker_folds
 from ..errors import CheckpointError, CorpusError, EmoadaptError
 from ..inference.runtime import predict
 from ..modelfolder import load_classifier, read_seen, refuse_if_seen, speakers_of
-from ..modelfolder.reference import read_population
+from ..modelfolder.reference import read_class_offsets, read_population
 from ..provenance import git_commit
 from ..store.dataset import FeatureDataset, encoder_info, open_corpus, open_store, require_same_features, usable_ids
 from ..store.features import FeatureStore
@@ -37,14 +37,15 @@ def write_predictions(path: Path, dataset: FeatureDataset, probs: np.ndarray, la
     atomic_write(path, write)
 
 
-def rebalance_references(model, normalizer, store: FeatureStore, batch_size: int = 32) -> None:
-    """``calibration.balance``: each test reference weighed by how evenly the trained model, without a reference,
-    spreads its clips over the classes (:meth:`emoadapt.calibration.Normalizer.rebalance`)."""
+def read_references(model, normalizer, store: FeatureStore, offsets, batch_size: int = 32) -> None:
+    """``calibration.balance`` / ``remove_emotion``: each test reference remade with how the trained model, without a
+    reference, reads its clips (:meth:`emoadapt.calibration.Normalizer.read_references`)."""
     if normalizer is None or not normalizer.references or normalizer.population is None:
         return
     without = Normalizer.one_speaker(normalizer.population)
-    normalizer.rebalance(lambda ids: predict(model, FeatureDataset([store], [(0, i, -1) for i in ids], None, without),
-                                             batch_size))
+    normalizer.read_references(
+        lambda ids: predict(model, FeatureDataset([store], [(0, i, -1) for i in ids], None, without), batch_size),
+        offsets)
 
 
 def model_settings(folder: Path, info: dict) -> RunConfig:
@@ -90,8 +91,8 @@ def evaluate(model_dir: str | os.PathLike, corpus: Corpus | str | os.PathLike,
     tested = set(ids)  # only the test speakers' statistics are needed: the model brings the population's
     normalizer = make_normalizer(config, replace(corpus, rows=[u for u in corpus.rows if u.id in tested]), store, ids,
                                  population=read_population(folder, info))
-    if config.calibration.balance:
-        rebalance_references(loaded.model, normalizer, store, batch_size)
+    if config.calibration.reads_model:
+        read_references(loaded.model, normalizer, store, read_class_offsets(folder, info), batch_size)
     dataset = labelled_dataset(corpus, store, ids, labels, normalizer=normalizer)
     if len(dataset) == 0:
         raise CorpusError(corpus.root, "no utterances to evaluate")

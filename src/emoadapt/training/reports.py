@@ -115,7 +115,9 @@ def protocol_name(protocol: dict) -> str:
     whom = "the test set as one reference" if calibration.get("scope") == "corpus" else "each test speaker"
     shrunk = f"; shrunk, τ = {calibration['shrink']:g}" if calibration.get("shrink") else ""
     balanced = "; balance-weighted" if calibration.get("balance") else ""
-    return f"speaker-calibrated ({clips}{label} of {whom}, unlabeled audio{every}{shrunk}{balanced})"
+    spread = "; the population's spread" if calibration.get("spread") == "population" else ""
+    emotion = "; its emotion removed" if calibration.get("remove_emotion") else ""
+    return f"speaker-calibrated ({clips}{label} of {whom}, unlabeled audio{every}{shrunk}{balanced}{spread}{emotion})"
 
 
 def compare_table(rows: list[dict]) -> str:

@@ -25,7 +25,8 @@ from typing import Any, Iterable
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from ..calibration import CALIBRATED_SPEAKERS, IF_MISSING, NORMALIZATIONS, SCOPES, CalibrationConfig
+from ..calibration import (CALIBRATED_SPEAKERS, IF_MISSING, LEGACY_REFERENCE, NORMALIZATIONS, SCOPES, SPREADS,
+                           CalibrationConfig)
 from ..errors import EmoadaptError
 from ..model import AdapterConfig, PretrainConfig, head_settings
 from ..model import recipe as lookup_recipe
@@ -120,7 +121,11 @@ def with_defaults(recorded: dict) -> dict:
 
 
 def config_from_record(values: dict, *, where: str) -> RunConfig:
-    """The typed settings of a config dict a run or a model folder recorded (checked like a config file)."""
+    """The typed settings of a config dict a run or a model folder recorded (checked like a config file). A record
+    made before ``calibration.spread`` existed made its references the way it did then (:data:`LEGACY_REFERENCE`)."""
+    calibration = values.get("calibration") if isinstance(values, dict) else None
+    if isinstance(calibration, dict) and "spread" not in calibration:
+        values = {**values, "calibration": {**LEGACY_REFERENCE, **calibration}}
     return OmegaConf.to_object(_merge(OmegaConf.structured(RunConfig()), values, where))
 
 
@@ -250,10 +255,12 @@ def validate(config: RunConfig, recipe: str | None = None, *, stage1: bool = Fal
             ("calibration.apply_to", config.calibration.apply_to, config.calibration.apply_to in CALIBRATED_SPEAKERS),
             ("calibration.scope", config.calibration.scope, config.calibration.scope in SCOPES),
             ("calibration.shrink", config.calibration.shrink, config.calibration.shrink >= 0),
-            ("calibration.if_missing", config.calibration.if_missing, config.calibration.if_missing in IF_MISSING)):
+            ("calibration.if_missing", config.calibration.if_missing, config.calibration.if_missing in IF_MISSING),
+            ("calibration.spread", config.calibration.spread, config.calibration.spread in SPREADS)):
         if not ok:
             choices = {"normalize": NORMALIZATIONS, "choose_by": CHOICES, "calibration.apply_to": CALIBRATED_SPEAKERS,
-                       "calibration.scope": SCOPES, "calibration.if_missing": IF_MISSING}.get(key)
+                       "calibration.scope": SCOPES, "calibration.if_missing": IF_MISSING,
+                       "calibration.spread": SPREADS}.get(key)
             problems.append(f"{key}={value!r} is out of range" + (f" (one of {', '.join(choices)})" if choices else ""))
     if problems:
         raise EmoadaptError(None, "invalid settings: " + "; ".join(problems))

@@ -37,7 +37,7 @@ from ..store.features import FeatureStore
 from .checkpoint_io import load_checkpoint_file
 from .closed_form import OUT_OF_SAMPLE, fit_closed_form, start_from_statistics
 from .data import FoldData, fit_standardizers
-from .evaluate import rebalance_references, write_predictions
+from .evaluate import read_references, write_predictions
 from .metrics import closed_predictions, score
 from .reports import plot_reliability
 from .settings import FinetuneConfig, RunConfig, recipe_options, structural_adapter_fields, validate, with_store_dims
@@ -202,8 +202,8 @@ def train_stage2(data: FoldData, out_dir: str | os.PathLike, *, recipe: str, con
     temperature = fit_model_temperature(model, data, trained.pop(OUT_OF_SAMPLE, None), config, trained)
     scores = closed = predictions = None
     if len(data.test):
-        if config.calibration.balance:
-            rebalance_references(model, data.normalizer, data.store, config.stage2.batch_size)
+        if config.calibration.reads_model:
+            read_references(model, data.normalizer, data.store, data.class_offsets(), config.stage2.batch_size)
         predictions = predict(model, data.test, config.stage2.batch_size)
         truth = [it[2] for it in data.test.items]
         scores = asdict(score(truth, predictions.argmax(1).tolist(), data.labels))
@@ -274,11 +274,12 @@ def calibration_errors(predictions: np.ndarray, truth: list[int], t: float) -> d
 
 def reference_record(data: FoldData, folder: Path) -> dict:
     """A speaker-normalised model keeps its training population's statistics (``reference.safetensors``): used when
-    no reference audio is given, and what a small reference is shrunk toward."""
+    no reference audio is given, and what a small reference is shrunk toward; and its classes' offsets, which a
+    reference's emotion is taken out with (``calibration.remove_emotion``)."""
     population = getattr(data.normalizer, "population", None)
     if population is None:
         return {}
-    return {"reference": write_population(folder, population)}
+    return {"reference": write_population(folder, population, data.class_offsets())}
 
 
 def _stderr(line: str) -> None:
