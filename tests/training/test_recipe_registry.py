@@ -113,7 +113,8 @@ def test_speaker_normalisation_uses_each_speakers_own_statistics(data, tmp_path)
     mean, std = array_statistics(normalizer.normalize(store.get(i), i) for i in ids)
     assert np.allclose(mean, 0, atol=1e-4) and np.allclose(std[std > 1e-3], 1, atol=1e-2)  # that speaker: mean 0, std 1
     # a test speaker's statistics come from its calibration clips only: k drawn at random, or those of one label
-    calibrated = tiny_config("normalize=speaker", "calibration.clips=2")
+    calibrated = tiny_config("normalize=speaker", "calibration.clips=2", "calibration.spread=reference",
+                             "calibration.remove_emotion=false")
     fold = FoldData(corpus, store, 1, calibrated, corpus.labels, 50.0)
     test_speaker = corpus.folds.group(fold.split["test"][0])
     test_ids = [i for i in fold.split["test"] if corpus.folds.group(i) == test_speaker]
@@ -123,6 +124,11 @@ def test_speaker_normalisation_uses_each_speakers_own_statistics(data, tmp_path)
     assert chosen == calibration_clips(test_ids, calibrated.calibration, by_id, seed=0, speaker=test_speaker, where=None)
     expected = normalizer._pair(*array_statistics(store.get(i) for i in chosen))
     assert all(np.allclose(a, b) for a, b in zip(fold.normalizer._by_speaker[test_speaker], expected))
+    # by default a test reference keeps the training population's spread: only its mean is the clips'
+    default = FoldData(corpus, store, 1, tiny_config("normalize=speaker", "calibration.clips=2"), corpus.labels, 50.0)
+    population = default.normalizer._pair(*default.normalizer.population)
+    assert np.allclose(default.normalizer._by_speaker[test_speaker][0], expected[0])
+    assert np.allclose(default.normalizer._by_speaker[test_speaker][1], population[1])
     train_speaker = corpus.folds.group(fold.split["train"][0])  # training speakers: all of their clips
     assert all(np.allclose(a, b) for a, b in zip(fold.normalizer._by_speaker[train_speaker],
                                                  normalizer._by_speaker[train_speaker]))
@@ -156,7 +162,8 @@ def test_speaker_calibrated_cv_is_its_own_protocol(data, tmp_path, capsys):
            log=lambda *_: None)
     assert cli.main(["compare", str(tmp_path / "independent"), str(tmp_path / "calibrated")]) == 0
     out = capsys.readouterr().out
-    independent, calibrated = out.split("speaker-calibrated (3 clips of each test speaker, unlabeled audio):")
+    independent, calibrated = out.split("speaker-calibrated (3 clips of each test speaker, unlabeled audio; the "
+                                        "population's spread; its emotion removed):")
     assert "| independent |" in independent and "| calibrated |" in calibrated and "| calibrated |" not in independent
     # a model on speaker-normalised features cannot predict raw waveforms without calibration clips
     with pytest.raises(EmoadaptError, match="speaker-normalised"):
