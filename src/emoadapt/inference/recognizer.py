@@ -208,7 +208,11 @@ class Recognizer:
                                    f"{worth:.1f} of {len(self.labels)} classes' worth, {counts[top]} of "
                                    f"{len(probabilities)} as "
                                    f"{self.labels[top]}; a reference of one emotion takes that emotion away from "
-                                   f"every prediction: give varied speech")
+                                   f"every prediction"
+                                   + (" (the emotion the model hears in it is taken out of it, but only as well as "
+                                      "the model hears it)" if self.reference and self.reference.get(
+                                          "emotion_removed") is not None else "")
+                                   + ": give varied speech")
 
     def _warn_calibration(self, message: str) -> None:
         """A Python warning for the caller, and a note on every later prediction (so JSON, CSV and HTTP see it)."""
