@@ -139,11 +139,17 @@ def test_speaker_normalisation_uses_each_speakers_own_statistics(data, tmp_path)
         calibration_clips(test_ids, tiny_config("calibration.only_label=calm").calibration, by_id, seed=0,
                           speaker=test_speaker, where=None)
     # apply_to=all: training speakers are normalised by their neutral clips too, like the test speakers
-    everyone = tiny_config("normalize=speaker", "calibration.only_label=neutral", "calibration.apply_to=all")
+    everyone = tiny_config("normalize=speaker", "calibration.only_label=neutral", "calibration.apply_to=all",
+                           "calibration.spread=reference")
     fold_all = FoldData(corpus, store, 1, everyone, corpus.labels, 50.0)
     train_neutral = [u.id for u in corpus.rows if corpus.folds.group(u.id) == train_speaker and u.label == "neutral"]
     expected = normalizer._pair(*array_statistics(store.get(i) for i in train_neutral))
     assert all(np.allclose(a, b) for a, b in zip(fold_all.normalizer._by_speaker[train_speaker], expected))
+    # with the population's spread (the default), the training speakers keep it as the test speakers will
+    spread = FoldData(corpus, store, 1, tiny_config("normalize=speaker", "calibration.only_label=neutral",
+                                                    "calibration.apply_to=all"), corpus.labels, 50.0).normalizer
+    assert np.allclose(spread._by_speaker[train_speaker][0], expected[0])
+    assert np.allclose(spread._by_speaker[train_speaker][1], spread._pair(*spread.population)[1])
     from emoadapt.training.settings import validate
     with pytest.raises(EmoadaptError, match="calibration.apply_to='some' is out of range"):
         validate(tiny_config("calibration.apply_to=some"))

@@ -271,6 +271,7 @@ def make_normalizer(config, corpus: Corpus, store: FeatureStore, test_ids: Itera
         raw = array_statistics(store.get(i) for i in ids)
         if speaker in calibrated and any(i in test_ids for i in clips[speaker]):
             references[speaker] = (raw, ids)  # a test reference: read again by the model once one exists
+        if speaker in calibrated:  # (apply_to all: training speakers too, as the test speakers will be: the spread)
             statistics[speaker], weights[speaker], _ = reference_statistics(raw, population, len(ids), calibration)
             continue
         statistics[speaker], weights[speaker] = shrunk(raw, population, len(ids), calibration.shrink)
