@@ -16,8 +16,8 @@ Conditions: no reference; the whole target as one reference; each speaker's own 
 random); only its neutral clips; only clips of one emotion (the adversarial case; the emotions every corpus has).
 Settings: the shrinkage τ (clips), whether the reference's balance is weighed, whose spread is used (the reference's
 or the training population's) and whether the emotion the model hears in the reference is taken out of its mean
-(``calibration.spread``, ``remove_emotion``: :func:`emoadapt.calibration.reference_statistics`). Every evaluation is written as
-JSON under ``<run>/references/``; a re-run reuses them.
+(``calibration.spread``, ``remove_emotion``: :func:`emoadapt.calibration.reference_statistics`). Every evaluation is
+written as JSON under ``<run>/references/``; a re-run reuses them.
 """
 from __future__ import annotations
 
@@ -98,15 +98,14 @@ def measure(model_dir: Path, corpus, store, fold: int, out: Path, settings: dict
     from emoadapt.calibration import calibration_clips, reference_statistics
     from emoadapt.corpora.splits import corpus_folds
     from emoadapt.modelfolder import load_classifier
-    from emoadapt.modelfolder.reference import read_class_offsets, read_population
+    from emoadapt.modelfolder.reference import read_reference
     from emoadapt.training.evaluate import model_settings
     from emoadapt.training.metrics import closed_predictions, score
     from emoadapt.training.settings import load_config
     loaded = load_classifier(model_dir)
     if loaded.info["build"]["recipe"] != "stats":
         raise SystemExit(f"{model_dir}: the fast path covers the stats recipe only; use `emoadapt evaluate`")
-    population, labels = read_population(loaded.folder, loaded.info), loaded.info["labels"]
-    offsets = read_class_offsets(loaded.folder, loaded.info)
+    (population, offsets), labels = read_reference(loaded.folder, loaded.info), loaded.info["labels"]
     folds = corpus_folds(corpus.rows, corpus.root)[0]
     test = [i for i in folds.split(fold, val_fraction=0).test if i in moments.index]
     by_id = {u.id: u for u in corpus.rows}

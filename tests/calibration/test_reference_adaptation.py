@@ -130,10 +130,10 @@ def test_a_speaker_model_keeps_its_class_offsets_and_an_older_one_makes_referenc
     import shutil
 
     from emoadapt import Recognizer
-    from emoadapt.modelfolder.reference import read_class_offsets
+    from emoadapt.modelfolder.reference import read_reference
     corpus, store, models, encoder = trained
     info = json.loads((models["speaker"] / "model.json").read_text())
-    offsets = read_class_offsets(models["speaker"], info)
+    _, offsets = read_reference(models["speaker"], info)
     assert info["reference"]["class_offsets"] is True
     assert offsets.offsets.shape == (4, 5, 384) and offsets.prior.sum() == pytest.approx(1.0, abs=1e-5)
     angry = info["labels"].index("angry")

@@ -58,8 +58,9 @@ class CalibrationConfig:
     #                                  mean only (a few clips, or clips of one emotion, have too narrow a spread and
     #                                  inflate every feature); "reference": its own (what models before it did)
     remove_emotion: bool = True      # take out of a reference's mean the emotion the model hears in it: its mean
-    #                                  class probabilities (read without a reference) against the training prior, times
-    #                                  each class's offset learnt in training (ClassOffsets; models trained now keep them)
+    #                                  class probabilities (read without a reference) against the training prior,
+    #                                  times each class's offset learnt in training (ClassOffsets; models trained now
+    #                                  keep them)
 
     @property
     def reads_model(self) -> bool:
@@ -159,14 +160,16 @@ def shrunk(reference: tuple[np.ndarray, np.ndarray], population: tuple[np.ndarra
     return (mixed, np.sqrt(np.maximum(second - np.square(mixed), 0.0))), weight
 
 
+def with_legacy_reference(record: dict) -> dict:
+    """A recorded ``calibration`` dict; one recorded before ``spread`` existed made its references as it did then
+    (:data:`LEGACY_REFERENCE`), so those keys are filled in for it."""
+    return record if "spread" in record else {**LEGACY_REFERENCE, **record}
+
+
 def recorded_calibration(record: dict | None) -> CalibrationConfig:
-    """The calibration settings a model folder's config records; one recorded before ``spread`` existed makes its
-    references as it did then (:data:`LEGACY_REFERENCE`)."""
-    record = dict(record or {})
-    if "spread" not in record:
-        record = {**LEGACY_REFERENCE, **record}
+    """The calibration settings a model folder's config records (:func:`with_legacy_reference`)."""
     known = CalibrationConfig.__dataclass_fields__
-    return CalibrationConfig(**{k: v for k, v in record.items() if k in known})
+    return CalibrationConfig(**{k: v for k, v in with_legacy_reference(dict(record or {})).items() if k in known})
 
 
 def reference_statistics(raw: tuple[np.ndarray, np.ndarray], population: tuple[np.ndarray, np.ndarray] | None,

@@ -40,7 +40,7 @@ from ..devices import check_device
 from ..encoders import use_onnx
 from ..errors import AudioError, EmoadaptError
 from ..modelfolder import load_classifier, resolve_model
-from ..modelfolder.reference import read_class_offsets, read_population
+from ..modelfolder.reference import read_reference
 from ..store.features import array_statistics
 from .guard import DOMINANT_SHARE, check_speech
 from .runtime import classify, encode_waveforms, model_encoder, model_normalization, waveform_normalizer
@@ -126,8 +126,8 @@ class Recognizer:
         self._speaker_clips = 0
         self._calibration_notes: list[str] = []
         self.reference: dict | None = None  # the reference in use: clips, the weight it kept, shrink, balance
-        self.population = read_population(self.loaded.folder, self.loaded.info)  # speaker models saved with one
-        self.offsets = read_class_offsets(self.loaded.folder, self.loaded.info)  # models trained since remove_emotion
+        # speaker models saved with them: the population's statistics and (trained since remove_emotion) the offsets
+        self.population, self.offsets = read_reference(self.loaded.folder, self.loaded.info)
         self.calibration = recorded_calibration((self.loaded.info.get("config") or {}).get("calibration"))
 
     @classmethod

@@ -37,28 +37,27 @@ def write_population(folder: str | Path, population: tuple[np.ndarray, np.ndarra
             "class_offsets": offsets is not None}
 
 
-def read_population(folder: str | Path, info: dict) -> tuple[np.ndarray, np.ndarray] | None:
-    """The population statistics a model folder records (None for a model saved without them), checked against
-    ``model.json``: the fixed file name, its sha256, the shape the encoder's layers and width give, finite values."""
+def read_reference(folder: str | Path,
+                   info: dict) -> tuple[tuple[np.ndarray, np.ndarray] | None, ClassOffsets | None]:
+    """The population statistics and the classes' offsets a model folder records, from one read of its file (each
+    None for a model saved without them), checked against ``model.json``: the fixed file name, its sha256, the shape
+    the encoder's layers and width give, finite values; the offsets against the model's labels too ([C, L+1, D] and a
+    prior over C classes that sums to 1)."""
     tensors = _read_reference(folder, info)
-    return None if tensors is None else (tensors["population_mean"], tensors["population_std"])
-
-
-def read_class_offsets(folder: str | Path, info: dict) -> ClassOffsets | None:
-    """The classes' offsets a model folder records (None for a model saved without them), checked like the
-    population's statistics and against the model's labels: [C, L+1, D] and a prior over C classes that sums to 1."""
-    tensors = _read_reference(folder, info)
-    if tensors is None or not OFFSET_KEYS <= set(tensors):
-        return None
+    if tensors is None:
+        return None, None
+    population = tensors["population_mean"], tensors["population_std"]
+    if not OFFSET_KEYS <= set(tensors):
+        return population, None
     offsets, prior = tensors["class_offsets"], tensors["class_prior"]
     classes = len(info.get("labels") or [])
     path = Path(folder) / REFERENCE
     if offsets.shape != (classes, *tensors["population_mean"].shape) or prior.shape != (classes,):
-        raise CheckpointError(path, f"class offsets of shape {list(offsets.shape)} and prior {list(prior.shape)} do not "
-                                    f"fit the model's {classes} classes; restore the model folder or re-train it")
+        raise CheckpointError(path, f"class offsets of shape {list(offsets.shape)} and prior {list(prior.shape)} do "
+                                    f"not fit the model's {classes} classes; restore the model folder or re-train it")
     if (prior < 0).any() or abs(float(prior.sum()) - 1) > 1e-3:
         raise CheckpointError(path, "the class prior is not a distribution; restore the model folder or re-train it")
-    return ClassOffsets(offsets, prior)
+    return population, ClassOffsets(offsets, prior)
 
 
 def _read_reference(folder: str | Path, info: dict) -> dict[str, np.ndarray] | None:

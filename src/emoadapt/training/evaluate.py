@@ -18,7 +18,7 @@ from ..corpora.splits import corpus_folds, speaker_folds
 from ..errors import CheckpointError, CorpusError, EmoadaptError
 from ..inference.runtime import predict
 from ..modelfolder import load_classifier, read_seen, refuse_if_seen, speakers_of
-from ..modelfolder.reference import read_class_offsets, read_population
+from ..modelfolder.reference import read_reference
 from ..provenance import git_commit
 from ..store.dataset import FeatureDataset, encoder_info, open_corpus, open_store, require_same_features, usable_ids
 from ..store.features import FeatureStore
@@ -89,10 +89,11 @@ def evaluate(model_dir: str | os.PathLike, corpus: Corpus | str | os.PathLike,
         config = load_config(None, [f"calibration.{k}={'null' if v is None else v}" for k, v in reference.items()],
                              base=config)
     tested = set(ids)  # only the test speakers' statistics are needed: the model brings the population's
+    population, offsets = read_reference(folder, info)
     normalizer = make_normalizer(config, replace(corpus, rows=[u for u in corpus.rows if u.id in tested]), store, ids,
-                                 population=read_population(folder, info))
+                                 population=population)
     if config.calibration.reads_model:
-        read_references(loaded.model, normalizer, store, read_class_offsets(folder, info), batch_size)
+        read_references(loaded.model, normalizer, store, offsets, batch_size)
     dataset = labelled_dataset(corpus, store, ids, labels, normalizer=normalizer)
     if len(dataset) == 0:
         raise CorpusError(corpus.root, "no utterances to evaluate")

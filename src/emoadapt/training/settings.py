@@ -25,8 +25,8 @@ from typing import Any, Iterable
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from ..calibration import (CALIBRATED_SPEAKERS, IF_MISSING, LEGACY_REFERENCE, NORMALIZATIONS, SCOPES, SPREADS,
-                           CalibrationConfig)
+from ..calibration import (CALIBRATED_SPEAKERS, IF_MISSING, NORMALIZATIONS, SCOPES, SPREADS, CalibrationConfig,
+                           with_legacy_reference)
 from ..errors import EmoadaptError
 from ..model import AdapterConfig, PretrainConfig, head_settings
 from ..model import recipe as lookup_recipe
@@ -124,8 +124,8 @@ def config_from_record(values: dict, *, where: str) -> RunConfig:
     """The typed settings of a config dict a run or a model folder recorded (checked like a config file). A record
     made before ``calibration.spread`` existed made its references the way it did then (:data:`LEGACY_REFERENCE`)."""
     calibration = values.get("calibration") if isinstance(values, dict) else None
-    if isinstance(calibration, dict) and "spread" not in calibration:
-        values = {**values, "calibration": {**LEGACY_REFERENCE, **calibration}}
+    if isinstance(calibration, dict):
+        values = {**values, "calibration": with_legacy_reference(calibration)}
     return OmegaConf.to_object(_merge(OmegaConf.structured(RunConfig()), values, where))
 
 
