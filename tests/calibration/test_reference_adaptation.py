@@ -150,17 +150,22 @@ def test_a_speaker_model_keeps_its_class_offsets_and_an_older_one_makes_referenc
     assert recognizer.reference["emotion_removed"] is None and recognizer.reference["spread"] == "reference"
 
 
-def test_cv_shrinks_test_references_and_records_the_weights(trained):
+def test_cv_shrinks_test_references_and_training_speakers_apart_and_records_the_weights(trained):
     from emoadapt.calibration import make_normalizer
     from emoadapt.store import FeatureStore
-    from emoadapt.training.settings import load_config
+    from emoadapt.training.settings import config_from_record, load_config
     corpus, store, _, _ = trained
     store = FeatureStore(store)
     test = [u.id for u in corpus.rows if u.speaker in ("Actor_01", "Actor_11")]
     config = load_config(None, ["normalize=speaker", "calibration.shrink=8", "calibration.clips=2"])
     normalizer = make_normalizer(config, corpus, store, test_ids=test)
     assert normalizer.weights["Actor_01"] == pytest.approx(2 / 10)    # a test speaker: 2 clips drawn
-    assert normalizer.weights["Actor_02"] == pytest.approx(8 / 16)    # a training speaker: all 8 of its clips
+    assert normalizer.weights["Actor_02"] == 1.0    # a training speaker: how references are read leaves it alone
+    config = load_config(None, ["normalize=speaker", "calibration.train_shrink=8"])
+    assert make_normalizer(config, corpus, store, test_ids=test).weights["Actor_02"] == pytest.approx(8 / 16)
+    # a run recorded before train_shrink shrank its training speakers by shrink: re-read, it still does
+    older = {k: v for k, v in config.to_dict()["calibration"].items() if k != "train_shrink"} | {"shrink": 8}
+    assert config_from_record({"calibration": older}, where="old run").calibration.train_shrink == 8
     whole = make_normalizer(load_config(None, ["normalize=speaker", "calibration.scope=corpus"]), corpus, store,
                             test_ids=test)
     assert set(whole.weights) >= {"test set"} and "Actor_01" not in whole.weights

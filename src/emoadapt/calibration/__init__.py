@@ -50,6 +50,10 @@ class CalibrationConfig:
     #                                  does without reference audio)
     shrink: float = 0.0              # τ, in clips: a reference of n clips weighs n / (n + τ) against the training
     #                                  population's statistics (0: the reference alone), so a small one does less
+    train_shrink: float = 0.0        # τ for the speakers that are not calibrated (training and validation speakers
+    #                                  under apply_to "test", all of their clips): part of how the model is trained,
+    #                                  kept apart from shrink so that choosing how references are read leaves the
+    #                                  model as it was validated (models before it used shrink for both)
     balance: bool = False            # also weigh it by how evenly the model, without a reference, spreads the
     #                                  reference's clips over the classes (1: evenly; less: one-sided, e.g. all angry)
     if_missing: str = "refuse"       # a test speaker without a clip labelled only_label: "refuse", or "none" (no
@@ -160,16 +164,18 @@ def shrunk(reference: tuple[np.ndarray, np.ndarray], population: tuple[np.ndarra
     return (mixed, np.sqrt(np.maximum(second - np.square(mixed), 0.0))), weight
 
 
-def with_legacy_reference(record: dict) -> dict:
-    """A recorded ``calibration`` dict; one recorded before ``spread`` existed made its references as it did then
-    (:data:`LEGACY_REFERENCE`), so those keys are filled in for it."""
-    return record if "spread" in record else {**LEGACY_REFERENCE, **record}
+def with_legacy_calibration(record: dict) -> dict:
+    """A recorded ``calibration`` dict, with what a record made before a setting existed did then filled in: before
+    ``spread``, references as :data:`LEGACY_REFERENCE`; before ``train_shrink``, ``shrink`` for the training speakers
+    too."""
+    record = record if "spread" in record else {**LEGACY_REFERENCE, **record}
+    return record if "train_shrink" in record else {**record, "train_shrink": record.get("shrink", 0.0)}
 
 
 def recorded_calibration(record: dict | None) -> CalibrationConfig:
-    """The calibration settings a model folder's config records (:func:`with_legacy_reference`)."""
+    """The calibration settings a model folder's config records (:func:`with_legacy_calibration`)."""
     known = CalibrationConfig.__dataclass_fields__
-    return CalibrationConfig(**{k: v for k, v in with_legacy_reference(dict(record or {})).items() if k in known})
+    return CalibrationConfig(**{k: v for k, v in with_legacy_calibration(dict(record or {})).items() if k in known})
 
 
 def reference_statistics(raw: tuple[np.ndarray, np.ndarray], population: tuple[np.ndarray, np.ndarray] | None,
@@ -240,7 +246,8 @@ def make_normalizer(config, corpus: Corpus, store: FeatureStore, test_ids: Itera
     "speaker": each speaker's statistics from all of their clips in ``store`` (their audio, never their labels),
     except that the speakers of ``test_ids`` (every speaker, with ``calibration.apply_to: all``) use the clips
     ``config.calibration`` draws, shrunk toward ``population`` (default: the statistics of every utterance that is not
-    a test utterance; a trained model's own when it is evaluated)."""
+    a test utterance; a trained model's own when it is evaluated) by ``calibration.shrink``; the other speakers' by
+    ``calibration.train_shrink``."""
     if config.normalize == "global":
         return None
     if config.normalize == "utterance":
@@ -277,7 +284,7 @@ def make_normalizer(config, corpus: Corpus, store: FeatureStore, test_ids: Itera
         if speaker in calibrated:  # (apply_to all: training speakers too, as the test speakers will be: the spread)
             statistics[speaker], weights[speaker], _ = reference_statistics(raw, population, len(ids), calibration)
             continue
-        statistics[speaker], weights[speaker] = shrunk(raw, population, len(ids), calibration.shrink)
+        statistics[speaker], weights[speaker] = shrunk(raw, population, len(ids), calibration.train_shrink)
     normalizer = Normalizer("speaker", {i: group(i) for ids in clips.values() for i in ids}, statistics)
     normalizer.population, normalizer.weights = population, weights
     normalizer.references, normalizer.calibration = references, calibration

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from ..calibration import (CALIBRATED_SPEAKERS, IF_MISSING, NORMALIZATIONS, SCOPES, SPREADS, CalibrationConfig,
-                           with_legacy_reference)
+                           with_legacy_calibration)
 from ..errors import EmoadaptError
 from ..model import AdapterConfig, PretrainConfig, head_settings
 from ..model import recipe as lookup_recipe
@@ -115,17 +115,20 @@ class RunConfig:
 
 def with_defaults(recorded: dict) -> dict:
     """A config dict recorded by a run, with every setting added to emoadapt since then at its default (so that an
-    older run and a newer one with the same settings compare equal)."""
+    older run and a newer one with the same settings compare equal; calibration settings as :func:`config_from_record`
+    fills them)."""
+    if isinstance(recorded.get("calibration"), dict):
+        recorded = {**recorded, "calibration": with_legacy_calibration(recorded["calibration"])}
     merged = OmegaConf.merge(OmegaConf.create(RunConfig().to_dict()), OmegaConf.create(recorded))
     return OmegaConf.to_container(merged)
 
 
 def config_from_record(values: dict, *, where: str) -> RunConfig:
     """The typed settings of a config dict a run or a model folder recorded (checked like a config file). A record
-    made before ``calibration.spread`` existed made its references the way it did then (:data:`LEGACY_REFERENCE`)."""
+    made before a calibration setting existed did what it did then (:func:`with_legacy_calibration`)."""
     calibration = values.get("calibration") if isinstance(values, dict) else None
     if isinstance(calibration, dict):
-        values = {**values, "calibration": with_legacy_reference(calibration)}
+        values = {**values, "calibration": with_legacy_calibration(calibration)}
     return OmegaConf.to_object(_merge(OmegaConf.structured(RunConfig()), values, where))
 
 
@@ -255,6 +258,7 @@ def validate(config: RunConfig, recipe: str | None = None, *, stage1: bool = Fal
             ("calibration.apply_to", config.calibration.apply_to, config.calibration.apply_to in CALIBRATED_SPEAKERS),
             ("calibration.scope", config.calibration.scope, config.calibration.scope in SCOPES),
             ("calibration.shrink", config.calibration.shrink, config.calibration.shrink >= 0),
+            ("calibration.train_shrink", config.calibration.train_shrink, config.calibration.train_shrink >= 0),
             ("calibration.if_missing", config.calibration.if_missing, config.calibration.if_missing in IF_MISSING),
             ("calibration.spread", config.calibration.spread, config.calibration.spread in SPREADS)):
         if not ok:
