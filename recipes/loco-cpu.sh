@@ -6,7 +6,7 @@
 #
 # ROW is loco-features, loco-stats, loco-stats-choose-corpus, loco-stats-layers, loco-stats-balanced,
 # loco-stats-balanced-wide, loco-stats-balanced-wider, loco-stats-speaker, loco-references,
-# loco-stats-speaker-balanced, loco-references-balanced, loco-adapter,
+# loco-stats-speaker-balanced, loco-references-balanced, loco-stats-speaker-shrunk, loco-references-shrunk, loco-adapter,
 # loco-stage1-pairs (not in the default list: 9 stage-1 and 18 stage-2 runs, hours on a CPU; SEEDS, default "0 1 2"),
 # loco-stage1-frozen, loco-stage1-slowed, loco-stage1-stats-start (stage-2 variants on the pairs' stage 1) and
 # loco-stage1-sources (the pairs' control); none of these is in the default list either.
@@ -61,6 +61,14 @@ row() {
         loco-references-balanced)  # every reference condition x setting on that model
             "${python[@]}" tools/reference_conditions.py --corpus "$corpus" --store "$store" \
                 --run "$out/stats-speaker-balanced" --json "$out/references-balanced.json" ;;
+        loco-stats-speaker-shrunk)  # the same, each training speaker's statistics moved toward the population's by
+            # n / (n + 50) (calibration.train_shrink), nearer to how a speaker is read without a reference
+            "${emoadapt[@]}" cv "${loco[@]}" --set choose_by=corpus --set "head.c_grid=[0.001,0.003,0.01,0.03,0.1]" \
+                --set head.class_weight=balanced --normalize speaker --set calibration.scope=none \
+                --set calibration.train_shrink=50 --out "$out/stats-speaker-shrunk" ;;
+        loco-references-shrunk)  # every reference condition x setting on that model
+            "${python[@]}" tools/reference_conditions.py --corpus "$corpus" --store "$store" \
+                --run "$out/stats-speaker-shrunk" --json "$out/references-shrunk.json" ;;
         loco-adapter)  # the trained adapter (stage 2 alone, the CPU-sized config), epochs chosen on validation speakers
             "${emoadapt[@]}" cv --corpus "$corpus" --store "$store" --protocol corpus --recipe adapter --config cpu \
                 --seed 0 --no-progress --out "$out/adapter-s0" ;;
@@ -102,7 +110,7 @@ row() {
     esac
 }
 
-all=(loco-features loco-stats loco-stats-choose-corpus loco-stats-layers loco-stats-balanced loco-stats-balanced-wide loco-stats-balanced-wider loco-stats-speaker loco-references loco-stats-speaker-balanced loco-references-balanced loco-adapter)
+all=(loco-features loco-stats loco-stats-choose-corpus loco-stats-layers loco-stats-balanced loco-stats-balanced-wide loco-stats-balanced-wider loco-stats-speaker loco-references loco-stats-speaker-balanced loco-references-balanced loco-stats-speaker-shrunk loco-references-shrunk loco-adapter)
 if [[ ${1:-} == --list ]]; then printf '%s\n' "${all[@]}"; exit 0; fi
 if (( $# )); then rows=("$@"); else rows=("${all[@]}"); fi
 for r in "${rows[@]}"; do row "$r"; done
