@@ -6,7 +6,8 @@
 #
 # ROW is loco-features, loco-stats, loco-stats-choose-corpus, loco-stats-layers, loco-stats-balanced,
 # loco-stats-balanced-wide, loco-stats-balanced-wider, loco-stats-speaker, loco-references,
-# loco-stats-speaker-balanced, loco-references-balanced, loco-stats-speaker-shrunk, loco-references-shrunk, loco-adapter,
+# loco-stats-speaker-balanced, loco-references-balanced, loco-stats-speaker-shrunk, loco-references-shrunk,
+# loco-adapter,
 # loco-stage1-pairs (not in the default list: 9 stage-1 and 18 stage-2 runs, hours on a CPU; SEEDS, default "0 1 2"),
 # loco-stage1-frozen, loco-stage1-slowed, loco-stage1-stats-start (stage-2 variants on the pairs' stage 1) and
 # loco-stage1-sources (the pairs' control); none of these is in the default list either.

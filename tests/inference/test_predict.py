@@ -267,12 +267,13 @@ def test_the_bundle_build_chooses_by_leave_one_corpus_out_and_ships_a_model_with
     out.mkdir()
     (out / "bundle.json").write_text(json.dumps({"edition": script.EDITION - 1}))  # the edition this build replaces
     summary = script.build(data, tmp_path / "work", encoder="whisper-tiny.en", out=out,
-                           candidates=["stats", "stats-speaker", "stats-speaker + augmentation"],
+                           candidates=["stats", "stats-speaker", "stats-speaker + augmentation",
+                                       "stats-speaker-shrunk"],
                            reference_settings=["tau0", "tau20-balance", "tau5-mean-emotion"])
     kept = tmp_path / f"edition{script.EDITION - 1}" / "bundle.json"
     assert json.loads(kept.read_text())["edition"] == script.EDITION - 1 and summary["edition"] == script.EDITION
     rows = summary["candidates"]
-    assert set(rows) == {"stats", "stats-speaker", "stats-speaker + augmentation"}
+    assert set(rows) == {"stats", "stats-speaker", "stats-speaker + augmentation", "stats-speaker-shrunk"}
     speaker = [k for k in rows if k.startswith("stats-speaker")]
     assert summary["chosen"] in speaker
     assert rows[summary["chosen"]]["closed_ua"]["mean"] == max(rows[k]["closed_ua"]["mean"] for k in speaker)
@@ -287,6 +288,10 @@ def test_the_bundle_build_chooses_by_leave_one_corpus_out_and_ships_a_model_with
     for key, value in summary["reference"]["options"].items():  # the model makes references as chosen
         assert model["config"]["calibration"][key] == value
     assert (model["augmentation"] is not None) == ("augmentation" in summary["chosen"])
+    # the final fit trains its speakers as the chosen candidate did, whatever the reference setting's shrink
+    assert model["config"]["calibration"]["train_shrink"] == (50 if summary["chosen"] == "stats-speaker-shrunk" else 0)
+    shrunk = tmp_path / "work" / "loco-stats-speaker-shrunk" / "fold_1" / "model" / "model.json"
+    assert json.loads(shrunk.read_text())["config"]["calibration"]["train_shrink"] == 50
     assert set(choice) == {"tau0", "tau20-balance", "tau5-mean-emotion"}
     assert model["reference"]["class_offsets"] is True
     card = (out / "MODEL_CARD.md").read_text()

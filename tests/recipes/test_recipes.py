@@ -142,7 +142,8 @@ def test_loco_recipe_gives_one_command_per_row(tmp_path):
     (shrunk,) = commands("loco-stats-speaker-shrunk")  # the balanced speaker row, its training speakers shrunk
     assert shrunk.replace(" --set calibration.train_shrink=50", "").replace("-shrunk", "-balanced") == speaker
     (references,) = commands("loco-references-shrunk")
-    assert f"--run {loco}/stats-speaker-shrunk" in references and references.endswith(f"{loco}/references-shrunk.json")
+    assert f"--run {loco}/stats-speaker-shrunk" in references
+    assert references.endswith(f"{loco}/references-shrunk.json")
     pairs = commands("loco-stage1-pairs")
     assert [c.split("--out ")[1] for c in pairs] == [f"{loco}/{r}" for r in
                                                    ("adapter-s0", "full-test-audio-s0", "adapter-s2", "full-test-audio-s2")]
