@@ -58,9 +58,10 @@ LICENCES = {"ravdess": "CC BY-NC-SA 4.0 (Livingstone & Russo 2018): non-commerci
 EFFECTS = Path("/usr/share/games/fillets-ng/sound/share")
 MUSIC = Path("/usr/share/games/fillets-ng/music")  # bench/robustness.py mixes in the other half of the tracks
 SPEAKER = ["normalize=speaker", "calibration.scope=none"]  # tested without a reference: the population's statistics
+SHRUNK_TRAINING = 50  # stats-speaker-shrunk: τ (clips) toward the population for each training speaker
 CANDIDATES = {"stats": ([], False), "stats + augmentation": ([], True),  # (settings, with the augmented copies)
               "stats-speaker": (SPEAKER, False), "stats-speaker + augmentation": (SPEAKER, True),
-              "stats-speaker-shrunk": ([*SPEAKER, "calibration.train_shrink=50"], False)}
+              "stats-speaker-shrunk": ([*SPEAKER, f"calibration.train_shrink={SHRUNK_TRAINING}"], False)}
 EDITION = 5
 ORDINALS = {1: "first", 2: "second", 3: "third", 4: "fourth", 5: "fifth"}
 COMMON = ["choose_by=corpus", "head.c_grid=[0.001,0.003,0.01,0.03,0.1]", "head.class_weight=balanced"]
@@ -235,8 +236,8 @@ def model_card(s: dict) -> str:
     lines += [
         "", "Only speaker-normalised candidates can take a reference (`predict --reference`), so the choice is among "
         "them; the global rows are there to compare."
-        + (" `stats-speaker-shrunk`: each training speaker's statistics moved toward the population's by n / (n + 50)"
-           " (n: the speaker's clips)." if "stats-speaker-shrunk" in s["candidates"] else ""), "",
+        + (" `stats-speaker-shrunk`: each training speaker's statistics moved toward the population's by n / (n + "
+           f"{SHRUNK_TRAINING}) (n: the speaker's clips)." if "stats-speaker-shrunk" in s["candidates"] else ""), "",
         f"## With a reference (the chosen candidate's fold models; closed UA; setting **{r['setting']}** chosen: the "
         "largest worst gain over no reference)", "",
         f"The setting: a reference of n clips keeps the weight n / (n + {r['options']['shrink']:g})"

@@ -117,19 +117,21 @@ def with_defaults(recorded: dict) -> dict:
     """A config dict recorded by a run, with every setting added to emoadapt since then at its default (so that an
     older run and a newer one with the same settings compare equal; calibration settings as :func:`config_from_record`
     fills them)."""
-    if isinstance(recorded.get("calibration"), dict):
-        recorded = {**recorded, "calibration": with_legacy_calibration(recorded["calibration"])}
-    merged = OmegaConf.merge(OmegaConf.create(RunConfig().to_dict()), OmegaConf.create(recorded))
+    merged = OmegaConf.merge(OmegaConf.create(RunConfig().to_dict()), OmegaConf.create(_filled_calibration(recorded)))
     return OmegaConf.to_container(merged)
 
 
 def config_from_record(values: dict, *, where: str) -> RunConfig:
     """The typed settings of a config dict a run or a model folder recorded (checked like a config file). A record
     made before a calibration setting existed did what it did then (:func:`with_legacy_calibration`)."""
+    return OmegaConf.to_object(_merge(OmegaConf.structured(RunConfig()), _filled_calibration(values), where))
+
+
+def _filled_calibration(values):
+    """A recorded config dict whose ``calibration`` (when it is a dict) has the settings added since it was recorded
+    as the run did then (:func:`with_legacy_calibration`); anything else as it is, for the checks to refuse."""
     calibration = values.get("calibration") if isinstance(values, dict) else None
-    if isinstance(calibration, dict):
-        values = {**values, "calibration": with_legacy_calibration(calibration)}
-    return OmegaConf.to_object(_merge(OmegaConf.structured(RunConfig()), values, where))
+    return {**values, "calibration": with_legacy_calibration(calibration)} if isinstance(calibration, dict) else values
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = (),
