@@ -7,7 +7,7 @@
 # ROW is loco-features, loco-stats, loco-stats-choose-corpus, loco-stats-layers, loco-stats-balanced,
 # loco-stats-balanced-wide, loco-stats-balanced-wider, loco-stats-speaker, loco-references,
 # loco-stats-speaker-balanced, loco-references-balanced, loco-stats-speaker-shrunk, loco-references-shrunk,
-# loco-adapter,
+# loco-stats-speaker-shrink-chosen, loco-references-shrink-chosen, loco-adapter,
 # loco-stage1-pairs (not in the default list: 9 stage-1 and 18 stage-2 runs, hours on a CPU; SEEDS, default "0 1 2"),
 # loco-stage1-frozen, loco-stage1-slowed, loco-stage1-stats-start (stage-2 variants on the pairs' stage 1) and
 # loco-stage1-sources (the pairs' control); none of these is in the default list either.
@@ -70,6 +70,14 @@ row() {
         loco-references-shrunk)  # every reference condition x setting on that model
             "${python[@]}" tools/reference_conditions.py --corpus "$corpus" --store "$store" \
                 --run "$out/stats-speaker-shrunk" --json "$out/references-shrunk.json" ;;
+        loco-stats-speaker-shrink-chosen)  # the same with τ chosen per target from a grid, each training corpus
+            # held out in turn and read without a reference (calibration.train_shrink_grid)
+            "${emoadapt[@]}" cv "${loco[@]}" --set choose_by=corpus --set "head.c_grid=[0.001,0.003,0.01,0.03,0.1]" \
+                --set head.class_weight=balanced --normalize speaker --set calibration.scope=none \
+                --set "calibration.train_shrink_grid=[0,10,50,200,1000]" --out "$out/stats-speaker-shrink-chosen" ;;
+        loco-references-shrink-chosen)  # every reference condition x setting on that model
+            "${python[@]}" tools/reference_conditions.py --corpus "$corpus" --store "$store" \
+                --run "$out/stats-speaker-shrink-chosen" --json "$out/references-shrink-chosen.json" ;;
         loco-adapter)  # the trained adapter (stage 2 alone, the CPU-sized config), epochs chosen on validation speakers
             "${emoadapt[@]}" cv --corpus "$corpus" --store "$store" --protocol corpus --recipe adapter --config cpu \
                 --seed 0 --no-progress --out "$out/adapter-s0" ;;
@@ -111,7 +119,7 @@ row() {
     esac
 }
 
-all=(loco-features loco-stats loco-stats-choose-corpus loco-stats-layers loco-stats-balanced loco-stats-balanced-wide loco-stats-balanced-wider loco-stats-speaker loco-references loco-stats-speaker-balanced loco-references-balanced loco-stats-speaker-shrunk loco-references-shrunk loco-adapter)
+all=(loco-features loco-stats loco-stats-choose-corpus loco-stats-layers loco-stats-balanced loco-stats-balanced-wide loco-stats-balanced-wider loco-stats-speaker loco-references loco-stats-speaker-balanced loco-references-balanced loco-stats-speaker-shrunk loco-references-shrunk loco-stats-speaker-shrink-chosen loco-references-shrink-chosen loco-adapter)
 if [[ ${1:-} == --list ]]; then printf '%s\n' "${all[@]}"; exit 0; fi
 if (( $# )); then rows=("$@"); else rows=("${all[@]}"); fi
 for r in "${rows[@]}"; do row "$r"; done

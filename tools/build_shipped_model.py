@@ -129,12 +129,7 @@ def build(data: Path, work: Path, config: str = "cpu", seed: int = 0, out: Path 
         runs[chosen] / f"fold_{k}" / "model", corpus, FeatureStore(store), int(k), runs[chosen] / "references",
         settings_tried, reference_conditions.conditions(), moments)
         for k, target in sorted(results["protocol"]["targets"].items())}
-    setting_rows = {}
-    for setting in settings_tried:
-        gains = [t[setting][c] - t[setting]["none"] for t in tables.values() for c in t[setting] if c != "none"]
-        setting_rows[setting] = {"worst_gain": float(min(gains)), "mean_gain": float(np.mean(gains))}
-    reference_setting = max(setting_rows, key=lambda s: (round(setting_rows[s]["worst_gain"], 6),
-                                                         setting_rows[s]["mean_gain"]))
+    reference_setting, setting_rows = reference_conditions.choose(list(tables.values()))
     print(f"[4/5] reference setting: {reference_setting} ({setting_rows[reference_setting]})", flush=True)
 
     options = REFERENCE_SETTINGS[reference_setting]

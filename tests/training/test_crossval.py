@@ -244,6 +244,66 @@ def test_choose_by_corpus_holds_each_training_corpus_out_in_turn(data, tmp_path)
                log=lambda *_: None)
 
 
+def test_training_speakers_shrinkage_is_chosen_on_training_corpora_read_without_a_reference(data, tmp_path):
+    """calibration.train_shrink_grid: τ chosen with each training corpus held out and read with the others' population
+    statistics; the fast path (frame moments) scores what the package's own normaliser and pooling give, and the
+    fold's model is trained and recorded with the chosen τ."""
+    from dataclasses import replace
+
+    from emoadapt.calibration import make_normalizer, shrunk
+    from emoadapt.corpora.base import speaker_group
+    from emoadapt.modelfolder import read_model_info
+    from emoadapt.model.pooling import utterance_statistics
+    from emoadapt.store.features import FrameMoments
+    from emoadapt.training.closed_form import all_class_probabilities, fit_logistic, pooled_features
+    from emoadapt.training.data import labelled_dataset
+    from emoadapt.training.metrics import closed_predictions, score
+
+    corpus, store = data
+    source = {1: "a", 2: "a", 3: "c", 4: "b", 5: "b"}
+    rows = [replace(u, extras={**u.extras, "corpus": source[corpus.folds.assignments[u.id]]}) for u in corpus.rows]
+    merged = replace(corpus, rows=rows)
+    config = load_config(None, ["choose_by=corpus", "head.c_grid=[0.1]", "normalize=speaker",
+                                "calibration.scope=none", "calibration.train_shrink_grid=[0,1000]"], base=tiny_config())
+    results = run_cv(merged, store, "stats", tmp_path, folds=[2], config=config, protocol="corpus", progress=False,
+                     log=lambda *_: None)
+    choice = json.loads((tmp_path / "fold_2" / "results.json").read_text())["choices"]["calibration.train_shrink"]
+    assert results["folds"]["2"]["choices"]["calibration.train_shrink"] == choice
+    assert set(choice["held_out_ua"]) == {"0", "1000"} and choice["chosen_on"].startswith(
+        "each training corpus held out in turn (a, c)")
+    assert choice["train_shrink"] == max((0.0, 1000.0), key=lambda t: (round(choice["held_out_ua"][f"{t:g}"], 6), t))
+    recorded = read_model_info(tmp_path / "fold_2" / "model")["config"]["calibration"]
+    assert recorded["train_shrink"] == choice["train_shrink"]
+
+    # the slow path for the chosen τ: corpus a held out, its speakers read with c's population, c's shrunk toward it
+    tau, store = choice["train_shrink"], FeatureStore(store)
+    training = replace(merged, rows=[u for u in rows if u.extras["corpus"] in ("a", "c")])
+    held_out = [u.id for u in training.rows if u.extras["corpus"] == "a"]
+    outside = [u.id for u in training.rows if u.extras["corpus"] == "c"]
+    shrunk_config = load_config(None, [f"calibration.train_shrink={tau}"], base=config)
+    normalizer = make_normalizer(shrunk_config, training, store, test_ids=held_out)
+    labels = merged.labels
+    pool = lambda x, mask: utterance_statistics(x, mask)  # noqa: E731 - the stats recipe's pooling
+    x_out, y_out = pooled_features(pool, labelled_dataset(training, store, outside, labels, normalizer=normalizer), 8)
+    x_in, y_in = pooled_features(pool, labelled_dataset(training, store, held_out, labels, normalizer=normalizer), 8)
+    probabilities = all_class_probabilities(*fit_logistic(x_out, y_out, 0.1), x_in, len(labels))
+    slow = score(y_in.tolist(), closed_predictions(y_in.tolist(), probabilities), labels).ua
+    assert slow == pytest.approx(choice["held_out_ua_by_corpus"]["a"], abs=1e-6)
+    moments = FrameMoments(store, held_out + outside)  # the features the choice fits on, as the fast path makes them
+    population = moments.statistics(outside)
+    assert np.allclose(moments.pooled(held_out, [population] * len(held_out)), x_in, atol=1e-4)
+    speaker_of = speaker_group(training)
+    members = {s: [i for i in outside if speaker_of(i) == s] for s in {speaker_of(i) for i in outside}}
+    statistics = {s: shrunk(moments.statistics(ids), population, len(ids), tau)[0] for s, ids in members.items()}
+    fast = moments.pooled(outside, [statistics[speaker_of(i)] for i in outside])
+    assert np.allclose(fast, x_out, atol=1e-4) and not np.allclose(fast, moments.pooled(
+        outside, [moments.statistics(members[speaker_of(i)]) for i in outside]), atol=1e-2)  # the shrinkage shows
+
+    with pytest.raises(EmoadaptError, match="train_shrink_grid is chosen with each training corpus held out"):
+        run_cv(merged, store, "stats", tmp_path / "global", config=load_config(
+            None, ["normalize=global"], base=config), protocol="corpus", progress=False, log=lambda *_: None)
+
+
 def test_stage1_on_the_test_audio_is_a_labelled_protocol_of_its_own(data, tmp_path):
     """pretrain.test_audio: each fold's stage 1 hears its test utterances (never their labels); the leakage guard lets
     cv's own stage 1 through and the results say which protocol it was."""

@@ -54,6 +54,10 @@ class CalibrationConfig:
     #                                  under apply_to "test", all of their clips): part of how the model is trained,
     #                                  kept apart from shrink so that choosing how references are read leaves the
     #                                  model as it was validated (models before it used shrink for both)
+    train_shrink_grid: tuple[float, ...] = ()  # τ values to choose train_shrink from on the training corpora, each
+    #                                  held out in turn and read without a reference (the others' population
+    #                                  statistics), as a speaker without reference audio is read (stats recipe,
+    #                                  choose_by corpus; :func:`emoadapt.training.closed_form.choose_train_shrink`)
     balance: bool = False            # also weigh it by how evenly the model, without a reference, spreads the
     #                                  reference's clips over the classes (1: evenly; less: one-sided, e.g. all angry)
     if_missing: str = "refuse"       # a test speaker without a clip labelled only_label: "refuse", or "none" (no

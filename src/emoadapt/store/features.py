@@ -317,6 +317,42 @@ def array_statistics(arrays: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarr
 
 
 
+class FrameMoments:
+    """Every utterance's frame mean and mean square ``[L+1, D]`` and frame count, read from a store once. The
+    ``stats`` recipe pools (mean, std) of frames standardised as z = (x - m) / sqrt(s² + eps), so its features follow
+    exactly from these for any statistics (m, s): mean (mean(x) - m) a, std std(x) a, a = 1 / sqrt(s² + eps). That
+    turns many normalisations of one set of utterances (reference settings, training speakers' shrinkage) into
+    arithmetic instead of passes over the store."""
+
+    def __init__(self, store, ids: Sequence[str]):
+        ids = list(ids)
+        self.index = {i: k for k, i in enumerate(ids)}
+        first = np.asarray(store.get(ids[0]))
+        self.mean = np.zeros((len(ids), first.shape[0], first.shape[2]))
+        self.square, self.frames = np.zeros_like(self.mean), np.zeros(len(ids))
+        for k, i in enumerate(ids):
+            x = np.asarray(store.get(i), np.float64)
+            self.mean[k], self.square[k], self.frames[k] = x.mean(1), np.square(x).mean(1), x.shape[1]
+
+    def statistics(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) over every frame of ``ids``, as :func:`array_statistics` gives."""
+        rows = [self.index[i] for i in ids]
+        w = self.frames[rows][:, None, None]
+        mean = (self.mean[rows] * w).sum(0) / w.sum()
+        return mean, np.sqrt(np.maximum((self.square[rows] * w).sum(0) / w.sum() - np.square(mean), 0.0))
+
+    def pooled(self, ids: Sequence[str], statistics: Sequence[tuple[np.ndarray, np.ndarray]],
+               eps: float = 1e-5) -> np.ndarray:
+        """The ``stats`` recipe's pooled features [n, (L+1) * 2D] (per hidden state [mean; std], as
+        :func:`emoadapt.model.pooling.utterance_statistics`) of ``ids``, each standardised with its
+        ``statistics`` (mean, std) as :class:`emoadapt.calibration.Normalizer` does."""
+        rows = [self.index[i] for i in ids]
+        mean, std = self.mean[rows], np.sqrt(np.maximum(self.square[rows] - np.square(self.mean[rows]), 0.0))
+        m = np.stack([s[0] for s in statistics])
+        a = 1.0 / np.sqrt(np.square(np.stack([s[1] for s in statistics])) + eps)
+        return np.concatenate([(mean - m) * a, std * a], axis=-1).reshape(len(rows), -1)
+
+
 def read_meta(root: Path) -> dict:
     path = root / "meta.json"
     try:

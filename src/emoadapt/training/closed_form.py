@@ -50,6 +50,11 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, c: float, class_weight: str | Non
     return scaler, LogisticRegression(C=c, max_iter=3000, class_weight=class_weight).fit(scaler.transform(x), y)
 
 
+def logistic_fit(head) -> partial:
+    """:func:`fit_logistic` as a stats head's settings (``head.class_weight``) ask for it."""
+    return partial(fit_logistic, class_weight=None if head.class_weight == "none" else "balanced")
+
+
 def all_class_probabilities(scaler: StandardScaler, model: LogisticRegression, x: np.ndarray,
                             num_classes: int) -> np.ndarray:
     """[N, num_classes] probabilities; a class the fit never saw gets 0."""
@@ -122,6 +127,59 @@ def choose_by_held_out_corpus(x: np.ndarray, y: np.ndarray, groups: np.ndarray, 
     return scaler, model, {**_choice_record(held_out_ua, best, layer_grid),
                            "chosen_on": f"each training corpus held out in turn ({', '.join(names)})",
                            OUT_OF_SAMPLE: held_out[best]}
+
+
+def choose_train_shrink(data, grid: Sequence[float], c_grid, fit=fit_logistic, log=None) -> dict:
+    """``calibration.train_shrink`` for a speaker-normalised ``stats`` fit, from ``grid``: each training corpus of
+    the fold (``data``: its training and validation utterances) is held out in turn and read as a speaker without
+    reference audio is read, with the population statistics of the others; the others' speakers are standardised
+    with their own statistics moved toward that population by n / (n + τ) and fitted with every C of ``c_grid``.
+    The τ whose best C gives the best mean held-out UA (over each corpus's own classes, "closed") is chosen (ties:
+    the larger τ, nearer to how an unseen speaker is read). Returns the choice's record."""
+    from ..calibration import shrunk
+    from ..corpora.base import speaker_group
+    from ..store.features import FrameMoments
+    ids = list(data.split["train"]) + list(data.split["val"])
+    by_id, group = {u.id: u for u in data.corpus.rows}, speaker_group(data.corpus)
+    corpus_of = {i: (by_id[i].extras.get("corpus") or "").strip() for i in ids}
+    names = sorted(set(corpus_of.values()))
+    if len(names) < 2:
+        raise TrainingError(None, f"calibration.train_shrink_grid needs at least two training corpora to hold out in "
+                                  f"turn; the training utterances come from {', '.join(names) or 'none'}")
+    label_index = {label: k for k, label in enumerate(data.labels)}
+    moments, t0 = FrameMoments(data.store, ids), time.perf_counter()
+    held_out: dict[tuple[float, float], dict[str, float]] = {}
+    for name in names:
+        inside = [i for i in ids if corpus_of[i] == name]
+        outside = [i for i in ids if corpus_of[i] != name]
+        population = moments.statistics(outside)
+        x_inside = moments.pooled(inside, [population] * len(inside))
+        truth = [label_index[by_id[i].label] for i in inside]
+        y_outside = np.array([label_index[by_id[i].label] for i in outside])
+        speakers: dict[str, list[str]] = {}
+        for i in outside:
+            speakers.setdefault(group(i), []).append(i)
+        raw = {s: moments.statistics(members) for s, members in speakers.items()}
+        for tau in sorted(float(t) for t in grid):
+            statistics = {s: shrunk(raw[s], population, len(members), tau)[0] for s, members in speakers.items()}
+            x_outside = moments.pooled(outside, [statistics[group(i)] for i in outside])
+            for c in sorted(float(c) for c in c_grid):
+                probabilities = all_class_probabilities(*fit(x_outside, y_outside, c), x_inside, len(data.labels))
+                held_out.setdefault((tau, c), {})[name] = score(truth, closed_predictions(truth, probabilities),
+                                                                data.labels).ua
+    mean = {key: float(np.mean(list(per_corpus.values()))) for key, per_corpus in held_out.items()}
+    best = {}  # τ -> its best C
+    for tau, c in sorted(mean):  # ties between Cs: the first, the stronger regularisation
+        if tau not in best or mean[tau, c] > mean[tau, best[tau]]:
+            best[tau] = c
+    by_tau = {tau: mean[tau, c] for tau, c in best.items()}
+    chosen = max(by_tau, key=lambda t: (round(by_tau[t], 6), t))
+    if log:
+        log(f"  train_shrink {chosen:g} chosen ({time.perf_counter() - t0:.0f} s; held-out-corpus UA by τ: "
+            + ", ".join(f"{t:g} {ua:.2f}" for t, ua in by_tau.items()) + ")")
+    return {"train_shrink": chosen, "held_out_ua": {f"{t:g}": ua for t, ua in by_tau.items()},
+            "held_out_ua_by_corpus": held_out[chosen, best[chosen]], "C_with_it": best[chosen],
+            "chosen_on": f"each training corpus held out in turn ({', '.join(names)}), read without a reference"}
 
 
 def _name(layers, c) -> str:
@@ -248,7 +306,7 @@ def fit_closed_form(model, data, batch_size: int, log=None, choose_by: str = "sp
         raise TrainingError(None, f"head.layer_grid {layer_grid}: each entry is a non-empty list of hidden states "
                                   f"0..{num_layers - 1} of the store's {num_layers}"
                                   + (f" ({', '.join(map(str, wrong))} is not)" if wrong else ""))
-    fit = partial(fit_logistic, class_weight=None if model.config.class_weight == "none" else "balanced")
+    fit = logistic_fit(model.config)
     scaler, logistic, chosen = _fit_on_statistics(model.pooled, data, batch_size, model.config.c_grid, log,
                                                   choose_by=choose_by, layer_grid=layer_grid, num_layers=num_layers,
                                                   fit=fit)

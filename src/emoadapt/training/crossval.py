@@ -231,6 +231,7 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
                            "best_epoch": per_fold[k].get("best_epoch"), "split": per_fold[k].get("split"),
                            "seconds": per_fold[k].get("seconds"),
                            **({"closed_form": per_fold[k]["closed_form"]} if per_fold[k].get("closed_form") else {}),
+                           **({"choices": per_fold[k]["choices"]} if per_fold[k].get("choices") else {}),
                            "closed": {m: summary_closed["folds"][str(k)][m] for m in METRICS},
                            "temperature": _temperature_line(per_fold[k].get("temperature"))} for k in folds},
         "mean_std": summary["mean_std"], "mean_std_closed": summary_closed["mean_std"],

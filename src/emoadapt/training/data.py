@@ -157,6 +157,7 @@ class FoldData(pl.LightningDataModule):
                  frame_rate: float, augmented: FeatureStore | None = None):
         super().__init__()
         self.corpus, self.store, self.fold, self.labels = corpus, store, fold, list(labels)
+        self.augmented_store = augmented
         self.split = split_fold(corpus, store, fold, config)
         self.batch_size, self.seed = config.stage2.batch_size, config.seed
         self.bucket_by_length = config.stage2.bucket_by_length
@@ -172,6 +173,11 @@ class FoldData(pl.LightningDataModule):
                                       copies)
         self.val = labelled_dataset(corpus, store, self.split["val"], self.labels, normalizer=self.normalizer)
         self.test = labelled_dataset(corpus, store, self.split["test"], self.labels, normalizer=self.normalizer)
+
+    def with_config(self, config) -> "FoldData":
+        """The same fold built again under ``config`` (e.g. a setting chosen on the fold's own training data)."""
+        return FoldData(self.corpus, self.store, self.fold, config, self.labels, self.frame_rate,
+                        augmented=self.augmented_store)
 
     def class_offsets(self):
         """What each class adds to a speaker's standardised hidden states, from the training clips (computed once;

@@ -261,6 +261,8 @@ def validate(config: RunConfig, recipe: str | None = None, *, stage1: bool = Fal
             ("calibration.scope", config.calibration.scope, config.calibration.scope in SCOPES),
             ("calibration.shrink", config.calibration.shrink, config.calibration.shrink >= 0),
             ("calibration.train_shrink", config.calibration.train_shrink, config.calibration.train_shrink >= 0),
+            ("calibration.train_shrink_grid", list(config.calibration.train_shrink_grid),
+             all(t >= 0 for t in config.calibration.train_shrink_grid)),
             ("calibration.if_missing", config.calibration.if_missing, config.calibration.if_missing in IF_MISSING),
             ("calibration.spread", config.calibration.spread, config.calibration.spread in SPREADS)):
         if not ok:
@@ -274,6 +276,14 @@ def validate(config: RunConfig, recipe: str | None = None, *, stage1: bool = Fal
         if config.choose_by == "corpus" and lookup_recipe(recipe).fit != "closed_form":
             raise EmoadaptError(None, f"choose_by=corpus applies to the closed-form recipes (stats); {recipe!r} "
                                       "chooses its epoch on the validation speakers")
+        if config.calibration.train_shrink_grid and (
+                lookup_recipe(recipe).fit != "closed_form" or config.choose_by != "corpus"
+                or config.normalize != "speaker" or config.calibration.apply_to != "test"):
+            raise EmoadaptError(None, "calibration.train_shrink_grid is chosen with each training corpus held out in "
+                                      "turn: it needs the stats recipe with normalize=speaker, choose_by=corpus and "
+                                      f"calibration.apply_to=test (here: recipe {recipe!r}, normalize="
+                                      f"{config.normalize}, choose_by={config.choose_by}, apply_to="
+                                      f"{config.calibration.apply_to}); or give calibration.train_shrink alone")
         if config.stage2.freeze_adapter_epochs and not lookup_recipe(recipe).uses_adapter:
             raise EmoadaptError(None, f"stage2.freeze_adapter_epochs applies to the adapter recipes; {recipe!r} has "
                                       "no adapter")

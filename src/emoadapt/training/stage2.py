@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -35,7 +35,7 @@ from ..model import StatsConfig, build_model, recipe as lookup_recipe
 from ..store.dataset import encoder_info, open_augmented_store, open_corpus, open_store, require_same_features
 from ..store.features import FeatureStore
 from .checkpoint_io import load_checkpoint_file
-from .closed_form import OUT_OF_SAMPLE, fit_closed_form, start_from_statistics
+from .closed_form import OUT_OF_SAMPLE, choose_train_shrink, fit_closed_form, logistic_fit, start_from_statistics
 from .data import FoldData, fit_standardizers
 from .evaluate import read_references, write_predictions
 from .metrics import closed_predictions, score
@@ -190,8 +190,15 @@ def train_stage2(data: FoldData, out_dir: str | os.PathLike, *, recipe: str, con
                             **({"augmentation": data.augmentation} if data.augmentation else {})})
     if done.is_file():
         return json.loads(done.read_text())  # finished before
+    choices = {}
     if spec.fit == "closed_form":
         model, build = build_classifier(recipe, config, encoder, len(data.labels))
+        if config.calibration.train_shrink_grid:  # how the training speakers are standardised: chosen first
+            choices["calibration.train_shrink"] = choice = choose_train_shrink(
+                data, config.calibration.train_shrink_grid, model.config.c_grid, logistic_fit(model.config),
+                log=_stderr if progress else None)
+            config = replace(config, calibration=replace(config.calibration, train_shrink=choice["train_shrink"]))
+            data = data.with_config(config)
         trained = fit_closed_form(model, data, config.stage2.batch_size, log=_stderr if progress else None,
                                   choose_by=config.choose_by)
         trainer = None
@@ -212,7 +219,7 @@ def train_stage2(data: FoldData, out_dir: str | os.PathLike, *, recipe: str, con
             temperature["test"] = calibration_errors(predictions, truth, temperature["T"])
     results = {
         "fold": fold, "recipe": recipe, "scores": scores, "scores_closed": closed, "temperature": temperature,
-        **trained,
+        **trained, **({"choices": choices} if choices else {}),
         "split": {k: len(v) for k, v in data.split.items()}, "skipped_utterances": data.split["skipped"],
         "speakers": {k: data.speakers(k) for k in ("train", "val", "test")},
         "init": init_info, "encoder": encoder, "seed": config.seed, "augmentation": data.augmentation,
