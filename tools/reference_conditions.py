@@ -178,8 +178,11 @@ def main(argv=None) -> int:
         sources = [u for u in corpus.rows if u.extras["corpus"] != name]
         inner_corpus = replace(corpus, rows=sources, folds=None)
         inner_run = run / "inner" / name
-        chosen_c = json.loads((run / f"fold_{fold}" / "results.json").read_text())["closed_form"]["C"]
-        inner_config = load_config(None, ["choose_by=speakers", f"head.c_grid=[{chosen_c}]"], base=config)
+        fold_results = json.loads((run / f"fold_{fold}" / "results.json").read_text())
+        chosen_c = fold_results["closed_form"]["C"]
+        fixed = [f"calibration.train_shrink={choice['train_shrink']}", "calibration.train_shrink_grid=[]"] \
+            if (choice := fold_results.get("choices", {}).get("calibration.train_shrink")) else []  # as fold k chose
+        inner_config = load_config(None, ["choose_by=speakers", f"head.c_grid=[{chosen_c}]", *fixed], base=config)
         inner = run_cv(inner_corpus, store, results["recipe"], inner_run, config=inner_config, protocol="corpus",
                        progress=False, log=lambda *_: None)
         inner_targets = inner["protocol"]["targets"]

@@ -60,3 +60,32 @@ def test_reference_conditions_choose_on_training_corpora_and_measure_the_target(
     before = [p.stat().st_mtime_ns for p in evaluations]
     assert reference_conditions.main(argv) == 0
     assert [p.stat().st_mtime_ns for p in evaluations] == before  # reused, not re-made
+
+
+def test_reference_conditions_train_the_inner_runs_with_each_folds_chosen_shrinkage(trained, tmp_path):
+    """A run whose folds chose calibration.train_shrink (train_shrink_grid): the choice of the reference setting, on
+    the training corpora, trains its models with the τ the fold chose, not a grid of its own."""
+    import reference_conditions
+    from emoadapt.corpora import load_corpus, write_manifest
+    from emoadapt.modelfolder import read_model_info
+    from emoadapt.training.crossval import run_cv
+    from emoadapt.training.settings import load_config
+    corpus, store, _, _ = trained
+    group = {f"Actor_{k:02d}": "abc"[(k - 1) // 4] for k in range(1, 13)}
+    rows = [replace(u, extras={**u.extras, "corpus": group[u.speaker]}) for u in corpus.rows]
+    write_manifest(rows, tmp_path / "merged" / "manifest.csv")
+    config = load_config(None, ["normalize=speaker", "calibration.scope=none", "choose_by=corpus",
+                                "head.c_grid=[0.1]", "calibration.train_shrink_grid=[0,1000]"])
+    run_cv(load_corpus(tmp_path / "merged"), store, "stats", tmp_path / "run", config=config, protocol="corpus",
+           progress=False, log=lambda *_: None)
+    argv = ["--corpus", str(tmp_path / "merged"), "--store", str(store), "--run", str(tmp_path / "run"),
+            "--settings", "tau5", "--conditions", "none", "speaker"]
+    assert reference_conditions.main(argv) == 0
+    for fold, name in enumerate("abc", start=1):
+        chosen = json.loads((tmp_path / "run" / f"fold_{fold}" / "results.json").read_text())["choices"][
+            "calibration.train_shrink"]["train_shrink"]
+        inner_models = sorted((tmp_path / "run" / "inner" / name).glob("fold_*/model"))
+        assert len(inner_models) == 2  # the other two corpora, each held out in turn
+        for inner in inner_models:
+            calibration = read_model_info(inner)["config"]["calibration"]
+            assert calibration["train_shrink"] == chosen and not calibration["train_shrink_grid"]
