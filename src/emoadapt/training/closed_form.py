@@ -135,7 +135,8 @@ def choose_train_shrink(data, grid: Sequence[float], c_grid, fit=fit_logistic, l
     reference audio is read, with the population statistics of the others; the others' speakers are standardised
     with their own statistics moved toward that population by n / (n + τ) and fitted with every C of ``c_grid``.
     The τ whose best C gives the best mean held-out UA (over each corpus's own classes, "closed") is chosen (ties:
-    the larger τ, nearer to how an unseen speaker is read). Returns the choice's record."""
+    the larger τ, nearer to how an unseen speaker is read). Every hidden state is used (a ``head.layer_grid`` is
+    chosen afterwards, with C, on the statistics of the τ chosen). Returns the choice's record."""
     from ..calibration import shrunk
     from ..corpora.base import speaker_group
     from ..store.features import FrameMoments
