@@ -316,7 +316,6 @@ def array_statistics(arrays: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarr
     return mean, np.sqrt(np.maximum(total_sq / frames - np.square(mean), 0.0))
 
 
-
 class FrameMoments:
     """Every utterance's frame mean and mean square ``[L+1, D]`` and frame count, read from a store once. The
     ``stats`` recipe pools (mean, std) of frames standardised as z = (x - m) / sqrt(s² + eps), so its features follow
