@@ -23,6 +23,10 @@ store=$work/loco/features-whisper-base
 out=$work/loco
 loco=(--corpus "$corpus" --store "$store" --protocol corpus --recipe stats --no-progress)
 grid=(--set choose_by=corpus --set "head.c_grid=[0.001,0.01]")   # C chosen with each training corpus held out
+# the speaker-normalised rows' shared settings: balanced weights, the wide C grid chosen with each training corpus held
+# out, tested without a reference
+speaker_balanced=(--set choose_by=corpus --set "head.c_grid=[0.001,0.003,0.01,0.03,0.1]" --set head.class_weight=balanced
+                  --normalize speaker --set calibration.scope=none)
 
 row() {
     case "$1" in
@@ -56,24 +60,20 @@ row() {
                 --settings tau0 tau5 tau5-balance tau20-balance --json "$out/references.json" ;;  # its grid then
         loco-stats-speaker-balanced)  # speaker-normalised with the best settings without a reference: balanced weights,
             # the wide C grid chosen with each training corpus held out
-            "${emoadapt[@]}" cv "${loco[@]}" --set choose_by=corpus --set "head.c_grid=[0.001,0.003,0.01,0.03,0.1]" \
-                --set head.class_weight=balanced --normalize speaker --set calibration.scope=none \
-                --out "$out/stats-speaker-balanced" ;;
+            "${emoadapt[@]}" cv "${loco[@]}" "${speaker_balanced[@]}" --out "$out/stats-speaker-balanced" ;;
         loco-references-balanced)  # every reference condition x setting on that model
             "${python[@]}" tools/reference_conditions.py --corpus "$corpus" --store "$store" \
                 --run "$out/stats-speaker-balanced" --json "$out/references-balanced.json" ;;
         loco-stats-speaker-shrunk)  # the same, each training speaker's statistics moved toward the population's by
             # n / (n + 50) (calibration.train_shrink), nearer to how a speaker is read without a reference
-            "${emoadapt[@]}" cv "${loco[@]}" --set choose_by=corpus --set "head.c_grid=[0.001,0.003,0.01,0.03,0.1]" \
-                --set head.class_weight=balanced --normalize speaker --set calibration.scope=none \
-                --set calibration.train_shrink=50 --out "$out/stats-speaker-shrunk" ;;
+            "${emoadapt[@]}" cv "${loco[@]}" "${speaker_balanced[@]}" --set calibration.train_shrink=50 \
+                --out "$out/stats-speaker-shrunk" ;;
         loco-references-shrunk)  # every reference condition x setting on that model
             "${python[@]}" tools/reference_conditions.py --corpus "$corpus" --store "$store" \
                 --run "$out/stats-speaker-shrunk" --json "$out/references-shrunk.json" ;;
         loco-stats-speaker-shrink-chosen)  # the same with τ chosen per target from a grid, each training corpus
             # held out in turn and read without a reference (calibration.train_shrink_grid)
-            "${emoadapt[@]}" cv "${loco[@]}" --set choose_by=corpus --set "head.c_grid=[0.001,0.003,0.01,0.03,0.1]" \
-                --set head.class_weight=balanced --normalize speaker --set calibration.scope=none \
+            "${emoadapt[@]}" cv "${loco[@]}" "${speaker_balanced[@]}" \
                 --set "calibration.train_shrink_grid=[0,10,50,200,1000]" --out "$out/stats-speaker-shrink-chosen" ;;
         loco-references-shrink-chosen)  # every reference condition x setting on that model
             "${python[@]}" tools/reference_conditions.py --corpus "$corpus" --store "$store" \

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from emoadapt.store.features import FrameMoments
+
 CONDITIONS = {"none": {"scope": "none"}, "corpus": {"scope": "corpus"}, "speaker": {"scope": "speaker"},
               "k1": {"scope": "speaker", "clips": 1}, "k5": {"scope": "speaker", "clips": 5},
               "k20": {"scope": "speaker", "clips": 20}, "neutral": {"scope": "speaker", "only_label": "neutral", "if_missing": "none"}}
@@ -54,23 +56,15 @@ def conditions(names=None) -> dict[str, dict]:
     return {k: v for k, v in every.items() if names is None or k in names}
 
 
-class Moments:
+class Moments(FrameMoments):
     """:class:`emoadapt.store.features.FrameMoments` of the run's utterances, and the stats model's probabilities
     from them: hundreds of evaluations of one model in seconds; ``test_reference_conditions`` checks it against
     ``emoadapt evaluate``."""
 
-    def __init__(self, store, ids):
-        from emoadapt.store.features import FrameMoments
-        self.frames = FrameMoments(store, ids)
-        self.index = self.frames.index
-
-    def statistics(self, ids) -> tuple[np.ndarray, np.ndarray]:
-        return self.frames.statistics(ids)
-
     def probabilities(self, model, ids, reference) -> np.ndarray:
         """The stats model's class probabilities [n, C] for ``ids``, each normalised with ``reference[i]``."""
         import torch
-        pooled = self.frames.pooled(ids, [reference[i] for i in ids])
+        pooled = self.pooled(ids, [reference[i] for i in ids])
         with torch.no_grad():
             u = (torch.from_numpy(pooled) - model.feature_mean) / model.feature_scale
             return torch.softmax(model.head(u.to(model.head.weight.dtype)), -1).double().numpy()
