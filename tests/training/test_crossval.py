@@ -244,10 +244,11 @@ def test_choose_by_corpus_holds_each_training_corpus_out_in_turn(data, tmp_path)
                log=lambda *_: None)
 
 
-def test_training_speakers_shrinkage_is_chosen_on_training_corpora_read_without_a_reference(data, tmp_path):
+def test_training_speakers_shrinkage_is_chosen_on_training_corpora_read_without_a_reference(data, tmp_path,
+                                                                                            monkeypatch):
     """calibration.train_shrink_grid: τ chosen with each training corpus held out and read with the others' population
     statistics; the fast path (frame moments) scores what the package's own normaliser and pooling give, and the
-    fold's model is trained and recorded with the chosen τ."""
+    fold's model is trained and recorded with the chosen τ, on fold data built once (with that τ)."""
     from dataclasses import replace
 
     from emoadapt.calibration import make_normalizer, shrunk
@@ -265,6 +266,11 @@ def test_training_speakers_shrinkage_is_chosen_on_training_corpora_read_without_
     merged = replace(corpus, rows=rows)
     config = load_config(None, ["choose_by=corpus", "head.c_grid=[0.1]", "normalize=speaker",
                                 "calibration.scope=none", "calibration.train_shrink_grid=[0,1000]"], base=tiny_config())
+    from emoadapt.training import data as fold_module
+    built = []  # the train_shrink of every normaliser the fold's data is built with
+    real_normalizer = fold_module.make_normalizer
+    monkeypatch.setattr(fold_module, "make_normalizer", lambda config, *a, **k: built.append(
+        config.calibration.train_shrink) or real_normalizer(config, *a, **k))
     results = run_cv(merged, store, "stats", tmp_path, folds=[2], config=config, protocol="corpus", progress=False,
                      log=lambda *_: None)
     choice = json.loads((tmp_path / "fold_2" / "results.json").read_text())["choices"]["calibration.train_shrink"]
@@ -274,6 +280,15 @@ def test_training_speakers_shrinkage_is_chosen_on_training_corpora_read_without_
     assert choice["train_shrink"] == max((0.0, 1000.0), key=lambda t: (round(choice["held_out_ua"][f"{t:g}"], 6), t))
     recorded = read_model_info(tmp_path / "fold_2" / "model")["config"]["calibration"]
     assert recorded["train_shrink"] == choice["train_shrink"]
+    assert built == [choice["train_shrink"]]  # one pass over the store, after the choice
+    from emoadapt.store.dataset import encoder_info
+    from emoadapt.training.data import FoldData
+    from emoadapt.training.settings import with_store_dims
+    encoder = encoder_info(FeatureStore(store))
+    unchosen = FoldData(merged, FeatureStore(store), 2, config, merged.labels, 50.0)
+    with pytest.raises(EmoadaptError, match="chosen before the fold's data is built"):  # data built without the choice
+        stage2.train_stage2(unchosen, tmp_path / "unchosen", recipe="stats", config=with_store_dims(config, encoder),
+                            encoder=encoder)
 
     # the slow path for the chosen τ: corpus a held out, its speakers read with c's population, c's shrunk toward it
     tau, store = choice["train_shrink"], FeatureStore(store)

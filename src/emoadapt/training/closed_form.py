@@ -129,26 +129,29 @@ def choose_by_held_out_corpus(x: np.ndarray, y: np.ndarray, groups: np.ndarray, 
                            OUT_OF_SAMPLE: held_out[best]}
 
 
-def choose_train_shrink(data, grid: Sequence[float], c_grid, fit=fit_logistic, log=None) -> dict:
+def choose_train_shrink(corpus, store, split: dict, labels: Sequence[str], grid: Sequence[float], c_grid,
+                        fit=fit_logistic, log=None) -> dict:
     """``calibration.train_shrink`` for a speaker-normalised ``stats`` fit, from ``grid``: each training corpus of
-    the fold (``data``: its training and validation utterances) is held out in turn and read as a speaker without
-    reference audio is read, with the population statistics of the others; the others' speakers are standardised
-    with their own statistics moved toward that population by n / (n + τ) and fitted with every C of ``c_grid``.
-    The τ whose best C gives the best mean held-out UA (over each corpus's own classes, "closed") is chosen (ties:
-    the larger τ, nearer to how an unseen speaker is read). Every hidden state is used (a ``head.layer_grid`` is
-    chosen afterwards, with C, on the statistics of the τ chosen). Returns the choice's record."""
+    the fold (``split``'s training and validation utterances, :func:`~emoadapt.training.data.split_fold`) is held
+    out in turn and read as a speaker without reference audio is read, with the population statistics of the
+    others; the others' speakers are standardised with their own statistics moved toward that population by
+    n / (n + τ) and fitted with every C of ``c_grid``. The τ whose best C gives the best mean held-out UA (over each
+    corpus's own classes, "closed") is chosen (ties: the larger τ, nearer to how an unseen speaker is read). Every
+    hidden state is used (a ``head.layer_grid`` is chosen afterwards, with C, on the statistics of the τ chosen).
+    Reads the store's frame moments, not a normaliser: the fold's data is built once, with the τ chosen. Returns the
+    choice's record."""
     from ..calibration import shrunk
     from ..corpora.base import speaker_group
     from ..store.features import FrameMoments
-    ids = list(data.split["train"]) + list(data.split["val"])
-    by_id, group = {u.id: u for u in data.corpus.rows}, speaker_group(data.corpus)
+    ids = list(split["train"]) + list(split["val"])
+    by_id, group = {u.id: u for u in corpus.rows}, speaker_group(corpus)
     corpus_of = {i: (by_id[i].extras.get("corpus") or "").strip() for i in ids}
     names = sorted(set(corpus_of.values()))
     if len(names) < 2:
         raise TrainingError(None, f"calibration.train_shrink_grid needs at least two training corpora to hold out in "
                                   f"turn; the training utterances come from {', '.join(names) or 'none'}")
-    label_index = {label: k for k, label in enumerate(data.labels)}
-    moments, t0 = FrameMoments(data.store, ids), time.perf_counter()
+    label_index = {label: k for k, label in enumerate(labels)}
+    moments, t0 = FrameMoments(store, ids), time.perf_counter()
     held_out: dict[tuple[float, float], dict[str, float]] = {}
     for name in names:
         inside = [i for i in ids if corpus_of[i] == name]
@@ -165,9 +168,9 @@ def choose_train_shrink(data, grid: Sequence[float], c_grid, fit=fit_logistic, l
             statistics = {s: shrunk(raw[s], population, len(members), tau)[0] for s, members in speakers.items()}
             x_outside = moments.pooled(outside, [statistics[group(i)] for i in outside])
             for c in sorted(float(c) for c in c_grid):
-                probabilities = all_class_probabilities(*fit(x_outside, y_outside, c), x_inside, len(data.labels))
+                probabilities = all_class_probabilities(*fit(x_outside, y_outside, c), x_inside, len(labels))
                 held_out.setdefault((tau, c), {})[name] = score(truth, closed_predictions(truth, probabilities),
-                                                                data.labels).ua
+                                                                labels).ua
     mean = {key: float(np.mean(list(per_corpus.values()))) for key, per_corpus in held_out.items()}
     best = {}  # τ -> its best C
     for tau, c in sorted(mean):  # ties between Cs: the first, the stronger regularisation

@@ -5,8 +5,8 @@
 Fold results are written as each fold ends (a re-run skips finished folds), then ``results.json`` and a pooled
 ``confusion.png``. Recipes: every recipe of :mod:`emoadapt.model.recipes`; ``full`` = stage 1 on the fold's
 training speakers, then the ``adapter`` recipe initialised from its teacher (the method). The store is opened and
-checked, and the settings validated, once per run; each fold's :class:`FoldData` is built once and handed to stage 1,
-stage 2 and the test.
+checked, and the settings validated, once per run; each fold's data (:func:`~.stage2.fold_data`) is built once and
+handed to stage 1, stage 2 and the test.
 """
 from __future__ import annotations
 
@@ -26,12 +26,11 @@ from ..modelfolder import CONFIG, read_seen, read_stage1_adapter, refuse_on_fold
 from ..provenance import git_commit, versions
 from ..store.dataset import check_same_features, open_augmented_store, open_corpus, open_store
 from ..store.features import FeatureStore
-from .data import FoldData
 from .metrics import METRICS, CrossValidationReport, Scores
 from .reports import plot_confusion
 from .settings import RunConfig, load_config, validate, with_defaults, with_store_dims
 from .stage1 import stage1_adapter_dir, train_stage1
-from .stage2 import train_stage2
+from .stage2 import fold_data, train_stage2
 from .trainer import check_trainer, claim_run_dir, is_global_zero
 
 
@@ -178,13 +177,12 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
                                if augmented is not None else {})})
     protocol.update(protocol_of(config))
     report, closed, per_fold = CrossValidationReport(), CrossValidationReport(), {}
-    frame_rate = float(encoder["frame_rate"] or 50.0)
 
     def train_fold(k: int | None, fold_dir: Path) -> None:
         """[stage 1 ->] stage 2 [-> test] of fold ``k`` (None: every speaker trains or validates: the final model)."""
         name = f"fold {k}" if k is not None else "final model"
-        data = FoldData(corpus, store, k, config, corpus.labels, frame_rate,  # stage 1, stage 2 and the test
-                        augmented=augmented)
+        data, fold_config, choices = fold_data(corpus, store, k, config, stage2_recipe, encoder,  # stage 1, stage 2
+                                               augmented=augmented, log=log if progress else None)  # and the test
         init = None
         if shared_stage1 is not None:
             init = shared_stage1["path"]
@@ -201,9 +199,9 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
                                 fold_stage1_dir(out_dir, fold_dir.name), config=config, encoder=encoder,
                                 speakers=speakers_of(corpus), progress=progress)
         log(f"{name}: stage 2 ({stage2_recipe})")
-        train_stage2(data, fold_dir, recipe=stage2_recipe, config=config, encoder=encoder, init=init,
+        train_stage2(data, fold_dir, recipe=stage2_recipe, config=fold_config, encoder=encoder, init=init,
                      progress=progress, init_heard_test_audio=spec.stage1 and config.pretrain.test_audio
-                     and shared_stage1 is None)
+                     and shared_stage1 is None, choices=choices)
 
     for k in folds:
         fold_dir = out_dir / f"fold_{k}"

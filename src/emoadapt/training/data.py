@@ -151,14 +151,15 @@ class FoldData(pl.LightningDataModule):
     ``config.normalize`` says (a test speaker's statistics from its calibration clips), and their loaders (random
     crops in training, whole utterances batched by length in evaluation). ``fold`` None: every speaker trains or
     validates, nothing is tested. ``augmented``: an augmented store of the corpus, whose copies of the training
-    utterances join the training set (validation and test stay clean)."""
+    utterances join the training set (validation and test stay clean). ``split``: the fold's
+    :func:`split_fold`, when the caller made it already (to choose a setting on it first)."""
 
     def __init__(self, corpus: Corpus, store: FeatureStore, fold: int | None, config, labels: Sequence[str],
-                 frame_rate: float, augmented: FeatureStore | None = None):
+                 frame_rate: float, augmented: FeatureStore | None = None, split: dict | None = None):
         super().__init__()
         self.corpus, self.store, self.fold, self.labels = corpus, store, fold, list(labels)
         self.augmented_store = augmented
-        self.split = split_fold(corpus, store, fold, config)
+        self.split = split if split is not None else split_fold(corpus, store, fold, config)
         self.batch_size, self.seed = config.stage2.batch_size, config.seed
         self.bucket_by_length = config.stage2.bucket_by_length
         self.num_workers = config.trainer.num_workers
@@ -173,11 +174,6 @@ class FoldData(pl.LightningDataModule):
                                       copies)
         self.val = labelled_dataset(corpus, store, self.split["val"], self.labels, normalizer=self.normalizer)
         self.test = labelled_dataset(corpus, store, self.split["test"], self.labels, normalizer=self.normalizer)
-
-    def with_config(self, config) -> "FoldData":
-        """The same fold built again under ``config`` (e.g. a setting chosen on the fold's own training data)."""
-        return FoldData(self.corpus, self.store, self.fold, config, self.labels, self.frame_rate,
-                        augmented=self.augmented_store)
 
     def class_offsets(self):
         """What each class adds to a speaker's standardised hidden states, from the training clips (computed once;

@@ -36,7 +36,7 @@ from ..store.dataset import encoder_info, open_augmented_store, open_corpus, ope
 from ..store.features import FeatureStore
 from .checkpoint_io import load_checkpoint_file
 from .closed_form import OUT_OF_SAMPLE, choose_train_shrink, fit_closed_form, logistic_fit, start_from_statistics
-from .data import FoldData, fit_standardizers
+from .data import FoldData, fit_standardizers, split_fold
 from .evaluate import read_references, write_predictions
 from .metrics import closed_predictions, score
 from .reports import plot_reliability
@@ -157,18 +157,37 @@ def finetune(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.
     config = with_store_dims(config, encoder)
     validate(config, recipe)
     check_trainer(config.trainer)
-    data = FoldData(corpus, store, fold, config, corpus.labels, float(encoder["frame_rate"] or 50.0),
-                    augmented=augmented)
+    data, config, choices = fold_data(corpus, store, fold, config, recipe, encoder, augmented=augmented,
+                                      log=_stderr if progress else None)
     return train_stage2(data, out_dir, recipe=recipe, config=config, encoder=encoder, init=init, progress=progress,
-                        callbacks=callbacks)
+                        callbacks=callbacks, choices=choices)
+
+
+def fold_data(corpus: Corpus, store: FeatureStore, fold: int | None, config: RunConfig, recipe: str, encoder: dict,
+              *, augmented: FeatureStore | None = None, log=None) -> tuple[FoldData, RunConfig, dict]:
+    """(the fold's :class:`FoldData`, the settings it was built under, the choices made for it). Settings that
+    decide how the data itself is read are chosen first, on the fold's training corpora, so that the data is built
+    once: ``calibration.train_shrink`` from ``calibration.train_shrink_grid`` (closed-form recipes,
+    :func:`~emoadapt.training.closed_form.choose_train_shrink`)."""
+    split, choices = split_fold(corpus, store, fold, config), {}
+    if config.calibration.train_shrink_grid and lookup_recipe(recipe).fit == "closed_form":
+        model, _ = build_classifier(recipe, config, encoder, len(corpus.labels))
+        choices["calibration.train_shrink"] = choice = choose_train_shrink(
+            corpus, store, split, corpus.labels, config.calibration.train_shrink_grid, model.config.c_grid,
+            logistic_fit(model.config), log=log)
+        config = replace(config, calibration=replace(config.calibration, train_shrink=choice["train_shrink"]))
+    data = FoldData(corpus, store, fold, config, corpus.labels, float(encoder["frame_rate"] or 50.0),
+                    augmented=augmented, split=split)
+    return data, config, choices
 
 
 def train_stage2(data: FoldData, out_dir: str | os.PathLike, *, recipe: str, config: RunConfig, encoder: dict,
                  init: str | os.PathLike | None = None, progress: bool = True, callbacks: Sequence = (),
-                 init_heard_test_audio: bool = False) -> dict:
-    """Stage 2 on a fold's data (built once by the caller; its store holds ``encoder``'s features) with settings
-    already checked: fit (by gradient steps, or in closed form), save ``model/``, test, write ``results.json``.
-    A re-run of a finished fold returns its results."""
+                 init_heard_test_audio: bool = False, choices: dict | None = None) -> dict:
+    """Stage 2 on a fold's data (built once by the caller, :func:`fold_data`; its store holds ``encoder``'s
+    features) with settings already checked and ``choices`` already made: fit (by gradient steps, or in closed
+    form), save ``model/``, test, write ``results.json`` (with ``choices``). A re-run of a finished fold returns its
+    results."""
     out_dir = Path(out_dir)
     done = out_dir / "results.json"
     spec = lookup_recipe(recipe)
@@ -190,15 +209,12 @@ def train_stage2(data: FoldData, out_dir: str | os.PathLike, *, recipe: str, con
                             **({"augmentation": data.augmentation} if data.augmentation else {})})
     if done.is_file():
         return json.loads(done.read_text())  # finished before
-    choices = {}
+    choices = dict(choices or {})
     if spec.fit == "closed_form":
+        if config.calibration.train_shrink_grid and "calibration.train_shrink" not in choices:
+            raise EmoadaptError(None, "calibration.train_shrink_grid is chosen before the fold's data is built: "
+                                      "build it with emoadapt.training.stage2.fold_data")
         model, build = build_classifier(recipe, config, encoder, len(data.labels))
-        if config.calibration.train_shrink_grid:  # how the training speakers are standardised: chosen first
-            choices["calibration.train_shrink"] = choice = choose_train_shrink(
-                data, config.calibration.train_shrink_grid, model.config.c_grid, logistic_fit(model.config),
-                log=_stderr if progress else None)
-            config = replace(config, calibration=replace(config.calibration, train_shrink=choice["train_shrink"]))
-            data = data.with_config(config)
         trained = fit_closed_form(model, data, config.stage2.batch_size, log=_stderr if progress else None,
                                   choose_by=config.choose_by)
         trainer = None
