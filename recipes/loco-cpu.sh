@@ -9,8 +9,9 @@
 # loco-stats-speaker-balanced, loco-references-balanced, loco-stats-speaker-shrunk, loco-references-shrunk,
 # loco-stats-speaker-shrink-chosen, loco-references-shrink-chosen, loco-adapter,
 # loco-stage1-pairs (not in the default list: 9 stage-1 and 18 stage-2 runs, hours on a CPU; SEEDS, default "0 1 2"),
-# loco-stage1-frozen, loco-stage1-slowed, loco-stage1-stats-start (stage-2 variants on the pairs' stage 1) and
-# loco-stage1-sources (the pairs' control); none of these is in the default list either.
+# loco-stage1-frozen, loco-stage1-slowed, loco-stage1-stats-start (stage-2 variants on the pairs' stage 1),
+# loco-stage1-calibrated (both sides of the pair on speaker-normalised inputs) and loco-stage1-sources (the pairs'
+# control); none of these is in the default list either.
 # Environment: DATA (default ../shared/data), WORK (default runs), EMOADAPT (default `emoadapt`), PYTHON (default
 # python). Every command resumes after an interruption and skips what is finished: re-run the same line.
 set -euo pipefail
@@ -108,6 +109,16 @@ row() {
                 "${emoadapt[@]}" cv --corpus "$corpus" --store "$store" --protocol corpus --recipe full --config cpu \
                     --set pretrain.test_audio=true "${start[@]}" --seed "$seed" --no-progress \
                     --stage1-from "$out/full-test-audio-s$seed" --out "$out/full-test-audio-stats-start-s$seed"
+            done ;;
+        loco-stage1-calibrated)  # stage 1 on calibrated inputs: both sides of the pair speaker-normalised, each target
+            # speaker read with its own clips as the reference (the default calibration), the training speakers with
+            # theirs; adapter-speaker-s<seed> without stage 1, full-test-audio-speaker-s<seed> with it; SEEDS as above
+            for seed in ${SEEDS:-0 1 2}; do
+                "${emoadapt[@]}" cv --corpus "$corpus" --store "$store" --protocol corpus --recipe adapter --config cpu \
+                    --normalize speaker --seed "$seed" --no-progress --out "$out/adapter-speaker-s$seed"
+                "${emoadapt[@]}" cv --corpus "$corpus" --store "$store" --protocol corpus --recipe full --config cpu \
+                    --normalize speaker --set pretrain.test_audio=true --seed "$seed" --no-progress \
+                    --out "$out/full-test-audio-speaker-s$seed"
             done ;;
         loco-stage1-sources)  # the control for those pairs: the same stage 1 on the sources' audio alone (it separates
             # "pre-training" from "pre-training on the target"); SEEDS as above
