@@ -255,10 +255,13 @@ def test_training_speakers_shrinkage_is_chosen_on_training_corpora_read_without_
     from emoadapt.corpora.base import speaker_group
     from emoadapt.modelfolder import read_model_info
     from emoadapt.model.pooling import utterance_statistics
+    from emoadapt.store.dataset import encoder_info
     from emoadapt.store.features import FrameMoments
+    from emoadapt.training import data as fold_module
     from emoadapt.training.closed_form import all_class_probabilities, fit_logistic, pooled_features
-    from emoadapt.training.data import labelled_dataset
+    from emoadapt.training.data import FoldData, labelled_dataset
     from emoadapt.training.metrics import closed_predictions, score
+    from emoadapt.training.settings import with_store_dims
 
     corpus, store = data
     source = {1: "a", 2: "a", 3: "c", 4: "b", 5: "b"}
@@ -266,7 +269,6 @@ def test_training_speakers_shrinkage_is_chosen_on_training_corpora_read_without_
     merged = replace(corpus, rows=rows)
     config = load_config(None, ["choose_by=corpus", "head.c_grid=[0.1]", "normalize=speaker",
                                 "calibration.scope=none", "calibration.train_shrink_grid=[0,1000]"], base=tiny_config())
-    from emoadapt.training import data as fold_module
     built = []  # the train_shrink of every normaliser the fold's data is built with
     real_normalizer = fold_module.make_normalizer
     monkeypatch.setattr(fold_module, "make_normalizer", lambda config, *a, **k: built.append(
@@ -281,9 +283,6 @@ def test_training_speakers_shrinkage_is_chosen_on_training_corpora_read_without_
     recorded = read_model_info(tmp_path / "fold_2" / "model")["config"]["calibration"]
     assert recorded["train_shrink"] == choice["train_shrink"]
     assert built == [choice["train_shrink"]]  # one pass over the store, after the choice
-    from emoadapt.store.dataset import encoder_info
-    from emoadapt.training.data import FoldData
-    from emoadapt.training.settings import with_store_dims
     encoder = encoder_info(FeatureStore(store))
     unchosen = FoldData(merged, FeatureStore(store), 2, config, merged.labels, 50.0)
     with pytest.raises(EmoadaptError, match="chosen before the fold's data is built"):  # data built without the choice

@@ -191,16 +191,16 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
             log(f"{name}: stage 1 from {init}")
         elif spec.stage1:
             log(f"{name}: stage 1 on {len(data.split['train'])} training utterances"
-                + (f" + the audio of {len(data.split['test'])} test utterances" if config.pretrain.test_audio
+                + (f" + the audio of {len(data.split['test'])} test utterances" if fold_config.pretrain.test_audio
                    else "")
                 + (f" + {sum(len(s) for s in extras)} unlabeled" if extras else ""))
-            init = train_stage1(data.unlabeled(extras, config.pretrain.max_crop_seconds,
-                                               test_audio=config.pretrain.test_audio),
-                                fold_stage1_dir(out_dir, fold_dir.name), config=config, encoder=encoder,
+            init = train_stage1(data.unlabeled(extras, fold_config.pretrain.max_crop_seconds,
+                                               test_audio=fold_config.pretrain.test_audio),
+                                fold_stage1_dir(out_dir, fold_dir.name), config=fold_config, encoder=encoder,
                                 speakers=speakers_of(corpus), progress=progress)
         log(f"{name}: stage 2 ({stage2_recipe})")
         train_stage2(data, fold_dir, recipe=stage2_recipe, config=fold_config, encoder=encoder, init=init,
-                     progress=progress, init_heard_test_audio=spec.stage1 and config.pretrain.test_audio
+                     progress=progress, init_heard_test_audio=spec.stage1 and fold_config.pretrain.test_audio
                      and shared_stage1 is None, choices=choices)
 
     for k in folds:
