@@ -288,6 +288,7 @@ def test_training_speakers_shrinkage_is_chosen_on_training_corpora_read_without_
     with pytest.raises(EmoadaptError, match="chosen before the fold's data is built"):  # data built without the choice
         stage2.train_stage2(unchosen, tmp_path / "unchosen", recipe="stats", config=with_store_dims(config, encoder),
                             encoder=encoder)
+    assert not (tmp_path / "unchosen").exists()  # refused before the run folder is claimed
 
     # the slow path for the chosen τ: corpus a held out, its speakers read with c's population, c's shrunk toward it
     tau, store = choice["train_shrink"], FeatureStore(store)

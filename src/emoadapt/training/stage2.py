@@ -193,6 +193,10 @@ def train_stage2(data: FoldData, out_dir: str | os.PathLike, *, recipe: str, con
     spec = lookup_recipe(recipe)
     if init is not None and not spec.uses_adapter:
         raise EmoadaptError(None, f"--init (a stage-1 adapter) only applies to recipes with an adapter, not {recipe!r}")
+    choices = dict(choices or {})
+    if spec.fit == "closed_form" and config.calibration.train_shrink_grid and "calibration.train_shrink" not in choices:
+        raise EmoadaptError(None, "calibration.train_shrink_grid is chosen before the fold's data is built: build it "
+                                  "with emoadapt.training.stage2.fold_data")
     corpus, fold = data.corpus, data.fold
     speakers = speakers_of(corpus)
     seen, init_model = Seen.of(data.split["train"] + data.split["val"], speakers), None
@@ -209,11 +213,7 @@ def train_stage2(data: FoldData, out_dir: str | os.PathLike, *, recipe: str, con
                             **({"augmentation": data.augmentation} if data.augmentation else {})})
     if done.is_file():
         return json.loads(done.read_text())  # finished before
-    choices = dict(choices or {})
     if spec.fit == "closed_form":
-        if config.calibration.train_shrink_grid and "calibration.train_shrink" not in choices:
-            raise EmoadaptError(None, "calibration.train_shrink_grid is chosen before the fold's data is built: "
-                                      "build it with emoadapt.training.stage2.fold_data")
         model, build = build_classifier(recipe, config, encoder, len(data.labels))
         trained = fit_closed_form(model, data, config.stage2.batch_size, log=_stderr if progress else None,
                                   choose_by=config.choose_by)
