@@ -10,8 +10,9 @@
 # loco-stats-speaker-shrink-chosen, loco-references-shrink-chosen, loco-adapter,
 # loco-stage1-pairs (not in the default list: 9 stage-1 and 18 stage-2 runs, hours on a CPU; SEEDS, default "0 1 2"),
 # loco-stage1-frozen, loco-stage1-slowed, loco-stage1-stats-start (stage-2 variants on the pairs' stage 1),
-# loco-stage1-calibrated (both sides of the pair on speaker-normalised inputs) and loco-stage1-sources (the pairs'
-# control); none of these is in the default list either.
+# loco-stage1-calibrated (both sides of the pair on speaker-normalised inputs), loco-stage1-sources (the pairs'
+# control) and loco-stage1-calibrated-sources (the calibrated pairs' control); none of these is in the default list
+# either.
 # Environment: DATA (default ../shared/data), WORK (default runs), EMOADAPT (default `emoadapt`), PYTHON (default
 # python). Every command resumes after an interruption and skips what is finished: re-run the same line.
 set -euo pipefail
@@ -125,6 +126,12 @@ row() {
             for seed in ${SEEDS:-0 1 2}; do
                 "${emoadapt[@]}" cv --corpus "$corpus" --store "$store" --protocol corpus --recipe full --config cpu \
                     --seed "$seed" --no-progress --out "$out/full-sources-s$seed"
+            done ;;
+        loco-stage1-calibrated-sources)  # the control for the calibrated pairs: stage 1 on the sources' audio alone,
+            # speaker-normalised as in loco-stage1-calibrated; SEEDS as above
+            for seed in ${SEEDS:-0 1 2}; do
+                "${emoadapt[@]}" cv --corpus "$corpus" --store "$store" --protocol corpus --recipe full --config cpu \
+                    --normalize speaker --seed "$seed" --no-progress --out "$out/full-sources-speaker-s$seed"
             done ;;
         *) echo "unknown row $1 (see recipes/loco-cpu.sh --list)" >&2; return 2 ;;
     esac

@@ -158,6 +158,11 @@ def test_loco_recipe_gives_one_command_per_row(tmp_path):
     sources = commands("loco-stage1-sources")
     assert [c.split("--out ")[1] for c in sources] == [f"{loco}/full-sources-s0", f"{loco}/full-sources-s2"]
     assert all("--recipe full" in c and "test_audio" not in c for c in sources)
+    calibrated, calibrated_sources = commands("loco-stage1-calibrated"), commands("loco-stage1-calibrated-sources")
+    assert [c.split("--out ")[1] for c in calibrated_sources] == [f"{loco}/full-sources-speaker-s{s}" for s in (0, 2)]
+    # the control is the calibrated pair's stage-1 side without the target's audio, nothing else changed
+    assert [c.replace(" --set pretrain.test_audio=true", "").replace("full-test-audio-", "full-sources-")
+            for c in calibrated[1::2]] == calibrated_sources
     listed = subprocess.run(["bash", str(script), "--list"], capture_output=True, text=True).stdout.split()
     assert "loco-stage1-pairs" not in listed and "loco-references-balanced" in listed
     outs = [c.split("--out ")[-1] for r in listed[1:] for c in commands(r) if "--out" in c]
