@@ -11,8 +11,8 @@
 # loco-stage1-pairs (not in the default list: 9 stage-1 and 18 stage-2 runs, hours on a CPU; SEEDS, default "0 1 2"),
 # loco-stage1-frozen, loco-stage1-slowed, loco-stage1-stats-start (stage-2 variants on the pairs' stage 1),
 # loco-stage1-calibrated (both sides of the pair on speaker-normalised inputs), loco-stage1-sources (the pairs'
-# control) and loco-stage1-calibrated-sources (the calibrated pairs' control); none of these is in the default list
-# either.
+# control), loco-stage1-calibrated-sources (the calibrated pairs' control) and loco-stage1-target-share (the
+# calibrated pairs' stage 1 with half its draws the target's audio); none of these is in the default list either.
 # Environment: DATA (default ../shared/data), WORK (default runs), EMOADAPT (default `emoadapt`), PYTHON (default
 # python). Every command resumes after an interruption and skips what is finished: re-run the same line.
 set -euo pipefail
@@ -126,6 +126,14 @@ row() {
             for seed in ${SEEDS:-0 1 2}; do
                 "${emoadapt[@]}" cv --corpus "$corpus" --store "$store" --protocol corpus --recipe full --config cpu \
                     --seed "$seed" --no-progress --out "$out/full-sources-s$seed"
+            done ;;
+        loco-stage1-target-share)  # loco-stage1-calibrated's stage 1 with half of every epoch's draws the target's
+            # audio, whatever its clip count (15-60 % when each clip is drawn once); paired with adapter-speaker-s<seed>.
+            # 0.5 is fixed beforehand, not chosen on any target; SEEDS as above, FOLDS (default "1,2,3") the targets
+            for seed in ${SEEDS:-0 1 2}; do
+                "${emoadapt[@]}" cv --corpus "$corpus" --store "$store" --protocol corpus --recipe full --config cpu \
+                    --normalize speaker --set pretrain.test_audio=true --set pretrain.test_audio_share=0.5 \
+                    --seed "$seed" --folds "${FOLDS:-1,2,3}" --no-progress --out "$out/full-test-audio-share-speaker-s$seed"
             done ;;
         loco-stage1-calibrated-sources)  # the control for the calibrated pairs: stage 1 on the sources' audio alone,
             # speaker-normalised as in loco-stage1-calibrated; SEEDS as above

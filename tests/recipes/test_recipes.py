@@ -155,6 +155,10 @@ def test_loco_recipe_gives_one_command_per_row(tmp_path):
     started = commands("loco-stage1-stats-start")
     assert all("head.start_from_statistics=true" in c for c in started) and "--stage1-from" not in started[0]
     assert started[1].endswith(f"--stage1-from {loco}/full-test-audio-s0 --out {loco}/full-test-audio-stats-start-s0")
+    shared = commands("loco-stage1-target-share")  # paired with loco-stage1-calibrated's adapter side
+    calibrated = commands("loco-stage1-calibrated")
+    assert [c.replace(" --set pretrain.test_audio_share=0.5", "").replace("-share", "").replace(" --folds 1,2,3", "")
+            for c in shared] == calibrated[1::2]
     sources = commands("loco-stage1-sources")
     assert [c.split("--out ")[1] for c in sources] == [f"{loco}/full-sources-s0", f"{loco}/full-sources-s2"]
     assert all("--recipe full" in c and "test_audio" not in c for c in sources)

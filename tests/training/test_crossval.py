@@ -319,7 +319,7 @@ def test_training_speakers_shrinkage_is_chosen_on_training_corpora_read_without_
             None, ["normalize=global"], base=config), protocol="corpus", progress=False, log=lambda *_: None)
 
 
-def test_stage1_on_the_test_audio_is_a_labelled_protocol_of_its_own(data, tmp_path):
+def test_stage1_on_the_test_audio_is_a_labelled_protocol_of_its_own(data, tmp_path, monkeypatch):
     """pretrain.test_audio: each fold's stage 1 hears its test utterances (never their labels); the leakage guard lets
     cv's own stage 1 through and the results say which protocol it was."""
     from dataclasses import replace
@@ -342,6 +342,22 @@ def test_stage1_on_the_test_audio_is_a_labelled_protocol_of_its_own(data, tmp_pa
     with pytest.raises(EmoadaptError, match="pretrain.test_audio applies to recipe 'full'"):
         run_cv(merged, store, "adapter", tmp_path / "adapter", config=config, protocol="corpus", progress=False,
                log=lambda *_: None)
+
+    # pretrain.test_audio_share: the test audio gets that share of stage 1's draws, whatever its clip count
+    import emoadapt.training.stage1 as stage1_module
+    shares, plain_loader = [], stage1_module.train_loader
+    def loader(dataset, *args, share=None, **kwargs):
+        shares.append(({dataset.items[k][1] for k in share[0]}, share[1]))
+        return plain_loader(dataset, *args, share=share, **kwargs)
+    monkeypatch.setattr(stage1_module, "train_loader", loader)
+    said = []
+    run_cv(merged, store, "full", tmp_path / "share", folds=[2], config=load_config(
+        None, ["pretrain.test_audio_share=0.5"], base=config), protocol="corpus", progress=False, log=said.append)
+    assert shares == [(test, 0.5)] and any("(50% of the draws)" in line for line in said)
+    with pytest.raises(EmoadaptError, match="test_audio_share=0.5 weighs .* needs pretrain.test_audio=true"):
+        run_cv(merged, store, "full", tmp_path / "share-alone", folds=[2], config=load_config(
+            None, ["pretrain.test_audio_share=0.5"], base=tiny_config()), protocol="corpus", progress=False)
+    monkeypatch.undo()
 
     # a stage-2 variant on that run's stage 1 (--stage1-from): no stage 1 of its own, started from that teacher
     frozen = load_config(None, ["stage2.freeze_adapter_epochs=1"], base=config)

@@ -58,6 +58,22 @@ def test_shuffle_sampler_fixed_by_seed_and_epoch_and_sharded(monkeypatch):
     assert [len(s) for s in shards] == [4, 4, 4] and {i for s in shards for i, _ in s} == set(range(10))
 
 
+def test_shuffle_sampler_gives_a_group_a_fixed_share_of_each_epoch():
+    group = [0, 1, 2]  # 3 of 20: 15 % when each index is drawn once
+    sampler = ShuffleSampler(20, seed=4, share=(group, 0.5))
+    first = [i for i, _ in sampler]
+    assert len(first) == len(sampler) == 20 and sum(i in group for i in first) == 10
+    assert {i for i in first if i in group} == set(group)  # the small side cycles through fresh orders: all of it
+    assert len({i for i in first if i not in group}) == 10  # the large side is cut short, nothing drawn twice
+    assert first == [i for i, _ in ShuffleSampler(20, seed=4, share=(group, 0.5))]  # fixed by seed and epoch
+    sampler.set_epoch(1)
+    assert [i for i, _ in sampler] != first
+    assert [i for i, _ in ShuffleSampler(20, seed=4)] != first
+    for bad in (([], 0.5), (group, 0.0), (group, 1.0), (range(20), 0.5), ([20], 0.5)):
+        with pytest.raises(ValueError, match="share needs a fraction"):
+            ShuffleSampler(20, seed=4, share=bad)
+
+
 def test_length_buckets_see_every_utterance_once_with_less_padding(monkeypatch):
     lengths = np.random.default_rng(0).integers(20, 400, size=203).tolist()
     buckets = data_module.LengthBuckets(lengths, batch_size=8, seed=3, pool_batches=5)

@@ -193,11 +193,13 @@ def run_cv(corpus: Corpus | str | os.PathLike, store: FeatureStore | str | os.Pa
             log(f"{name}: stage 1 on {len(data.split['train'])} training utterances"
                 + (f" + the audio of {len(data.split['test'])} test utterances" if fold_config.pretrain.test_audio
                    else "")
+                + (f" ({fold_config.pretrain.test_audio_share:.0%} of the draws)"
+                   if fold_config.pretrain.test_audio_share else "")
                 + (f" + {sum(len(s) for s in extras)} unlabeled" if extras else ""))
             init = train_stage1(data.unlabeled(extras, fold_config.pretrain.max_crop_seconds,
                                                test_audio=fold_config.pretrain.test_audio),
                                 fold_stage1_dir(out_dir, fold_dir.name), config=fold_config, encoder=encoder,
-                                speakers=speakers_of(corpus), progress=progress)
+                                speakers=speakers_of(corpus), progress=progress, test_ids=data.split["test"])
         log(f"{name}: stage 2 ({stage2_recipe})")
         train_stage2(data, fold_dir, recipe=stage2_recipe, config=fold_config, encoder=encoder, init=init,
                      progress=progress, init_heard_test_audio=spec.stage1 and fold_config.pretrain.test_audio

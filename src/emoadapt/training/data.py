@@ -30,17 +30,37 @@ class ShuffleSampler(Sampler):
 
     Lightning calls ``set_epoch`` before each epoch. Under DDP each rank takes every world_size-th position of the
     same order (wrapped round so every rank gets the same number of batches).
+
+    ``share=(group, fraction)``: the epoch keeps its length, but ``fraction`` of its draws come from the indices in
+    ``group`` and the rest from the others, each side taken in fresh orders and cycled (so the smaller side repeats,
+    with other crops) or cut short. Stage 1 uses it to give the target's audio a fixed weight whatever its size.
     """
 
-    def __init__(self, size: int, seed: int = 0):
+    def __init__(self, size: int, seed: int = 0, share: tuple[Sequence[int], float] | None = None):
         self.size, self.seed, self.epoch = size, seed, 0
+        self.share = None
+        if share is not None:
+            group, fraction = np.unique(np.asarray(share[0], dtype=np.int64)), float(share[1])
+            if not 0.0 < fraction < 1.0 or not 0 < len(group) < size or group[0] < 0 or group[-1] >= size:
+                raise ValueError(f"share needs a fraction in (0, 1) and a group of some but not all of the {size} "
+                                 f"indices; got {fraction} and {len(group)} indices")
+            self.share = (group, np.setdiff1d(np.arange(size), group), fraction)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _order(self, rng: np.random.Generator) -> np.ndarray:
+        if self.share is None:
+            return rng.permutation(self.size)
+        group, others, fraction = self.share
+        taken = round(fraction * self.size)
+        cycled = lambda pool, n: np.concatenate(  # noqa: E731
+            [rng.permutation(pool) for _ in range(math.ceil(n / len(pool)))] or [pool[:0]])[:n]
+        return rng.permutation(np.concatenate([cycled(group, taken), cycled(others, self.size - taken)]))
+
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
-        order, draws = rng.permutation(self.size), rng.integers(2 ** 62, size=self.size)
+        order, draws = self._order(rng), rng.integers(2 ** 62, size=self.size)
         rank, world = _rank_and_world()
         total = math.ceil(self.size / world) * world
         for position in range(rank, total, world):
@@ -82,15 +102,18 @@ def _rank_and_world() -> tuple[int, int]:
 
 
 def train_loader(dataset: FeatureDataset, batch_size: int, *, seed: int, num_workers: int = 0,
-                 bucket_by_length: bool = False) -> DataLoader:
-    """Random crops in a fresh order every epoch; ``bucket_by_length``: batches of similar (cropped) length."""
+                 bucket_by_length: bool = False, share: tuple[Sequence[int], float] | None = None) -> DataLoader:
+    """Random crops in a fresh order every epoch; ``bucket_by_length``: batches of similar (cropped) length;
+    ``share``: (positions in ``dataset``, the fraction of each epoch's draws they get), see :class:`ShuffleSampler`."""
+    if share is not None and bucket_by_length:
+        raise ValueError("train_loader: share and bucket_by_length do not combine")
     common = dict(collate_fn=collate, num_workers=num_workers, generator=torch.Generator().manual_seed(seed),
                   persistent_workers=num_workers > 0)
     if bucket_by_length:
         cap = dataset.max_frames or math.inf
         lengths = [min(dataset.num_frames(k), cap) for k in range(len(dataset))]
         return DataLoader(dataset, batch_sampler=LengthBuckets(lengths, batch_size, seed), **common)
-    return DataLoader(dataset, batch_size=batch_size, sampler=ShuffleSampler(len(dataset), seed), **common)
+    return DataLoader(dataset, batch_size=batch_size, sampler=ShuffleSampler(len(dataset), seed, share), **common)
 
 
 

@@ -44,6 +44,9 @@ class PretrainRunConfig(PretrainConfig):
     total_steps: int = 0       # set by the loop: epochs x batches per epoch (the schedules span the whole run)
     test_audio: bool = False   # cv --recipe full: each fold's stage 1 also on its test utterances' audio, never their
     #                            labels (transductive: the target's unlabeled audio; a protocol of its own)
+    test_audio_share: float = 0.0  # with test_audio: the fraction of stage 1's draws that are test audio (each epoch
+    #                                keeps its length; the smaller side repeats with other crops); 0: every utterance
+    #                                once per epoch, so the target weighs what its clip count does
 
 
 @dataclass
@@ -252,6 +255,8 @@ def validate(config: RunConfig, recipe: str | None = None, *, stage1: bool = Fal
             ("pretrain.batch_size", config.pretrain.batch_size, config.pretrain.batch_size >= 1),
             ("pretrain.lr", config.pretrain.lr, config.pretrain.lr > 0),
             ("pretrain.max_crop_seconds", config.pretrain.max_crop_seconds, config.pretrain.max_crop_seconds > 0),
+            ("pretrain.test_audio_share", config.pretrain.test_audio_share,
+             0 <= config.pretrain.test_audio_share < 1),
             ("trainer.num_workers", config.trainer.num_workers, config.trainer.num_workers >= 0),
             ("normalize", config.normalize, config.normalize in NORMALIZATIONS),
             ("choose_by", config.choose_by, config.choose_by in CHOICES),
@@ -272,6 +277,9 @@ def validate(config: RunConfig, recipe: str | None = None, *, stage1: bool = Fal
             problems.append(f"{key}={value!r} is out of range" + (f" (one of {', '.join(choices)})" if choices else ""))
     if problems:
         raise EmoadaptError(None, "invalid settings: " + "; ".join(problems))
+    if config.pretrain.test_audio_share and not config.pretrain.test_audio:
+        raise EmoadaptError(None, f"pretrain.test_audio_share={config.pretrain.test_audio_share} weighs the test "
+                                  "utterances' audio in stage 1: it needs pretrain.test_audio=true")
     if recipe is not None:
         if config.choose_by == "corpus" and lookup_recipe(recipe).fit != "closed_form":
             raise EmoadaptError(None, f"choose_by=corpus applies to the closed-form recipes (stats); {recipe!r} "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -111,10 +111,12 @@ def stage1_adapter_dir(run_dir: str | os.PathLike) -> Path:
 
 
 def train_stage1(dataset: FeatureDataset, out_dir: str | os.PathLike, *, config: RunConfig, encoder: dict,
-                 speakers: Mapping[str, str] | None = None, progress: bool = True, callbacks: Sequence = ()) -> Path:
+                 speakers: Mapping[str, str] | None = None, progress: bool = True, callbacks: Sequence = (),
+                 test_ids: Collection[str] = ()) -> Path:
     """Stage 1 on ``dataset`` (unlabeled crops; its stores hold ``encoder``'s features) with settings already
     checked (:func:`emoadapt.training.settings.validate` with ``stage1=True``, the trainer's): the loop behind
-    :func:`pretrain` and each fold of ``cv --recipe full``. Returns ``out_dir/adapter``."""
+    :func:`pretrain` and each fold of ``cv --recipe full``. ``test_ids``: the utterances of the dataset's first store
+    that ``pretrain.test_audio_share`` weighs. Returns ``out_dir/adapter``."""
     out_dir = Path(out_dir)
     adapter_dir = stage1_adapter_dir(out_dir)
     claim_run_dir(out_dir, {"stage": "pretrain", "config": config.to_dict(), "encoder": encoder,
@@ -133,7 +135,15 @@ def train_stage1(dataset: FeatureDataset, out_dir: str | os.PathLike, *, config:
         module = PretrainModule(config.adapter, replace(c, total_steps=total))
         if config.standardize:
             fit_standardizers(module.objective, dataset)
-        loader = train_loader(dataset, c.batch_size, seed=config.seed, num_workers=config.trainer.num_workers)
+        share = None
+        if c.test_audio_share:
+            test_ids = set(test_ids)
+            share = ([k for k, (s, i, _) in enumerate(dataset.items) if s == 0 and i in test_ids], c.test_audio_share)
+            if not 0 < len(share[0]) < len(dataset):
+                raise EmoadaptError(out_dir, f"pretrain.test_audio_share needs test audio and other audio in stage 1; "
+                                             f"{len(share[0])} of its {len(dataset)} utterances are test audio")
+        loader = train_loader(dataset, c.batch_size, seed=config.seed, num_workers=config.trainer.num_workers,
+                              share=share)
         seconds = fit_timed(trainer, module, train_dataloaders=loader,
                             ckpt_path=last_checkpoint(out_dir / "checkpoints"))
     if trainer.is_global_zero:
