@@ -358,6 +358,11 @@ def test_stage1_on_the_test_audio_is_a_labelled_protocol_of_its_own(data, tmp_pa
         run_cv(merged, store, "full", tmp_path / "share-alone", folds=[2], config=load_config(
             None, ["pretrain.test_audio_share=0.5"], base=tiny_config()), protocol="corpus", progress=False)
     monkeypatch.undo()
+    from emoadapt.training.stage1 import pretrain  # no test audio outside cv: refused before the folder is claimed
+    with pytest.raises(EmoadaptError, match="test_audio_share needs test audio and other audio .* 0 of its"):
+        pretrain([store], tmp_path / "alone", config=load_config(
+            None, ["pretrain.test_audio=true", "pretrain.test_audio_share=0.5"], base=tiny_config()), progress=False)
+    assert not (tmp_path / "alone" / "config.json").exists()
 
     # a stage-2 variant on that run's stage 1 (--stage1-from): no stage 1 of its own, started from that teacher
     frozen = load_config(None, ["stage2.freeze_adapter_epochs=1"], base=config)

@@ -119,6 +119,15 @@ def train_stage1(dataset: FeatureDataset, out_dir: str | os.PathLike, *, config:
     that ``pretrain.test_audio_share`` weighs. Returns ``out_dir/adapter``."""
     out_dir = Path(out_dir)
     adapter_dir = stage1_adapter_dir(out_dir)
+    share = None  # checked before the run folder is claimed, so a refused run leaves nothing behind
+    if config.pretrain.test_audio_share:
+        test_ids = set(test_ids)
+        share = ([k for k, (s, i, _) in enumerate(dataset.items) if s == 0 and i in test_ids],
+                 config.pretrain.test_audio_share)
+        if not 0 < len(share[0]) < len(dataset):
+            raise EmoadaptError(None, "pretrain.test_audio_share needs test audio and other audio in stage 1 (cv "
+                                      f"--recipe full with pretrain.test_audio=true); {len(share[0])} of its "
+                                      f"{len(dataset)} utterances are test audio")
     claim_run_dir(out_dir, {"stage": "pretrain", "config": config.to_dict(), "encoder": encoder,
                              "data": {"stores": [str(s.root) for s in dataset.stores],
                                       "utterances": len(dataset)}})
@@ -135,13 +144,6 @@ def train_stage1(dataset: FeatureDataset, out_dir: str | os.PathLike, *, config:
         module = PretrainModule(config.adapter, replace(c, total_steps=total))
         if config.standardize:
             fit_standardizers(module.objective, dataset)
-        share = None
-        if c.test_audio_share:
-            test_ids = set(test_ids)
-            share = ([k for k, (s, i, _) in enumerate(dataset.items) if s == 0 and i in test_ids], c.test_audio_share)
-            if not 0 < len(share[0]) < len(dataset):
-                raise EmoadaptError(out_dir, f"pretrain.test_audio_share needs test audio and other audio in stage 1; "
-                                             f"{len(share[0])} of its {len(dataset)} utterances are test audio")
         loader = train_loader(dataset, c.batch_size, seed=config.seed, num_workers=config.trainer.num_workers,
                               share=share)
         seconds = fit_timed(trainer, module, train_dataloaders=loader,
