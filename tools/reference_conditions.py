@@ -10,9 +10,10 @@ For each held-out corpus (fold k of the run):
    setting is measured there under the choice conditions (``--choice-conditions``, default all), and the one whose
    worst gain over no reference, over both training corpora and every condition, is largest (ties: the larger mean
    gain) is chosen: the rule the shipped model's setting is chosen by (``tools/build_shipped_model.py``);
-2. **the measurement**: the model of fold k is evaluated on the target under every condition and setting (what
-   ``evaluate --protocol corpus --reference ...`` measures, computed from each clip's frame moments: :class:`Moments`),
-   the chosen setting marked.
+2. **the measurement**: the model of fold k is evaluated on the target under every condition and setting, closed
+   and open UA (what ``evaluate --protocol corpus --reference ...`` measures, computed from each clip's frame
+   moments: :class:`Moments`), the chosen setting marked; a last table gives the chosen setting's conditions
+   (the reference modes) closed / open per target.
 Conditions: no reference; the whole target as one reference; each speaker's own clips (all; k = 1, 5, 20 at
 random); only its neutral clips; only clips of one emotion (the adversarial case; the emotions every corpus has).
 Settings: the shrinkage τ (clips), whether the reference's balance is weighed, whose spread is used (the reference's
@@ -71,9 +72,10 @@ class Moments(FrameMoments):
 
 
 def measure(model_dir: Path, corpus, store, fold: int, out: Path, settings: dict, chosen_conditions: dict,
-            moments: Moments) -> dict[str, dict[str, float]]:
-    """closed UA of the stats model in ``model_dir`` on fold ``fold`` under every setting x condition, references
-    drawn, shrunk and balanced by emoadapt.calibration's own functions (cached as JSON in ``out``)."""
+            moments: Moments) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """closed and open UA of the stats model in ``model_dir`` on fold ``fold`` under every setting x condition,
+    references drawn, shrunk and balanced by emoadapt.calibration's own functions (cached as JSON in ``out``; an
+    evaluation cached before open UA was recorded is made again)."""
     from emoadapt.atomic import atomic_write_json
     from emoadapt.calibration import calibration_clips, reference_statistics
     from emoadapt.corpora.splits import corpus_folds
@@ -91,10 +93,11 @@ def measure(model_dir: Path, corpus, store, fold: int, out: Path, settings: dict
     by_id = {u.id: u for u in corpus.rows}
     truth = [labels.index(by_id[i].label) for i in test]
     table: dict[str, dict[str, float]] = {}
+    table_open: dict[str, dict[str, float]] = {}
     for setting, options in settings.items():
         for condition, reference in chosen_conditions.items():
             path = out / f"fold{fold}-{setting}-{condition}.json"
-            if not path.is_file():
+            if not path.is_file() or "scores_open" not in json.loads(path.read_text()):
                 config = load_config(None, [f"calibration.{k}={v}" for k, v in {**reference, **options}.items()],
                                      base=model_settings(loaded.folder, loaded.info))
                 calibration = config.calibration
@@ -118,13 +121,17 @@ def measure(model_dir: Path, corpus, store, fold: int, out: Path, settings: dict
                 group_of = {i: g for g, ids in groups.items() for i in ids}
                 probabilities = moments.probabilities(loaded.model, test, {i: statistics[group_of[i]] for i in test})
                 closed = score(truth, closed_predictions(truth, probabilities), labels)
+                every = score(truth, probabilities.argmax(1).tolist(), labels)
                 atomic_write_json({"model": str(loaded.folder), "fold": fold, "setting": options,
-                                   "condition": reference, "scores_closed": {"ua": closed.ua, "wa": closed.wa,
-                                                                             "macro_f1": closed.macro_f1},
+                                   "condition": reference,
+                                   **{f"scores_{kind}": {"ua": s.ua, "wa": s.wa, "macro_f1": s.macro_f1}
+                                      for kind, s in (("closed", closed), ("open", every))},
                                    "reference_weight": {"mean": float(np.mean([weights[group_of[i]] for i in test]))}},
                                   path)
-            table.setdefault(setting, {})[condition] = json.loads(path.read_text())["scores_closed"]["ua"]
-    return table
+            cached = json.loads(path.read_text())
+            table.setdefault(setting, {})[condition] = cached["scores_closed"]["ua"]
+            table_open.setdefault(setting, {})[condition] = cached["scores_open"]["ua"]
+    return table, table_open
 
 
 def choose(tables: list[dict[str, dict[str, float]]]) -> tuple[str, dict]:
@@ -182,17 +189,20 @@ def main(argv=None) -> int:
         inner_targets = inner["protocol"]["targets"]
         inner_tables = [measure(inner_run / f"fold_{k}" / "model", inner_corpus, store, int(k),
                                 run / "references" / "inner" / name, settings,
-                                conditions([c for c in args.choice_conditions if c in chosen_conditions]), moments)
+                                conditions([c for c in args.choice_conditions if c in chosen_conditions]), moments)[0]
                         for k in sorted(inner_targets)]
         chosen, rows = choose(inner_tables)
         # 2. the measurement on the held-out corpus
-        table = measure(run / f"fold_{fold}" / "model", corpus, store, fold, run / "references", settings,
-                        chosen_conditions, moments)
-        summary["targets"][name] = {"fold": fold, "chosen": chosen, "choice": rows, "C": chosen_c, "closed_ua": table}
+        table, table_open = measure(run / f"fold_{fold}" / "model", corpus, store, fold, run / "references",
+                                    settings, chosen_conditions, moments)
+        summary["targets"][name] = {"fold": fold, "chosen": chosen, "choice": rows, "C": chosen_c, "closed_ua": table,
+                                    "open_ua": table_open}
         print(f"{name}: chosen on {', '.join(inner_targets.values())}: {chosen}", flush=True)
     print(table_text(summary))
     print()
     print(summary_text(summary))
+    print()
+    print(modes_text(summary))
     if args.json:
         from emoadapt.atomic import atomic_write_json
         atomic_write_json(summary, args.json)
@@ -237,6 +247,21 @@ def summary_text(summary: dict) -> str:
         out.append(f"| {label}, mean | " + " | ".join(f"{m:.2f}" for m in means) + " |")
         out.append(f"| {label}, worst gain | " + " | ".join("0" if c == "none" else f"{w:+.2f}"
                                                              for c, w in zip(conditions_, worst)) + " |")
+    return "\n".join(out)
+
+
+def modes_text(summary: dict) -> str:
+    """Markdown: the reference conditions of the setting chosen per target (what the model does by default), each
+    target's closed / open UA and their means: the LOCO table of reference modes."""
+    targets = summary["targets"]
+    conditions_ = sorted(summary["conditions"], key=[*conditions(), *summary["conditions"]].index)
+    out = ["| reference (setting chosen per target) | " + " | ".join(f"{n} closed / open" for n in targets)
+           + " | mean closed | mean open |", "|---|" + "---|" * (len(targets) + 2)]
+    for condition in conditions_:
+        cells = [(targets[n]["closed_ua"][targets[n]["chosen"]][condition],
+                  targets[n]["open_ua"][targets[n]["chosen"]][condition]) for n in targets]
+        out.append(f"| {condition} | " + " | ".join(f"{c:.2f} / {o:.2f}" for c, o in cells)
+                   + f" | {np.mean([c for c, _ in cells]):.2f} | {np.mean([o for _, o in cells]):.2f} |")
     return "\n".join(out)
 
 

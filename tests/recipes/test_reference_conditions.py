@@ -37,6 +37,7 @@ def test_reference_conditions_choose_on_training_corpora_and_measure_the_target(
     for name, target in summary["targets"].items():
         assert target["chosen"] in ("tau0", "tau5-balance", "tau5-mean-emotion")
         assert set(target["closed_ua"]["tau0"]) == {"none", "speaker", "k1", "only-angry"}
+        assert set(target["open_ua"]["tau0"]) == {"none", "speaker", "k1", "only-angry"}
         inner = json.loads((tmp_path / "run" / "inner" / name / "results.json").read_text())
         assert name not in inner["protocol"]["targets"].values()  # chosen without the target
     table = capsys.readouterr().out
@@ -48,6 +49,11 @@ def test_reference_conditions_choose_on_training_corpora_and_measure_the_target(
              if ", mean |" in line or ", worst gain |" in line}
     assert cells["tau0, worst gain"][0] == "0" and cells["tau0, worst gain"][2] == f"{worst:+.2f}"
     assert cells["tau5-balance, mean"][1] == f"{mean:.2f}" and len(cells) == 2 * 4  # 3 settings + the choice
+    modes = [line for line in table.splitlines() if line.startswith("| speaker | ") and " / " in line]
+    assert len(modes) == 1  # the reference modes of the chosen setting, closed / open per target
+    chosen_a = summary["targets"]["a"]["chosen"]
+    assert modes[0].split(" | ")[1] == (f"{summary['targets']['a']['closed_ua'][chosen_a]['speaker']:.2f} / "
+                                        f"{summary['targets']['a']['open_ua'][chosen_a]['speaker']:.2f}")
     evaluations = sorted((tmp_path / "run" / "references").rglob("*.json"))
     assert len(evaluations) == 3 * 3 * 3 * 4  # 3 targets x (2 inner folds + the target) x settings x conditions
     from emoadapt.training.evaluate import evaluate  # the fast path gives what `emoadapt evaluate` gives
@@ -55,11 +61,19 @@ def test_reference_conditions_choose_on_training_corpora_and_measure_the_target(
         for condition in ("speaker", "k1", "only-angry"):
             reference = {**reference_conditions.conditions()[condition], **reference_conditions.SETTINGS[setting]}
             slow = evaluate(tmp_path / "run" / "fold_1" / "model", merged, store, 1, protocol="corpus",
-                            reference=reference, out=tmp_path / "slow.json")["scores_closed"]["ua"]
-            assert slow == pytest.approx(summary["targets"]["a"]["closed_ua"][setting][condition], abs=1e-9)
+                            reference=reference, out=tmp_path / "slow.json")
+            assert slow["scores_closed"]["ua"] == pytest.approx(
+                summary["targets"]["a"]["closed_ua"][setting][condition], abs=1e-9)
+            assert slow["scores"]["ua"] == pytest.approx(summary["targets"]["a"]["open_ua"][setting][condition],
+                                                         abs=1e-9)
     before = [p.stat().st_mtime_ns for p in evaluations]
     assert reference_conditions.main(argv) == 0
     assert [p.stat().st_mtime_ns for p in evaluations] == before  # reused, not re-made
+    cached = json.loads(evaluations[0].read_text())
+    del cached["scores_open"]  # an evaluation cached before open UA was recorded is made again, not misread
+    evaluations[0].write_text(json.dumps(cached))
+    assert reference_conditions.main(argv) == 0
+    assert "scores_open" in json.loads(evaluations[0].read_text())
 
 
 def test_reference_conditions_train_the_inner_runs_with_each_folds_chosen_shrinkage(trained, tmp_path):
