@@ -127,7 +127,7 @@ def build(data: Path, work: Path, config: str = "cpu", seed: int = 0, out: Path 
     settings_tried = {k: REFERENCE_SETTINGS[k] for k in reference_settings or REFERENCE_SETTINGS}
     tables = {target: reference_conditions.measure(
         runs[chosen] / f"fold_{k}" / "model", corpus, FeatureStore(store), int(k), runs[chosen] / "references",
-        settings_tried, reference_conditions.conditions(), moments)
+        settings_tried, reference_conditions.conditions(), moments)[0]  # closed UA: what the setting is chosen on
         for k, target in sorted(results["protocol"]["targets"].items())}
     reference_setting, setting_rows = reference_conditions.choose(list(tables.values()))
     print(f"[4/5] reference setting: {reference_setting} ({setting_rows[reference_setting]})", flush=True)
