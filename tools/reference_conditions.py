@@ -97,7 +97,8 @@ def measure(model_dir: Path, corpus, store, fold: int, out: Path, settings: dict
     for setting, options in settings.items():
         for condition, reference in chosen_conditions.items():
             path = out / f"fold{fold}-{setting}-{condition}.json"
-            if not path.is_file() or "scores_open" not in json.loads(path.read_text()):
+            cached = json.loads(path.read_text()) if path.is_file() else {}
+            if "scores_open" not in cached:
                 config = load_config(None, [f"calibration.{k}={v}" for k, v in {**reference, **options}.items()],
                                      base=model_settings(loaded.folder, loaded.info))
                 calibration = config.calibration
@@ -122,13 +123,11 @@ def measure(model_dir: Path, corpus, store, fold: int, out: Path, settings: dict
                 probabilities = moments.probabilities(loaded.model, test, {i: statistics[group_of[i]] for i in test})
                 closed = score(truth, closed_predictions(truth, probabilities), labels)
                 every = score(truth, probabilities.argmax(1).tolist(), labels)
-                atomic_write_json({"model": str(loaded.folder), "fold": fold, "setting": options,
-                                   "condition": reference,
-                                   **{f"scores_{kind}": {"ua": s.ua, "wa": s.wa, "macro_f1": s.macro_f1}
-                                      for kind, s in (("closed", closed), ("open", every))},
-                                   "reference_weight": {"mean": float(np.mean([weights[group_of[i]] for i in test]))}},
-                                  path)
-            cached = json.loads(path.read_text())
+                cached = {"model": str(loaded.folder), "fold": fold, "setting": options, "condition": reference,
+                          **{f"scores_{kind}": {"ua": s.ua, "wa": s.wa, "macro_f1": s.macro_f1}
+                             for kind, s in (("closed", closed), ("open", every))},
+                          "reference_weight": {"mean": float(np.mean([weights[group_of[i]] for i in test]))}}
+                atomic_write_json(cached, path)
             table.setdefault(setting, {})[condition] = cached["scores_closed"]["ua"]
             table_open.setdefault(setting, {})[condition] = cached["scores_open"]["ua"]
     return table, table_open
@@ -232,11 +231,16 @@ def table_text(summary: dict) -> str:
     return "\n".join(out)
 
 
+def ordered_conditions(summary: dict) -> list[str]:
+    """The summary's conditions in this tool's order (none first), then any others in theirs."""
+    return sorted(summary["conditions"], key=[*conditions(), *summary["conditions"]].index)
+
+
 def summary_text(summary: dict) -> str:
     """Markdown as in docs/RESULTS.md: per setting, the mean closed UA over the targets in each condition, and the
     worst target's gain over no reference; then the same for the setting chosen per target ("chosen")."""
     targets = summary["targets"]
-    conditions_ = sorted(summary["conditions"], key=[*conditions(), *summary["conditions"]].index)  # none first
+    conditions_ = ordered_conditions(summary)
     out = ["| setting | " + " | ".join(conditions_) + " |", "|---|" + "---|" * len(conditions_)]
     settings = sorted(summary["settings"], key=[*SETTINGS, *summary["settings"]].index)
     for label, setting in [*((s, s) for s in settings), ("chosen per target", None)]:
@@ -254,7 +258,7 @@ def modes_text(summary: dict) -> str:
     """Markdown: the reference conditions of the setting chosen per target (what the model does by default), each
     target's closed / open UA and their means: the LOCO table of reference modes."""
     targets = summary["targets"]
-    conditions_ = sorted(summary["conditions"], key=[*conditions(), *summary["conditions"]].index)
+    conditions_ = ordered_conditions(summary)
     out = ["| reference (setting chosen per target) | " + " | ".join(f"{n} closed / open" for n in targets)
            + " | mean closed | mean open |", "|---|" + "---|" * (len(targets) + 2)]
     for condition in conditions_:
