@@ -166,7 +166,11 @@ def main(argv=None) -> int:
     chosen_conditions = conditions(args.conditions)
     if "none" not in chosen_conditions or "none" not in args.choice_conditions:
         parser.error("--conditions and --choice-conditions must include none: every gain is measured against it")
-    corpus, store, run = load_corpus(args.corpus), FeatureStore(args.store), Path(args.run)
+    run = Path(args.run)
+    if not (run / "results.json").is_file():  # checked before the store is read
+        parser.error(f"--run {run}: no results.json there; give a finished `emoadapt cv --protocol corpus "
+                     f"--normalize speaker` run folder")
+    corpus, store = load_corpus(args.corpus), FeatureStore(args.store)
     moments = Moments(store, [u.id for u in corpus.rows if u.id in store])
     results = json.loads((run / "results.json").read_text())
     _, targets = corpus_folds(corpus.rows, corpus.root)
@@ -270,4 +274,8 @@ def modes_text(summary: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from emoadapt.errors import EmoadaptError
+    try:
+        sys.exit(main())
+    except EmoadaptError as error:  # a bad corpus, store or run: one line, as the CLI gives it
+        sys.exit(f"reference_conditions.py: error: {error}")

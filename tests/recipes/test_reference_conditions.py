@@ -94,6 +94,9 @@ def test_reference_conditions_train_the_inner_runs_with_each_folds_chosen_shrink
            progress=False, log=lambda *_: None)
     argv = ["--corpus", str(tmp_path / "merged"), "--store", str(store), "--run", str(tmp_path / "run"),
             "--settings", "tau5", "--conditions", "none", "speaker"]
+    with pytest.raises(SystemExit) as refused:  # not a finished run: a usage error, not a traceback
+        reference_conditions.main([*argv[:4], "--run", str(tmp_path / "no-run"), *argv[6:]])
+    assert refused.value.code == 2
     assert reference_conditions.main(argv) == 0
     for fold, name in enumerate("abc", start=1):
         chosen = json.loads((tmp_path / "run" / f"fold_{fold}" / "results.json").read_text())["choices"][
